@@ -1,0 +1,182 @@
+"""The ``sendit-watcher`` command line: parses arguments and wires the modules together, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sendit_watcher import __version__, batches, report, status
+from sendit_watcher import config as configuration
+from sendit_watcher.config import Config
+from sendit_watcher.db import Connection, connect
+from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError
+from sendit_watcher.importer import PoolParser
+from sendit_watcher.logs import setup as setup_logging
+from sendit_watcher.migrate import migrate
+from sendit_watcher.worker import Failure, import_batch
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = """\
+exit codes:
+  0   success
+  1   a folder failed to import (it is recorded as failed; see `status`)
+  64  bad command line
+  69  PostgreSQL cannot be reached
+  78  invalid configuration (a restart cannot fix it)
+
+configuration: --config PATH, else $SENDIT_WATCHER_CONFIG, else /etc/sendit-watcher/watcher.conf.
+See sendit-watcher(8) for every option."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="sendit-watcher", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Watch incoming directories and import finished DICOM folders into PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="configuration file (INI)")
+    parser.add_argument("--dsn", help="PostgreSQL conninfo or URI; overrides [database] dsn")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="log level; default [watcher] log_level for run, warning for other commands")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add(commands, "run", "run the watcher service in the foreground (what systemd starts)", _add_run_options)
+    _add(commands, "import", "import folders now, each as one batch", _add_import_options)
+    _add(commands, "status", "show recent batches and totals", _add_status_options)
+    _add(commands, "migrate", "create or upgrade the database schema", None)
+    _add(commands, "check-config", "validate the configuration and print it (passwords hidden)", None)
+    return parser
+
+
+def _add(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
+         options: Callable[[argparse.ArgumentParser], None] | None) -> None:
+    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    if options is not None:
+        options(sub)
+
+
+def _add_run_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--demo", action="store_true",
+                     help="also drop sample DICOM folders into the first watch root through .tmp renames")
+
+
+def _add_import_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("folders", nargs="+", metavar="FOLDER", type=Path, help="folder to import with its subtree")
+    sub.add_argument("--json", action="store_true", help="print one JSON object per folder instead of a summary")
+    sub.add_argument("--processes", type=int, metavar="N", help="parse with N processes ([import] parse_processes)")
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
+
+def _add_status_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_argument("--limit", type=int, default=20, metavar="N", help="show the N most recent batches (20)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = configuration.load(args.config, dsn=args.dsn)
+        setup_logging(args.log_level or (config.watcher.log_level if args.command == "run" else "warning"))
+        return int(_COMMANDS[args.command](config, args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"sendit-watcher: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except SenditError as exc:
+        print(f"sendit-watcher: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    from sendit_watcher.processors import load_processor
+
+    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, load_processor)]
+    if problems:
+        raise ConfigError(problems)
+    print("\n".join(configuration.describe(config)))
+    return EXIT_OK
+
+
+def _watch_problems(watch: configuration.WatchConfig, load: Callable[[str], object]) -> list[str]:
+    where = f"[watch:{watch.name}]"
+    problems = []
+    if not watch.path.is_dir():
+        problems.append(f"{where} path: {watch.path} is not an existing directory; create it or fix the path")
+    try:
+        load(watch.processor)
+    except ConfigError as exc:
+        problems.extend(f"{where} processor: {p}" for p in exc.problems)
+    return problems
+
+
+def _open(config: Config) -> Connection:
+    conn = connect(config.database)
+    if config.database.migrate_on_start:
+        migrate(conn, config.database.schema)
+    return conn
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    with connect(config.database) as conn:
+        applied = migrate(conn, config.database.schema)
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to do, schema is current"
+    print(f"schema {config.database.schema}: {names}")
+    return EXIT_OK
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    missing = [folder for folder in args.folders if not folder.is_dir()]
+    if missing:
+        for folder in missing:
+            print(f"sendit-watcher: {folder}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    processes = args.processes or config.importer.parse_process_count
+    parser = PoolParser(processes)
+    failed = False
+    try:
+        with _open(config) as conn:
+            for folder in args.folders:
+                failed |= _import_one(conn, config, parser, folder, args)
+    finally:
+        parser.close()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _import_one(conn: Connection, config: Config, parser: PoolParser, folder: Path,
+                args: argparse.Namespace) -> bool:
+    root, path = batches.locate(config, folder)
+    batch_id = batches.ensure(conn, root, path)
+    progress = report.Progress(str(folder), enabled=False if args.no_progress or args.json else None)
+    outcome = import_batch(conn, config, parser, batch_id, progress)
+    progress.clear()
+    assert outcome is not None
+    print(report.outcome_json(str(folder), outcome) if args.json else report.summary_line(str(folder), outcome))
+    return isinstance(outcome, Failure)
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    with _open(config) as conn:
+        rows = status.recent_batches(conn, args.limit)
+        totals = status.totals(conn)
+    print(report.status_json(rows, totals) if args.json else report.status_table(rows, totals))
+    return EXIT_OK
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from sendit_watcher.service import serve
+
+    return serve(config, demo=args.demo)
+
+
+_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "run": _run, "import": _import, "status": _status, "migrate": _migrate, "check-config": _check_config,
+}

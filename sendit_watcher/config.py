@@ -1,0 +1,387 @@
+"""The configuration: one declarative schema of every option, parsed and validated into typed objects.
+
+The same schema drives validation, ``check-config`` output and the man page's option list.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sendit_watcher.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX",
+    "DatabaseConfig", "ImportConfig", "WatcherConfig", "WatchConfig", "Config",
+    "load", "config_path", "parse_event_mask", "redact_dsn", "describe",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/sendit-watcher/watcher.conf")
+CONFIG_ENV = "SENDIT_WATCHER_CONFIG"
+WATCH_SECTION_PREFIX = "watch:"
+DEFAULT_PROCESSOR = "sendit_watcher.processors.DicomFolderImporter"
+
+
+# --- value parsers: each takes the raw string and returns the typed value or raises ValueError ---
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean; use yes or no")
+
+
+def _count(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"{value} is negative; use 0 or more")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{raw!r} is not a finite number of seconds of 0 or more")
+    return value
+
+
+def _identifier(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ValueError(f"{value!r} is not a plain lower-case SQL identifier (letters, digits, _)")
+    return value
+
+
+def _suffixes(raw: str) -> tuple[str, ...]:
+    values = tuple(s.lower() for s in raw.replace(",", " ").split())
+    bad = [s for s in values if not s.startswith(".") or "/" in s]
+    if bad:
+        raise ValueError(f"{' '.join(bad)}: each suffix starts with '.' and holds no '/'")
+    return values
+
+
+def _absolute_path(raw: str) -> Path:
+    value = raw.strip()
+    if not value:
+        raise ValueError("is empty; give the absolute path of the directory to watch")
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError(f"{value!r} is not an absolute path")
+    return Path(os.path.normpath(path))
+
+
+def parse_event_mask(raw: str) -> int:
+    """Turn ``IN_CREATE|IN_MOVED_TO`` (or ``ALL_EVENTS``) into a pyinotify mask."""
+    import pyinotify
+
+    mask = 0
+    for name in (part.strip() for part in raw.split("|")):
+        if name == "ALL_EVENTS":
+            mask |= pyinotify.ALL_EVENTS
+        elif name in pyinotify.EventsCodes.ALL_FLAGS:
+            mask |= pyinotify.EventsCodes.ALL_FLAGS[name]
+        else:
+            raise ValueError(f"{name!r} is not a pyinotify event name (e.g. IN_CREATE, IN_MOVED_TO, ALL_EVENTS)")
+    return mask
+
+
+def _dotted_path(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", value):
+        raise ValueError(f"{value!r} is not a dotted path such as {DEFAULT_PROCESSOR}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{raw!r} is not one of debug, info, warning, error")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option: its key, parser, default (None = required) and help text."""
+
+    key: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+SCHEMA: dict[str, tuple[Option, ...]] = {
+    "database": (
+        Option("dsn", _text, "", "libpq conninfo or URI; empty uses libpq defaults (PG* variables, "
+               "pgpass, service file)", secret=True),
+        Option("schema", _identifier, "sendit", "schema that holds sendit-watcher's tables"),
+        Option("migrate_on_start", _boolean, "yes", "apply pending schema migrations when the service starts"),
+        Option("connect_timeout", _seconds, "10", "seconds to wait for one connection attempt"),
+        Option("retry_interval", _seconds, "5", "seconds between attempts while the database is unreachable"),
+    ),
+    "import": (
+        Option("full_header", _boolean, "yes", "store each instance's whole header (no bulk data) as JSONB "
+               "in the DICOM JSON model; no keeps the main tags only"),
+        Option("workers", _count, "0", "importer worker processes of the service; 0 = number of CPU cores"),
+        Option("parse_processes", _count, "0", "processes that parse one folder's files in parallel; "
+               "0 = number of CPU cores"),
+    ),
+    "watcher": (
+        Option("temp_suffixes", _suffixes, ".tmp .part", "folder-name suffixes (case-insensitive) that mark "
+               "a folder still being written; such folders are never imported"),
+        Option("settle_seconds", _seconds, "5", "a folder created under its final name is imported once "
+               "nothing in it has changed for this long"),
+        Option("rescan_interval", _seconds, "300", "seconds between catch-up scans of every root "
+               "(inotify sees nothing on NFS/CIFS); 0 = only at start and after a queue overflow"),
+        Option("drain_seconds", _seconds, "30", "on stop, seconds an in-flight folder may take to commit "
+               "before it is rolled back (it is imported again at the next start)"),
+        Option("host", _text, "", "name recorded on the batches this host imports; empty = the hostname"),
+        Option("log_level", _log_level, "info", "debug, info, warning or error"),
+    ),
+    WATCH_SECTION_PREFIX + "NAME": (
+        Option("path", _absolute_path, None, "absolute path of a directory whose sub-folders are batches"),
+        Option("events", parse_event_mask, "IN_CREATE|IN_MOVED_TO|IN_CLOSE_WRITE",
+               "pyinotify event names joined by |, or ALL_EVENTS"),
+        Option("processor", _dotted_path, DEFAULT_PROCESSOR,
+               "dotted path of the pyinotify.ProcessEvent subclass that handles the events"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """The [database] section."""
+
+    dsn: str = ""
+    schema: str = "sendit"
+    migrate_on_start: bool = True
+    connect_timeout: float = 10.0
+    retry_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """The [import] section; zero counts are resolved to the number of CPU cores."""
+
+    full_header: bool = True
+    workers: int = 0
+    parse_processes: int = 0
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def parse_process_count(self) -> int:
+        return self.parse_processes or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """The [watcher] section."""
+
+    temp_suffixes: tuple[str, ...] = (".tmp", ".part")
+    settle_seconds: float = 5.0
+    rescan_interval: float = 300.0
+    drain_seconds: float = 30.0
+    host: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def host_name(self) -> str:
+        return self.host or socket.gethostname()
+
+    def is_temporary(self, name: str) -> bool:
+        """True when a folder name marks work in progress (``X.tmp``, ``X.PART``)."""
+        lowered = name.lower()
+        return any(lowered.endswith(suffix) for suffix in self.temp_suffixes)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """One ``[watch:NAME]`` section: sendit's (path, events, processor) tuple."""
+
+    name: str
+    path: Path
+    events: int
+    processor: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    source: Path | None = None
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    importer: ImportConfig = field(default_factory=ImportConfig)
+    watcher: WatcherConfig = field(default_factory=WatcherConfig)
+    watches: tuple[WatchConfig, ...] = ()
+
+    def watch_named(self, name: str) -> WatchConfig | None:
+        return next((w for w in self.watches if w.name == name), None)
+
+
+def config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The file to read and whether the user named it (a named file must exist)."""
+    if explicit:
+        return Path(explicit), True
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load(explicit: str | None = None, *, dsn: str | None = None) -> Config:
+    """Read and validate the configuration; raise ConfigError listing every problem."""
+    path, named = config_path(explicit)
+    if not path.exists():
+        if named:
+            raise ConfigError([f"{path}: no such configuration file; create it or fix --config/{CONFIG_ENV}"])
+        return _with_dsn(Config(source=None), dsn)
+    parser = _read_ini(path)
+    return _with_dsn(_validate(path, parser), dsn)
+
+
+def _with_dsn(config: Config, dsn: str | None) -> Config:
+    if dsn is None:
+        return config
+    database = DatabaseConfig(**{**config.database.__dict__, "dsn": dsn})
+    return Config(config.source, database, config.importer, config.watcher, config.watches)
+
+
+def _read_ini(path: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), default_section="\0none")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc}"]) from None
+    return parser
+
+
+def _validate(path: Path, parser: configparser.RawConfigParser) -> Config:
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {}
+    watches: list[WatchConfig] = []
+    for section in parser.sections():
+        schema_key = _schema_key(section)
+        if schema_key is None:
+            known = ", ".join(f"[{s}]" for s in SCHEMA)
+            problems.append(f"{path}: [{section}]: unknown section; known sections are {known}")
+            continue
+        values = dict(_section_values(path, section, parser, SCHEMA[schema_key], problems))
+        if schema_key == section:
+            sections[section] = values
+        elif not problems:
+            watches.append(_watch(section, values))
+    if not problems and not all(s.name for s in watches):
+        problems.append(f"{path}: [watch:]: a watch section needs a name, e.g. [watch:incoming]")
+    problems.extend(_duplicate_roots(path, watches))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        source=path,
+        database=DatabaseConfig(**sections.get("database", {})),
+        importer=ImportConfig(**sections.get("import", {})),
+        watcher=WatcherConfig(**sections.get("watcher", {})),
+        watches=tuple(watches),
+    )
+
+
+def _schema_key(section: str) -> str | None:
+    if section.startswith(WATCH_SECTION_PREFIX):
+        return WATCH_SECTION_PREFIX + "NAME"
+    return section if section in SCHEMA else None
+
+
+def _section_values(path: Path, section: str, parser: configparser.RawConfigParser,
+                    options: tuple[Option, ...], problems: list[str]) -> Iterator[tuple[str, Any]]:
+    known = {option.key: option for option in options}
+    for key in parser.options(section):
+        if key not in known:
+            problems.append(f"{path}: [{section}] {key}: unknown option; known options are {', '.join(known)}")
+    for option in options:
+        raw = parser.get(section, option.key, fallback=option.default)
+        if raw is None:
+            problems.append(f"{path}: [{section}] {option.key}: required option is missing")
+            continue
+        try:
+            yield option.key, option.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{path}: [{section}] {option.key}: {exc}")
+
+
+def _watch(section: str, values: dict[str, Any]) -> WatchConfig:
+    return WatchConfig(name=section[len(WATCH_SECTION_PREFIX):].strip(), **values)
+
+
+def _duplicate_roots(path: Path, watches: list[WatchConfig]) -> Iterator[str]:
+    for i, watch in enumerate(watches):
+        for other in watches[:i]:
+            if watch.path == other.path or other.path in watch.path.parents or watch.path in other.path.parents:
+                yield (f"{path}: [watch:{watch.name}] path: {watch.path} overlaps [watch:{other.name}] "
+                       f"({other.path}); watch roots must not nest")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (conninfo or URI form)."""
+    redacted = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", redacted)
+
+
+def describe(config: Config) -> Iterator[str]:
+    """The effective configuration as INI lines, secrets redacted (for ``check-config``)."""
+    yield f"; effective configuration from {config.source or 'built-in defaults'}"
+    sections: list[tuple[str, object]] = [
+        ("database", config.database), ("import", config.importer), ("watcher", config.watcher),
+    ]
+    for section, values in sections:
+        yield f"[{section}]"
+        for option in SCHEMA[section]:
+            yield f"{option.key} = {_show(option, getattr(values, option.key))}"
+        yield ""
+    for watch in config.watches:
+        yield f"[{WATCH_SECTION_PREFIX}{watch.name}]"
+        yield f"path = {watch.path}"
+        yield f"events = {_mask_names(watch.events)}"
+        yield f"processor = {watch.processor}"
+        yield ""
+
+
+def _show(option: Option, value: object) -> str:
+    if option.secret and isinstance(value, str):
+        return redact_dsn(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return " ".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).lower() if option.key == "log_level" else str(value)
+
+
+def _mask_names(mask: int) -> str:
+    import pyinotify
+
+    if mask & pyinotify.ALL_EVENTS == pyinotify.ALL_EVENTS:
+        return "ALL_EVENTS"
+    names = [name for name, bit in pyinotify.EventsCodes.ALL_FLAGS.items() if bit & mask and bit.bit_count() == 1]
+    return "|".join(sorted(set(names)))

@@ -1,0 +1,33 @@
+"""Connections to PostgreSQL: one place that turns the [database] section into a live connection."""
+
+from __future__ import annotations
+
+import psycopg
+
+from sendit_watcher.config import DatabaseConfig, redact_dsn
+from sendit_watcher.errors import DatabaseUnavailable
+
+__all__ = ["Connection", "connect", "describe_failure"]
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+
+def connect(database: DatabaseConfig, *, autocommit: bool = False, application: str = "sendit-watcher") -> Connection:
+    """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure."""
+    try:
+        return psycopg.connect(
+            database.dsn,
+            autocommit=autocommit,
+            connect_timeout=max(1, round(database.connect_timeout)),
+            application_name=application,
+            options=f"-c search_path={database.schema}",  # schema is a validated plain identifier
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(describe_failure(database, exc)) from exc
+
+
+def describe_failure(database: DatabaseConfig, exc: BaseException) -> str:
+    """A one-line account of a connection failure that never shows the password."""
+    where = redact_dsn(database.dsn) or "libpq defaults"
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"cannot connect to PostgreSQL ({where}): {redact_dsn(reason)}"

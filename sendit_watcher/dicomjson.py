@@ -1,0 +1,89 @@
+"""A dataset's header in the DICOM JSON model (PS3.18 F.2), without bulk data, fast enough to do per file."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["dataset_to_json", "is_multi_value", "INLINE_BINARY_LIMIT"]
+
+# Binary values up to this many bytes are kept as InlineBinary; larger ones are bulk data and left out.
+INLINE_BINARY_LIMIT = 256
+
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+
+
+def dataset_to_json(dataset: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """The DICOM JSON object of a pydicom Dataset (or sequence item); file meta is not part of it."""
+    model: dict[str, dict[str, Any]] = {}
+    for element in dataset:
+        model[f"{element.tag:08X}"] = _element(element)
+    return model
+
+
+def _element(element: Any) -> dict[str, Any]:
+    vr = _plain_vr(element.VR)
+    value = element.value
+    entry: dict[str, Any] = {"vr": vr}
+    if vr == "SQ":
+        if value:
+            entry["Value"] = [dataset_to_json(item) for item in value]
+    elif vr in _BINARY_VRS:
+        if value and len(value) <= INLINE_BINARY_LIMIT:
+            entry["InlineBinary"] = base64.b64encode(bytes(value)).decode("ascii")
+    elif value is not None and value != "" and value != b"":
+        values = list(value) if is_multi_value(value) else [value]
+        if values:
+            entry["Value"] = [_scalar(vr, v) for v in values]
+    return entry
+
+
+def _plain_vr(vr: Any) -> str:
+    """'US or SS' (ambiguous, left by pydicom for implicit VR) becomes its first choice."""
+    text = str(getattr(vr, "value", vr)) if vr else "UN"  # pydicom 2 uses an Enum of str
+    return text.split(" ", 1)[0]
+
+
+def is_multi_value(value: Any) -> bool:
+    """True for a pydicom MultiValue (or list) holding several values of one element."""
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
+def _scalar(vr: str, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if vr == "PN":
+        return _person_name(str(value))
+    if vr == "AT":
+        return f"{int(value):08X}"
+    if vr in _INT_VRS:
+        return _number(value, int)
+    if vr in _FLOAT_VRS:
+        return _number(value, float)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A JSON number, or the original text when the file holds something that is not one."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return str(value)
+    if isinstance(number, float) and not math.isfinite(number):
+        return str(value)
+    return number
+
+
+def _person_name(text: str) -> dict[str, str]:
+    groups = text.split("=")
+    keys = ("Alphabetic", "Ideographic", "Phonetic")
+    return {key: group for key, group in zip(keys, groups, strict=False) if group}

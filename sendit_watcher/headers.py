@@ -1,0 +1,262 @@
+"""Reading one file's DICOM header with pydicom: an importable instance, or a rejection with its reason."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from sendit_watcher.dicomjson import dataset_to_json, is_multi_value
+from sendit_watcher.walk import FileEntry, Rejection
+
+__all__ = ["Instance", "read_instance", "quiet_pydicom"]
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+
+# Tags of the main columns, cited as in the standard.
+SOP_CLASS_UID = 0x00080016            # (0008,0016)
+SOP_INSTANCE_UID = 0x00080018         # (0008,0018)
+STUDY_DATE = 0x00080020               # (0008,0020)
+SERIES_DATE = 0x00080021              # (0008,0021)
+CONTENT_DATE = 0x00080023             # (0008,0023)
+STUDY_TIME = 0x00080030               # (0008,0030)
+ACCESSION_NUMBER = 0x00080050         # (0008,0050)
+MODALITY = 0x00080060                 # (0008,0060)
+REFERRING_PHYSICIAN_NAME = 0x00080090  # (0008,0090)
+STUDY_DESCRIPTION = 0x00081030        # (0008,1030)
+SERIES_DESCRIPTION = 0x0008103E       # (0008,103E)
+PATIENT_NAME = 0x00100010             # (0010,0010)
+PATIENT_ID = 0x00100020               # (0010,0020)
+ISSUER_OF_PATIENT_ID = 0x00100021     # (0010,0021)
+PATIENT_BIRTH_DATE = 0x00100030       # (0010,0030)
+PATIENT_SEX = 0x00100040              # (0010,0040)
+BODY_PART_EXAMINED = 0x00180015       # (0018,0015)
+STUDY_INSTANCE_UID = 0x0020000D       # (0020,000D)
+SERIES_INSTANCE_UID = 0x0020000E      # (0020,000E)
+STUDY_ID = 0x00200010                 # (0020,0010)
+SERIES_NUMBER = 0x00200011            # (0020,0011)
+INSTANCE_NUMBER = 0x00200013          # (0020,0013)
+DIRECTORY_RECORD_SEQUENCE = 0x00041220  # (0004,1220)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """The columns of one importable instance, with its patient, study and series."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    transfer_syntax_uid: str | None
+    instance_number: int | None
+    content_date: str | None
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_date: str | None
+    series_description: str | None
+    body_part_examined: str | None
+    study_instance_uid: str
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    study_id: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    header: str | None  # DICOM JSON text, or None when full headers are off
+
+
+def quiet_pydicom() -> None:
+    """Keep pydicom's per-file warnings out of the log: every problem is recorded on its file instead."""
+    warnings.simplefilter("ignore")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    settings = getattr(pydicom.config, "settings", None)
+    if settings is not None and hasattr(settings, "reading_validation_mode"):
+        settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance | Rejection:
+    """Read ``entry`` (relative to ``folder``) and classify it; never raises for a bad file."""
+    def reject(reason: str, detail: str) -> Rejection:
+        return Rejection(entry.path, reason, detail, entry.size, entry.mtime_ns)
+
+    if entry.size == 0:
+        return reject("empty-file", "zero bytes")
+    try:
+        dataset, forced = _read(os.path.join(folder, entry.path))
+    except _NotRegular as exc:
+        return reject("not-a-regular-file", str(exc))
+    except FileNotFoundError:
+        return reject("vanished", "deleted before it could be read")
+    except PermissionError as exc:
+        return reject("unreadable", exc.strerror or str(exc))
+    except EOFError as exc:
+        return reject("truncated", _one_line(exc) or "file ends inside the header")
+    except InvalidDicomError as exc:
+        return reject("not-dicom", _one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
+        return reject(*_classify_failure(exc))
+    try:
+        return _instance(entry, dataset, full_header) or reject(*_missing(dataset, forced))
+    except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
+        return reject("invalid-dicom", f"{type(exc).__name__}: {_one_line(exc)}")
+
+
+class _NotRegular(Exception):
+    """The path no longer names a regular file (swapped for a FIFO, a device or a link)."""
+
+
+def _read(path: str) -> tuple[Any, bool]:
+    """The dataset, and whether it had to be forced (no 'DICM' preamble)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegular("not a regular file when opened")
+        try:
+            return pydicom.dcmread(handle, stop_before_pixels=True), False
+        except InvalidDicomError:
+            handle.seek(0)  # no 'DICM' preamble: a bare dataset is still acceptable if it is one
+            return pydicom.dcmread(handle, stop_before_pixels=True, force=True), True
+
+
+def _classify_failure(exc: Exception) -> tuple[str, str]:
+    text = _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "unreadable", exc.strerror or text
+    if isinstance(exc, RecursionError):
+        return "invalid-dicom", "sequences nested too deeply"
+    if "end of file" in text.lower() or "truncat" in text.lower():
+        return "truncated", text
+    return "invalid-dicom", f"{type(exc).__name__}: {text}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def _missing(dataset: Any, forced: bool) -> tuple[str, str]:
+    if _media_sop_class(dataset) == DICOMDIR_SOP_CLASS or DIRECTORY_RECORD_SEQUENCE in dataset:
+        return "dicomdir", "a DICOMDIR holds directory records, not an instance"
+    if not _text(dataset, SOP_INSTANCE_UID):
+        if forced and not _looks_like_dicom(dataset):
+            return "not-dicom", "no DICOM data elements found"
+        return "no-sop-instance-uid", "SOPInstanceUID (0008,0018) is missing or empty"
+    absent = [name for tag, name in ((STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)"),
+                                     (SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)"))
+              if not _text(dataset, tag)]
+    return "missing-uid", " and ".join(absent) + " missing or empty"
+
+
+def _looks_like_dicom(dataset: Any) -> bool:
+    """A forced read of a non-DICOM file yields junk tags; a real dataset has some group 0008 tag."""
+    return any(0x00080000 <= tag <= 0x0008FFFF for tag in dataset.keys())
+
+
+def _media_sop_class(dataset: Any) -> str | None:
+    meta = getattr(dataset, "file_meta", None)
+    value = meta.get((0x0002, 0x0002)) if meta is not None else None
+    return str(value.value) if value is not None else None
+
+
+def _instance(entry: FileEntry, dataset: Any, full_header: bool) -> Instance | None:
+    sop_instance_uid = _text(dataset, SOP_INSTANCE_UID)
+    study_uid, series_uid = _text(dataset, STUDY_INSTANCE_UID), _text(dataset, SERIES_INSTANCE_UID)
+    if not (sop_instance_uid and study_uid and series_uid) or _media_sop_class(dataset) == DICOMDIR_SOP_CLASS:
+        return None
+    return Instance(
+        path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns,
+        sop_instance_uid=sop_instance_uid, sop_class_uid=_text(dataset, SOP_CLASS_UID),
+        transfer_syntax_uid=_transfer_syntax(dataset),
+        instance_number=_integer(dataset, INSTANCE_NUMBER), content_date=_date(dataset, CONTENT_DATE),
+        series_instance_uid=series_uid, modality=_text(dataset, MODALITY),
+        series_number=_integer(dataset, SERIES_NUMBER), series_date=_date(dataset, SERIES_DATE),
+        series_description=_text(dataset, SERIES_DESCRIPTION), body_part_examined=_text(dataset, BODY_PART_EXAMINED),
+        study_instance_uid=study_uid, study_date=_date(dataset, STUDY_DATE), study_time=_text(dataset, STUDY_TIME),
+        accession_number=_text(dataset, ACCESSION_NUMBER), study_id=_text(dataset, STUDY_ID),
+        study_description=_text(dataset, STUDY_DESCRIPTION),
+        referring_physician_name=_text(dataset, REFERRING_PHYSICIAN_NAME),
+        patient_id=_text(dataset, PATIENT_ID) or "", issuer_of_patient_id=_text(dataset, ISSUER_OF_PATIENT_ID) or "",
+        patient_name=_text(dataset, PATIENT_NAME), patient_birth_date=_date(dataset, PATIENT_BIRTH_DATE),
+        patient_sex=_text(dataset, PATIENT_SEX),
+        header=_header_json(dataset) if full_header else None,
+    )
+
+
+def _value(dataset: Any, tag: int) -> Any:
+    element = dataset.get(tag)
+    return None if element is None else element.value
+
+
+def _text(dataset: Any, tag: int) -> str | None:
+    """A value as text as DICOM writes it (multiple values joined by backslash), without NULs."""
+    value = _value(dataset, tag)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    elif is_multi_value(value):
+        value = "\\".join(str(v) for v in value)
+    text = _clean(str(value)).strip()
+    return text or None
+
+
+def _clean(text: str) -> str:
+    """Text PostgreSQL can store: no NUL characters, no lone surrogates."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _integer(dataset: Any, tag: int) -> int | None:
+    text = _text(dataset, tag)
+    try:
+        number = int(float(text.split("\\")[0])) if text else None
+    except ValueError:
+        return None
+    return number if number is not None and -2**31 <= number < 2**31 else None
+
+
+def _date(dataset: Any, tag: int) -> str | None:
+    text = _text(dataset, tag)
+    if not text or len(text) < 8:
+        return None
+    try:
+        return datetime.date(int(text[0:4]), int(text[4:6]), int(text[6:8])).isoformat()
+    except ValueError:
+        return None
+
+
+def _transfer_syntax(dataset: Any) -> str | None:
+    meta = getattr(dataset, "file_meta", None)
+    element = meta.get((0x0002, 0x0010)) if meta is not None else None
+    if element is not None and element.value:
+        return _clean(str(element.value))
+    encoding = getattr(dataset, "original_encoding", None)  # pydicom 3: (implicit, little endian)
+    implicit, little = encoding if encoding else (dataset.is_implicit_VR, dataset.is_little_endian)
+    if implicit is None:
+        return None
+    return _IMPLICIT_LE if implicit else (_EXPLICIT_LE if little else _EXPLICIT_BE)
+
+
+def _header_json(dataset: Any) -> str:
+    text = json.dumps(dataset_to_json(dataset), ensure_ascii=False, separators=(",", ":"))
+    return _clean(text.replace("\\u0000", ""))

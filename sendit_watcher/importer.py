@@ -1,0 +1,276 @@
+"""The import engine: one claimed batch becomes rows, in the one transaction that also holds its claim.
+
+Walk the folder by stat, skip files already recorded unchanged, parse the rest (in parallel), COPY every
+result into a staging table, then merge set-wise into patient/study/series/instance and rejected_file.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from sendit_watcher.batches import NOTIFY_CHANNEL, Batch
+from sendit_watcher.db import Connection
+from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
+
+__all__ = ["Result", "Parser", "InlineParser", "PoolParser", "import_claimed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one import of one batch ended."""
+
+    batch_id: int
+    root: str
+    path: str
+    status: str
+    files: int
+    instances: int
+    new_instances: int
+    rejected: int
+    seconds: float
+    unchanged: bool = False
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+
+class Parser(Protocol):
+    """Turns a folder's files into instances and rejections, in any order."""
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        ...
+
+
+class InlineParser:
+    """Parses in the calling process."""
+
+    def __init__(self) -> None:
+        quiet_pydicom()
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        return _parse_here(folder, entries, full_header)
+
+    def close(self) -> None:
+        pass
+
+
+class PoolParser:
+    """Parses in a pool of processes; small folders stay in the calling process."""
+
+    CHUNK = 16
+
+    def __init__(self, processes: int) -> None:
+        quiet_pydicom()
+        self._pool = multiprocessing.get_context("forkserver").Pool(processes, initializer=quiet_pydicom)
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        if len(entries) < 2 * self.CHUNK:
+            return _parse_here(folder, entries, full_header)
+        read = partial(read_instance, folder, full_header=full_header)
+        return self._pool.imap(read, entries, chunksize=self.CHUNK)
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+def _parse_here(folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+    for entry in entries:
+        yield read_instance(folder, entry, full_header)
+
+
+def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, *, full_header: bool,
+                   progress: Callable[[int, int], None] | None = None) -> Result:
+    """Import a batch claimed in the current transaction; the caller commits or rolls back."""
+    started = time.monotonic()
+    entries = list(walk(folder))
+    stamp = fingerprint(entries)
+    if stamp == batch.fingerprint and batch.previous_status in ("done", "empty"):
+        return _finish(conn, batch, stamp, len(entries), 0, started, unchanged=True)
+    todo = _pending(conn, batch.id, entries)
+    _stage(conn, batch.id, folder, todo, parser, full_header, progress)
+    new_instances = _merge(conn, batch.id)
+    return _finish(conn, batch, stamp, len(entries), new_instances, started)
+
+
+def _pending(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]) -> list[FileEntry | Rejection]:
+    """Entries not yet recorded as they are now; records of files that changed since are dropped."""
+    known = {path: (size, mtime) for path, size, mtime in conn.execute(
+        "SELECT path, size, mtime_ns FROM instance WHERE batch = %s"
+        " UNION ALL SELECT path, size, mtime_ns FROM rejected_file WHERE batch = %s", (batch_id, batch_id))}
+    changed = [e.path for e in entries if e.path in known and known[e.path] != (e.size, e.mtime_ns)]
+    if changed:
+        conn.execute("DELETE FROM instance WHERE batch = %s AND path = ANY(%s)", (batch_id, changed))
+        conn.execute("DELETE FROM rejected_file WHERE batch = %s AND path = ANY(%s)", (batch_id, changed))
+    return [e for e in entries if e.path not in known or e.path in changed]
+
+
+_STAGING_COLUMNS = (
+    "path", "size", "mtime_ns", "reason", "detail",
+    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "instance_number", "content_date",
+    "series_instance_uid", "modality", "series_number", "series_date", "series_description", "body_part_examined",
+    "study_instance_uid", "study_date", "study_time", "accession_number", "study_id", "study_description",
+    "referring_physician_name", "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+    "patient_sex", "header",
+)
+_INSTANCE_FIELDS = _STAGING_COLUMNS[5:]
+
+
+def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection], parser: Parser,
+           full_header: bool, progress: Callable[[int, int], None] | None) -> None:
+    conn.execute(_CREATE_STAGING)
+    files = [e for e in todo if isinstance(e, FileEntry)]
+    results = _chain([e for e in todo if isinstance(e, Rejection)], parser.parse(folder, files, full_header))
+    with conn.cursor().copy(_COPY_STAGING) as copy:
+        for done, result in enumerate(results, 1):
+            copy.write_row(_staging_row(result))
+            if progress is not None:
+                progress(done, len(todo))
+
+
+def _chain(first: Iterable[Rejection], second: Iterable[Instance | Rejection]) -> Iterator[Instance | Rejection]:
+    yield from first
+    yield from second
+
+
+def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:
+    if isinstance(result, Rejection):
+        return (result.path, result.size, result.mtime_ns, result.reason, result.detail) + (None,) * 24
+    return (result.path, result.size, result.mtime_ns, None, None) + tuple(
+        getattr(result, name) for name in _INSTANCE_FIELDS)
+
+
+def _merge(conn: Connection, batch_id: int) -> int:
+    """Move staged rows into the hierarchy; returns the number of new instance rows."""
+    conn.execute(_MERGE_PATIENTS)
+    conn.execute(_MERGE_STUDIES)
+    conn.execute(_MERGE_SERIES)
+    inserted = conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount
+    conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
+    conn.execute(_MERGE_REJECTED, {"batch": batch_id})
+    conn.execute("TRUNCATE staging")
+    return max(inserted, 0)
+
+
+def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, started: float,
+            *, unchanged: bool = False) -> Result:
+    seconds = time.monotonic() - started
+    row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": stamp, "files": files, "new": new_instances,
+                                 "seconds": seconds, "channel": NOTIFY_CHANNEL}).fetchone()
+    assert row is not None
+    status, instances, rejected = str(row[0]), int(str(row[1])), int(str(row[2]))
+    return Result(batch.id, batch.root, batch.path, status, files, instances, new_instances, rejected, seconds,
+                  unchanged)
+
+
+_CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging (
+    path text, size bigint, mtime_ns bigint, reason text, detail text,
+    sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer, content_date date,
+    series_instance_uid text, modality text, series_number integer, series_date date, series_description text,
+    body_part_examined text,
+    study_instance_uid text, study_date date, study_time text, accession_number text, study_id text,
+    study_description text, referring_physician_name text,
+    patient_id text, issuer_of_patient_id text, patient_name text, patient_birth_date date, patient_sex text,
+    header jsonb
+) ON COMMIT DELETE ROWS
+"""
+
+_COPY_STAGING = """
+COPY staging (path, size, mtime_ns, reason, detail,
+    sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, content_date,
+    series_instance_uid, modality, series_number, series_date, series_description, body_part_examined,
+    study_instance_uid, study_date, study_time, accession_number, study_id, study_description,
+    referring_physician_name, patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex,
+    header) FROM STDIN
+"""
+
+# Each merge takes the first file (by path) for a key and leaves existing rows alone: first writer wins.
+_MERGE_PATIENTS = """
+INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex)
+SELECT DISTINCT ON (patient_id, issuer_of_patient_id)
+       patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex
+FROM staging WHERE reason IS NULL
+ORDER BY patient_id, issuer_of_patient_id, path
+ON CONFLICT (patient_id, issuer_of_patient_id) DO NOTHING
+"""
+
+_MERGE_STUDIES = """
+INSERT INTO study (study_instance_uid, patient, study_date, study_time, accession_number, study_id,
+                   study_description, referring_physician_name)
+SELECT DISTINCT ON (s.study_instance_uid)
+       s.study_instance_uid, p.id, s.study_date, s.study_time, s.accession_number, s.study_id,
+       s.study_description, s.referring_physician_name
+FROM staging s JOIN patient p USING (patient_id, issuer_of_patient_id)
+WHERE s.reason IS NULL
+ORDER BY s.study_instance_uid, s.path
+ON CONFLICT (study_instance_uid) DO NOTHING
+"""
+
+_MERGE_SERIES = """
+INSERT INTO series (series_instance_uid, study, modality, series_number, series_date, series_description,
+                    body_part_examined)
+SELECT DISTINCT ON (s.series_instance_uid)
+       s.series_instance_uid, st.id, s.modality, s.series_number, s.series_date, s.series_description,
+       s.body_part_examined
+FROM staging s JOIN study st USING (study_instance_uid)
+WHERE s.reason IS NULL
+ORDER BY s.series_instance_uid, s.path
+ON CONFLICT (series_instance_uid) DO NOTHING
+"""
+
+_MERGE_INSTANCES = """
+INSERT INTO instance (sop_instance_uid, sop_class_uid, series, instance_number, content_date, transfer_syntax_uid,
+                      batch, path, size, mtime_ns, header)
+SELECT DISTINCT ON (s.sop_instance_uid)
+       s.sop_instance_uid, s.sop_class_uid, se.id, s.instance_number, s.content_date, s.transfer_syntax_uid,
+       %(batch)s, s.path, s.size, s.mtime_ns, s.header
+FROM staging s JOIN series se USING (series_instance_uid)
+WHERE s.reason IS NULL
+ORDER BY s.sop_instance_uid, s.path
+ON CONFLICT (sop_instance_uid) DO NOTHING
+"""
+
+_MERGE_DUPLICATES = """
+INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail, duplicate_of)
+SELECT %(batch)s, s.path, s.size, s.mtime_ns, 'duplicate',
+       'same SOPInstanceUID as ' || b.root || ':' || b.path || '/' || i.path, s.sop_instance_uid
+FROM staging s
+JOIN instance i ON i.sop_instance_uid = s.sop_instance_uid
+JOIN batch b ON b.id = i.batch
+WHERE s.reason IS NULL AND NOT (i.batch = %(batch)s AND i.path = s.path)
+ON CONFLICT (batch, path) DO NOTHING
+"""
+
+_MERGE_REJECTED = """
+INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail)
+SELECT %(batch)s, path, size, mtime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
+ON CONFLICT (batch, path) DO NOTHING
+"""
+
+_FINISH = """
+WITH counts AS (
+    SELECT (SELECT count(*) FROM instance WHERE batch = %(batch)s) AS instances,
+           (SELECT count(*) FROM rejected_file WHERE batch = %(batch)s) AS rejected
+), done AS (
+    UPDATE batch SET
+        status = CASE WHEN %(files)s = 0 THEN 'empty' ELSE 'done' END,
+        fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
+        instances = counts.instances, rejected = counts.rejected,
+        imports = imports + 1, attempts = 0, last_error = NULL,
+        finished_at = clock_timestamp(), seconds = %(seconds)s
+    FROM counts WHERE id = %(batch)s
+    RETURNING status, batch.instances, batch.rejected, id
+)
+SELECT status, instances, rejected, pg_notify(%(channel)s, id::text) FROM done
+"""

@@ -1,0 +1,98 @@
+"""What people read on a terminal: the progress bar, one summary line per folder, the status table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, TextIO
+
+from sendit_watcher.importer import Result
+from sendit_watcher.status import BatchRow, Totals
+from sendit_watcher.worker import Failure, Outcome
+
+__all__ = ["Progress", "summary_line", "outcome_json", "status_table", "status_json"]
+
+
+class Progress:
+    """A one-line progress bar on a terminal, redrawn at most 10 times a second; silent elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self._drawn = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._drawn < 0.1 and done < total):
+            return
+        self._drawn = now
+        width = 30
+        filled = width * done // max(total, 1)
+        rate = done / max(now - self._started, 1e-9)
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f}/s")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self._drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def summary_line(folder: str, outcome: Outcome) -> str:
+    """``/data/A: done, 120 files, 118 instances (118 new), 2 rejected, 0.41 s, 293 files/s``."""
+    if isinstance(outcome, Failure):
+        return f"{folder}: failed (batch {outcome.batch_id}): {outcome.error}"
+    if outcome.unchanged:
+        return f"{folder}: unchanged since its last import (batch {outcome.batch_id}, {outcome.files} files)"
+    return (f"{folder}: {outcome.status}, {outcome.files:,} files, {outcome.instances:,} instances "
+            f"({outcome.new_instances:,} new), {outcome.rejected:,} rejected, {outcome.seconds:.2f} s, "
+            f"{outcome.files_per_second:,.0f} files/s (batch {outcome.batch_id})")
+
+
+def outcome_json(folder: str, outcome: Outcome) -> str:
+    """One JSON object per folder, for scripts."""
+    record: dict[str, Any] = {"folder": folder, **asdict(outcome)}
+    if isinstance(outcome, Result):
+        record["files_per_second"] = round(outcome.files_per_second, 1)
+    return json.dumps(record, sort_keys=True)
+
+
+def status_table(rows: list[BatchRow], totals: Totals) -> str:
+    """Recent batches as an aligned table, then the totals."""
+    header = ("ID", "STATUS", "ROOT:FOLDER", "FILES", "INSTANCES", "REJECTED", "SECONDS", "FINISHED", "HOST")
+    lines = [header] + [_cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    if len(lines) == 1:
+        text.append("(no batches yet)")
+    by_status = ", ".join(f"{n:,} {status}" for status, n in sorted(totals.batches.items())) or "none"
+    text += ["", f"batches: {by_status}",
+             f"rows: {totals.patients:,} patients, {totals.studies:,} studies, {totals.series:,} series, "
+             f"{totals.instances:,} instances, {totals.rejected:,} rejected files"]
+    errors = [f"batch {row.id}: {row.last_error}" for row in lines_with_errors(rows)]
+    return "\n".join(text + (["", "errors:"] + errors if errors else []))
+
+
+def lines_with_errors(rows: Iterable[BatchRow]) -> list[BatchRow]:
+    return [row for row in rows if row.status == "failed" and row.last_error]
+
+
+def _cells(row: BatchRow) -> tuple[str, ...]:
+    return (str(row.id), row.status, f"{row.root}:{row.path}", f"{row.files:,}", f"{row.instances:,}",
+            f"{row.rejected:,}", "" if row.seconds is None else f"{row.seconds:.2f}", _when(row.finished_at),
+            row.host or "")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def status_json(rows: Iterable[BatchRow], totals: Totals) -> str:
+    """The same as the table, as one JSON document."""
+    return json.dumps({"batches": [asdict(row) for row in rows], "totals": asdict(totals)}, default=str, indent=2)

@@ -1,0 +1,101 @@
+"""Importing one batch end to end: claim it, import it in that transaction, record a failure on its own.
+
+Shared by ``sendit-watcher import`` and the service's worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from sendit_watcher import batches
+from sendit_watcher.batches import Batch
+from sendit_watcher.config import Config
+from sendit_watcher.db import Connection
+from sendit_watcher.errors import ImportFailed
+from sendit_watcher.importer import Parser, Result, import_claimed
+from sendit_watcher.logs import batch_fields
+
+__all__ = ["Failure", "Outcome", "import_next", "import_batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A batch whose import was rolled back and recorded as failed."""
+
+    batch_id: int
+    root: str
+    path: str
+    error: str
+    status: str = "failed"
+
+
+Outcome = Result | Failure
+Progress = Callable[[int, int], None]
+
+
+def import_next(conn: Connection, config: Config, parser: Parser) -> Outcome | None:
+    """Claim the oldest free queued batch and import it; None when the queue has nothing free."""
+    return _run(conn, config, parser, lambda: batches.claim(conn, config.watcher.host_name), None)
+
+
+def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
+                 progress: Progress | None = None) -> Outcome | None:
+    """Claim one given batch (waiting for a worker that holds it) and import it."""
+    return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id, config.watcher.host_name), progress)
+
+
+def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
+         progress: Progress | None) -> Outcome | None:
+    claimed: Batch | None = None
+    try:
+        with conn.transaction():
+            claimed = claim()
+            if claimed is None:
+                return None
+            result = import_claimed(conn, claimed, _folder(config, claimed), parser,
+                                    full_header=config.importer.full_header, progress=progress)
+    except psycopg.OperationalError:
+        raise  # connection lost or deadlock: the claim is released and the batch stays queued
+    except Exception as exc:  # noqa: BLE001 - any other failure is this batch's, recorded on it
+        if claimed is None:
+            raise
+        return _fail(conn, config, claimed, exc)
+    _log_result(result)
+    return result
+
+
+def _folder(config: Config, batch: Batch) -> str:
+    try:
+        folder = batches.resolve(config, batch.root, batch.path)
+    except KeyError as exc:
+        raise ImportFailed(str(exc.args[0])) from None
+    if not folder.is_dir():
+        raise ImportFailed(f"folder {folder} no longer exists or is not a directory")
+    return str(folder)
+
+
+def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Failure:
+    error = f"{type(exc).__name__}: {' '.join(str(exc).split())}" if not isinstance(exc, ImportFailed) else str(exc)
+    batches.record_failure(conn, batch.id, config.watcher.host_name, error)
+    log.error("batch %d (%s:%s) failed: %s", batch.id, batch.root, batch.path, error,
+              extra=batch_fields(batch_id=batch.id, folder=batch.path, status="failed"))
+    return Failure(batch.id, batch.root, batch.path, error)
+
+
+def _log_result(result: Result) -> None:
+    fields = batch_fields(batch_id=result.batch_id, folder=result.path, files=result.files,
+                          instances=result.instances, rejected=result.rejected, seconds=round(result.seconds, 3),
+                          status=result.status)
+    if result.unchanged:
+        log.debug("batch %d (%s:%s) unchanged since its last import", result.batch_id, result.root, result.path,
+                  extra=fields)
+        return
+    log.info("batch %d (%s:%s) %s: %d files, %d instances (%d new), %d rejected, %.2f s, %.0f files/s",
+             result.batch_id, result.root, result.path, result.status, result.files, result.instances,
+             result.new_instances, result.rejected, result.seconds, result.files_per_second, extra=fields)

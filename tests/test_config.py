@@ -1,0 +1,121 @@
+"""Configuration: the schema, validation errors naming file/section/key, check-config and its exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyinotify
+import pytest
+
+from sendit_watcher import config as configuration
+from sendit_watcher.cli import main
+from sendit_watcher.errors import EXIT_CONFIG, ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "watcher.conf"
+    path.write_text(text)
+    return path
+
+
+def test_full_file_is_parsed_into_typed_values(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    path = write(tmp_path, f"""
+[database]
+dsn = dbname=sendit   ; a comment
+schema = imaging
+[import]
+full_header = no
+workers = 3
+[watcher]
+temp_suffixes = .tmp, .PART .incoming
+settle_seconds = 2.5
+[watch:incoming]
+path = {tmp_path}/data/
+events = IN_CREATE|IN_MOVED_TO
+""")
+    config = configuration.load(str(path))
+    assert config.database.dsn == "dbname=sendit" and config.database.schema == "imaging"
+    assert config.importer.full_header is False and config.importer.worker_count == 3
+    assert config.watcher.temp_suffixes == (".tmp", ".part", ".incoming")
+    assert config.watcher.is_temporary("Study.PART") and not config.watcher.is_temporary("Study")
+    watch = config.watches[0]
+    assert (watch.name, watch.path) == ("incoming", tmp_path / "data")
+    assert watch.events == pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
+    assert watch.processor == configuration.DEFAULT_PROCESSOR
+
+
+def test_every_problem_names_file_section_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[database]
+shema = x
+[import]
+workers = many
+[watcher]
+settle_seconds = -1
+[watch:a]
+events = IN_CREATE|IN_BOGUS
+[mystery]
+""")
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    problems = caught.value.problems
+    expected = [f"{path}: [database] shema: unknown option", f"{path}: [import] workers: 'many' is not a whole",
+                f"{path}: [watcher] settle_seconds: '-1' is not a finite", f"{path}: [watch:a] path: required",
+                f"{path}: [watch:a] events: 'IN_BOGUS' is not a pyinotify event", f"{path}: [mystery]: unknown section"]
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
+
+
+def test_nested_roots_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, f"[watch:a]\npath = {tmp_path}\n[watch:b]\npath = {tmp_path}/inner\n")
+    with pytest.raises(ConfigError, match="must not nest"):
+        configuration.load(str(path))
+
+
+def test_missing_named_file_is_an_error_but_missing_default_is_defaults(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        configuration.load(str(tmp_path / "nope.conf"))
+    monkeypatch.setattr(configuration, "DEFAULT_CONFIG_PATH", tmp_path / "absent.conf")
+    monkeypatch.delenv(configuration.CONFIG_ENV, raising=False)
+    assert configuration.load(None).watches == ()
+
+
+def test_environment_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[database]\nschema = fromenv\n")
+    monkeypatch.setenv(configuration.CONFIG_ENV, str(path))
+    assert configuration.load(None).database.schema == "fromenv"
+
+
+def test_check_config_exits_78_listing_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f"[watch:x]\npath = {tmp_path}/missing\nprocessor = no.such.Processor\n")
+    assert main(["--config", str(path), "check-config"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"[watch:x] path: {tmp_path}/missing is not an existing directory" in err
+    assert "[watch:x] processor: cannot import module 'no.such'" in err
+
+
+def test_check_config_prints_effective_config_without_password(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f"[database]\ndsn = host=db password='s3cr et' user=x\n[watch:in]\npath = {tmp_path}\n")
+    assert main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr" not in out and "password=***" in out
+    assert f"[watch:in]\npath = {tmp_path}\nevents = IN_CLOSE_WRITE|IN_CREATE|IN_MOVED_TO" in out
+    assert main(["--config", str(path), "--dsn", "postgresql://u:hunter2@db/x", "check-config"]) == 0
+    assert "hunter2" not in capsys.readouterr().out
+
+
+def test_redact_dsn_forms() -> None:
+    assert configuration.redact_dsn("host=a password=x dbname=b") == "host=a password=*** dbname=b"
+    assert configuration.redact_dsn("postgresql://me:pw@h:5/d") == "postgresql://me:***@h:5/d"
+    assert configuration.redact_dsn("dbname=x") == "dbname=x"
+
+
+def test_every_schema_option_has_help_and_a_parsable_default() -> None:
+    for section, options in configuration.SCHEMA.items():
+        for option in options:
+            assert option.help, (section, option.key)
+            if option.default is not None:
+                option.parse(option.default)

@@ -1,0 +1,188 @@
+"""The import engine against real PostgreSQL and pydicom's real test files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from sendit_watcher import batches
+from sendit_watcher.config import Config, DatabaseConfig
+from sendit_watcher.db import Connection
+from sendit_watcher.importer import InlineParser, Parser, PoolParser, Result
+from sendit_watcher.walk import FileEntry, walk
+from sendit_watcher.worker import Failure, Outcome, import_batch
+from tests.conftest import count_rows, make_config, pydicom_test_files
+
+
+def import_folder(conn: Connection, config: Config, folder: Path, parser: Parser | None = None) -> Outcome:
+    root, path = batches.locate(config, folder)
+    batch_id = batches.ensure(conn, root, path)
+    outcome = import_batch(conn, config, parser or InlineParser(), batch_id)
+    assert outcome is not None
+    return outcome
+
+
+def files_in(folder: Path) -> int:
+    return sum(1 for _ in walk(str(folder)))
+
+
+def test_every_file_of_pydicom_tree_is_accounted_for_twice_in_a_row(conn: Connection, config: Config,
+                                                                  dicom_tree: Path) -> None:
+    parser = PoolParser(2)
+    try:
+        first = import_folder(conn, config, dicom_tree, parser)
+        after_first = count_rows(conn)
+        second = import_folder(conn, config, dicom_tree, parser)
+    finally:
+        parser.close()
+    assert isinstance(first, Result) and isinstance(second, Result)
+    assert first.files == files_in(dicom_tree) > 150
+    assert first.instances + first.rejected == first.files
+    assert after_first["instance"] + after_first["rejected_file"] == first.files
+    assert first.instances > 100 and first.status == "done"
+    assert second.unchanged and count_rows(conn) == after_first
+    assert (second.instances, second.rejected) == (first.instances, first.rejected)
+
+
+def test_rejections_carry_their_reasons(conn: Connection, config: Config, dicom_tree: Path) -> None:
+    import_folder(conn, config, dicom_tree)
+    reasons = dict(conn.execute("SELECT path, reason FROM rejected_file").fetchall())
+    assert reasons["README.txt"] == "not-dicom"
+    assert reasons["dicomdirtests/DICOMDIR"] == "dicomdir"
+    assert reasons["priv_SQ.dcm"] == "no-sop-instance-uid"
+    assert "duplicate" in reasons.values()
+    imported = {row[0] for row in conn.execute("SELECT path FROM instance")}
+    # deflate, big endian, implicit VR, no file meta, compressed transfer syntaxes all import
+    for name in ("image_dfl.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "ExplVR_LitEndNoMeta.dcm",
+                 "JPEG2000.dcm", "MR_small_RLE.dcm", "CT_small.dcm"):
+        assert name in imported or reasons.get(name) == "duplicate", name
+
+
+def test_duplicate_instance_names_the_instance_it_duplicates(conn: Connection, config: Config,
+                                                            tmp_path: Path) -> None:
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    for name in ("MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"):
+        shutil.copy(pydicom_test_files() / name, folder / name)
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.instances, outcome.rejected) == (1, 2)
+    sop = pydicom.dcmread(folder / "MR_small.dcm").SOPInstanceUID
+    rows = conn.execute("SELECT reason, duplicate_of, detail FROM rejected_file ORDER BY path").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("duplicate", sop)] * 2
+    assert all(r[2].endswith("/MR_small.dcm") for r in rows)
+
+
+def test_a_folder_that_gained_files_adds_only_the_new_instances(conn: Connection, config: Config,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    write_instance(folder / "a.dcm")
+    first = import_folder(conn, config, folder)
+    write_instance(folder / "b.dcm")
+    second = import_folder(conn, config, folder)
+    assert isinstance(first, Result) and isinstance(second, Result)
+    assert (second.instances, second.new_instances, second.files) == (2, 1, 2)
+    assert count_rows(conn)["instance"] == 2
+
+
+def test_sql_and_quotes_in_tag_values_are_stored_verbatim(conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    hostile = "O'Brien\"; DROP TABLE instance; --^Robert'); DELETE FROM batch;--"
+    write_instance(folder / "x.dcm", PatientName=hostile, StudyDescription="a\\b 'c' $$d$$ %s %(x)s")
+    import_folder(conn, config, folder)
+    assert conn.execute("SELECT patient_name FROM patient").fetchone() == (hostile,)
+    assert conn.execute("SELECT header->'00100010'->'Value'->0->>'Alphabetic' FROM instance").fetchone() == (hostile,)
+    assert count_rows(conn)["batch"] == 1
+
+
+def test_jsonb_query_finds_a_tag_that_is_not_a_column(conn: Connection, config: Config, dicom_tree: Path) -> None:
+    import_folder(conn, config, dicom_tree)
+    found = {row[0] for row in conn.execute(
+        "SELECT path FROM instance WHERE (header->'00180050'->'Value'->>0)::float = 5.0")}
+    expected = set()
+    for row in conn.execute("SELECT path FROM instance"):
+        ds = pydicom.dcmread(dicom_tree / row[0], stop_before_pixels=True, force=True)
+        if "SliceThickness" in ds and ds.SliceThickness is not None and float(ds.SliceThickness) == 5.0:
+            expected.add(row[0])
+    assert found == expected and "CT_small.dcm" in found
+
+
+def test_main_tags_only_leaves_the_header_out(conn: Connection, database: DatabaseConfig, tmp_path: Path) -> None:
+    config = make_config(database, full_header=False)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    write_instance(folder / "x.dcm", Modality="CT", SeriesNumber="7")
+    import_folder(conn, config, folder)
+    row = conn.execute("SELECT i.header, s.modality, s.series_number FROM instance i JOIN series s ON s.id = i.series")
+    assert row.fetchone() == (None, "CT", 7)
+
+
+def test_symlinks_fifos_and_empty_files_are_rejected_without_blocking(conn: Connection, config: Config,
+                                                                    tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    (folder / "sub").mkdir(parents=True)
+    write_instance(folder / "sub" / "real.dcm")
+    os.symlink("/etc/passwd", folder / "passwd-link")
+    os.symlink(tmp_path, folder / "dir-link")
+    os.mkfifo(folder / "pipe")
+    (folder / "empty.dcm").write_bytes(b"")
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.files, outcome.instances, outcome.rejected) == (5, 1, 4)
+    reasons = dict(conn.execute("SELECT path, reason FROM rejected_file").fetchall())
+    assert reasons == {"passwd-link": "symlink", "dir-link": "symlink", "pipe": "not-a-regular-file",
+                       "empty.dcm": "empty-file"}
+    assert conn.execute("SELECT path FROM instance").fetchall() == [("sub/real.dcm",)]
+
+
+def test_empty_folder_is_recorded_empty(conn: Connection, config: Config, tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    outcome = import_folder(conn, config, tmp_path / "nothing")
+    assert isinstance(outcome, Result) and outcome.status == "empty" and outcome.files == 0
+
+
+def test_vanished_folder_is_recorded_failed(conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    root, path = batches.locate(config, folder)
+    batch_id = batches.ensure(conn, root, path)
+    folder.rmdir()
+    outcome = import_batch(conn, config, InlineParser(), batch_id)
+    assert isinstance(outcome, Failure) and "no longer exists" in outcome.error
+    assert conn.execute("SELECT status, attempts FROM batch WHERE id = %s", (batch_id,)).fetchone() == ("failed", 1)
+
+
+def test_a_changed_file_replaces_its_own_record(conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "x.dcm").write_bytes(b"not yet")
+    import_folder(conn, config, folder)
+    write_instance(folder / "x.dcm")
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.instances, outcome.rejected) == (1, 0)
+
+
+def test_walk_entries_are_sorted_and_relative(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_bytes(b"1")
+    (tmp_path / "a").write_bytes(b"22")
+    entries = list(walk(str(tmp_path)))
+    assert [e.path for e in entries] == ["a", "b/z"]
+    assert isinstance(entries[0], FileEntry) and entries[0].size == 2
+
+
+def write_instance(path: Path, **values: str) -> str:
+    """Write a small real DICOM file (from CT_small.dcm) with fresh UIDs; returns its SOPInstanceUID."""
+    ds = pydicom.dcmread(pydicom_test_files() / "CT_small.dcm")
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return str(ds.SOPInstanceUID)
