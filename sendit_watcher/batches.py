@@ -10,10 +10,11 @@ from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 
 __all__ = ["Batch", "OUTSIDE_ROOTS", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "record_failure",
-           "NOTIFY_CHANNEL"]
+           "NOTIFY_CHANNEL", "QUEUE_CHANNEL"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
-NOTIFY_CHANNEL = "sendit_batch"
+NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
+QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
         batch_id, status = row
         if status != "queued":
             conn.execute("UPDATE batch SET status = 'queued', queued_at = now() WHERE id = %s", (batch_id,))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))  # wakes idle workers
     return int(str(batch_id))
 
 

@@ -1,15 +1,117 @@
-"""Event processors: pyinotify.ProcessEvent subclasses, loaded by dotted path from ``[watch:NAME] processor``."""
+"""Event processors: pyinotify.ProcessEvent subclasses, loaded by dotted path from ``[watch:NAME] processor``.
+
+A processor decides; it never imports. Each is built with ``context=WatchContext``, through pyinotify's
+``my_init(**kwargs)``, and reports folders to ``context.intake``. Third-party processors receive the same
+context and may use it or ignore it.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyinotify
 
+from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import ConfigError
+from sendit_watcher.intake import Intake
 
-__all__ = ["load_processor"]
+__all__ = ["WatchContext", "DicomFolderImporter", "AllEventsSignaler", "load_processor", "ROOT_LOSS"]
+
+log = logging.getLogger(__name__)
+
+ROOT_LOSS = pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF | pyinotify.IN_UNMOUNT | pyinotify.IN_IGNORED
+
+
+@dataclass
+class WatchContext:
+    """What a processor may know and do: its watch, the watcher settings, the intake, and inside-watching."""
+
+    watch: WatchConfig
+    settings: WatcherConfig
+    intake: Intake
+    watch_inside: Callable[[str], None]
+    root_wd: int = -1
+
+    def folder_of(self, path: str) -> str | None:
+        """The folder directly under the root that ``path`` lies in (None for the root itself)."""
+        relative = os.path.relpath(path, self.watch.path)
+        if relative == "." or relative.startswith(".."):
+            return None
+        return relative.split(os.sep, 1)[0]
+
+
+class _ContextProcessor(pyinotify.ProcessEvent):  # type: ignore[misc]
+    """A ProcessEvent built with a WatchContext; reports the loss of its root to the intake."""
+
+    context: WatchContext
+
+    def my_init(self, context: WatchContext | None = None, **_: Any) -> None:
+        assert context is not None, "processors are built with context=WatchContext"
+        self.context = context
+
+    def is_root_loss(self, event: Any) -> bool:
+        return bool(event.mask & ROOT_LOSS) and event.wd == self.context.root_wd
+
+    def report_root_loss(self, event: Any) -> None:
+        log.error("watch root %s (%s) is gone (%s); waiting for it to come back",
+                  self.context.watch.path, self.context.watch.name, event.maskname)
+        self.context.intake.root_lost(self.context.watch.name)
+
+
+class DicomFolderImporter(_ContextProcessor):
+    """The finished-folder rule: a rename to a final name is finished now; a folder created under its
+    final name is finished once it has been quiet for the settle period; temporary names never are."""
+
+    required_events = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
+                       | pyinotify.IN_DELETE | ROOT_LOSS)
+
+    def process_default(self, event: Any) -> None:
+        if self.is_root_loss(event):
+            self.report_root_loss(event)
+        elif event.path == str(self.context.watch.path):
+            self._at_root(event)
+        else:
+            self._inside(event)
+
+    def _at_root(self, event: Any) -> None:
+        name, intake = event.name, self.context.intake
+        if not name:
+            return
+        folder = (self.context.watch.name, name)
+        if event.mask & (pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE):
+            intake.forget(folder)
+        elif not event.dir:
+            log.debug("ignoring %s: files directly in a watch root are not batches", event.pathname)
+        elif self.context.settings.is_temporary(name):
+            log.debug("not yet: %s has a temporary name", event.pathname)
+        elif event.mask & pyinotify.IN_MOVED_TO:
+            log.debug("finished by rename: %s", event.pathname)
+            intake.finished(folder)
+        elif event.mask & pyinotify.IN_CREATE:
+            log.debug("created under its final name, settling: %s", event.pathname)
+            intake.activity(folder)
+            self.context.watch_inside(event.pathname)
+
+    def _inside(self, event: Any) -> None:
+        name = self.context.folder_of(event.path)
+        if name is not None and not self.context.settings.is_temporary(name):
+            self.context.intake.activity((self.context.watch.name, name))
+
+
+class AllEventsSignaler(_ContextProcessor):
+    """Logs every event at debug level with its mask name and path (sendit's AllEventsSignaler)."""
+
+    required_events = ROOT_LOSS
+
+    def process_default(self, event: Any) -> None:
+        if self.is_root_loss(event):
+            self.report_root_loss(event)
+        log.debug("%s %s", event.maskname, event.pathname)
 
 
 def load_processor(dotted: str) -> type[Any]:

@@ -1,0 +1,112 @@
+"""Catch-up: reconcile each root with the database by stat alone (names, sizes, mtimes), never by reading DICOM.
+
+Runs in a thread of its own so a large tree never stalls the event loop; it only reads. The main loop queues
+what it finds through the intake, like any other finished folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import connect
+from sendit_watcher.intake import Folder, newest_change
+from sendit_watcher.walk import fingerprint, walk
+
+__all__ = ["ScanResult", "scan_roots", "Scanner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanResult:
+    """What a catch-up scan found: folders to queue now, folders still being written, and its cost."""
+
+    changed: list[Folder] = field(default_factory=list)
+    young: list[Folder] = field(default_factory=list)
+    folders: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def scan_roots(database: DatabaseConfig, roots: dict[str, Path], is_temporary: Callable[[str], bool],
+               settle_seconds: float, skip: set[Folder]) -> ScanResult:
+    """Compare every finished folder under each root with its batch row's fingerprint."""
+    started = time.monotonic()
+    result = ScanResult()
+    with connect(database, application="sendit-watcher catch-up") as conn:
+        for name, root in roots.items():
+            known = {str(p): (f, str(s)) for p, f, s in conn.execute(
+                "SELECT path, fingerprint, status FROM batch WHERE root = %s", (name,))}
+            conn.rollback()
+            _scan_root(name, root, known, is_temporary, settle_seconds, skip, result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _scan_root(name: str, root: Path, known: dict[str, tuple[object, str]], is_temporary: Callable[[str], bool],
+               settle_seconds: float, skip: set[Folder], result: ScanResult) -> None:
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError as exc:
+        log.error("catch-up cannot list watch root %s: %s", root, exc.strerror or exc)
+        return
+    for folder_name in entries:
+        folder = (name, folder_name)
+        if is_temporary(folder_name) or folder in skip:
+            continue
+        result.folders += 1
+        if _needs_import(str(root / folder_name), known.get(folder_name)):
+            newest = newest_change(str(root / folder_name))
+            young = newest is not None and time.time() - newest < settle_seconds
+            (result.young if young else result.changed).append(folder)
+
+
+def _needs_import(path: str, row: tuple[object, str] | None) -> bool:
+    if row is None:
+        return True
+    stored, status = row
+    if status in ("queued", "importing"):
+        return False
+    try:
+        return fingerprint(walk(path)) != stored
+    except OSError:
+        return False  # vanished since the listing
+
+
+class Scanner:
+    """Runs one catch-up scan at a time in a background thread; the main loop collects the result."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._result: ScanResult | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, database: DatabaseConfig, roots: dict[str, Path], is_temporary: Callable[[str], bool],
+              settle_seconds: float, skip: set[Folder]) -> None:
+        def work() -> None:
+            try:
+                self._result = scan_roots(database, roots, is_temporary, settle_seconds, skip)
+            except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
+                self._result = ScanResult(error=" ".join(str(exc).split()) or type(exc).__name__)
+
+        self._result = None
+        self._thread = threading.Thread(target=work, name="catch-up", daemon=True)
+        self._thread.start()
+
+    def collect(self) -> ScanResult | None:
+        """The finished scan's result, once."""
+        if self._thread is None or self._thread.is_alive():
+            return None
+        self._thread = None
+        result, self._result = self._result, None
+        return result

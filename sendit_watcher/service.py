@@ -1,0 +1,301 @@
+"""The service lifecycle (``sendit-watcher run``): watches in place, workers started, READY, the main loop,
+reload on SIGHUP, a bounded drain on SIGTERM. Signal handlers only enqueue; the loop acts and logs.
+
+If PostgreSQL does not answer at start the service still goes READY once every watch is in place, says
+"waiting for database: ..." in STATUS, keeps every noticed folder in memory and retries; when the database
+answers it queues them and runs a catch-up scan, so nothing is lost even across a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import time
+from types import FrameType
+
+import psycopg
+
+from sendit_watcher import batches
+from sendit_watcher import config as configuration
+from sendit_watcher.catchup import Scanner, ScanResult
+from sendit_watcher.config import Config
+from sendit_watcher.db import Connection, connect
+from sendit_watcher.errors import EXIT_OK, ConfigError, DatabaseUnavailable, SenditError
+from sendit_watcher.intake import Intake
+from sendit_watcher.migrate import migrate
+from sendit_watcher.notify import Notifier
+from sendit_watcher.watcher import Watcher
+from sendit_watcher.workers import WorkerPool
+
+__all__ = ["serve", "Service"]
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.2  # longest sleep of the loop: signals, watchdog and timers are served at least this often
+_STATUS_EVERY = 2.0
+
+
+class SignalQueue:
+    """Signal handlers that only record the signal; the main loop drains them."""
+
+    def __init__(self) -> None:
+        self.received: collections.deque[int] = collections.deque()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+    def drain(self) -> list[int]:
+        drained = list(self.received)
+        self.received.clear()
+        return drained
+
+
+class DatabaseLink:
+    """The main loop's connection: opened lazily, dropped on failure, retried with back-off."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.conn: Connection | None = None
+        self.error: str | None = None
+        self.next_attempt = 0.0
+        self.reconnected = False
+
+    def get(self) -> Connection | None:
+        """The live connection, or None while the database is unreachable."""
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        if time.monotonic() < self.next_attempt:
+            return None
+        try:
+            conn = connect(self.config.database, application="sendit-watcher watcher")
+            if self.config.database.migrate_on_start:
+                migrate(conn, self.config.database.schema)
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            self.failed(exc)
+            return None
+        if self.error is not None:
+            log.warning("database is reachable again")
+        self.conn, self.error, self.reconnected = conn, None, True
+        return conn
+
+    def failed(self, exc: BaseException) -> None:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if message != self.error:
+            log.error("database unavailable: %s (retrying every %.0f s)", message,
+                      self.config.database.retry_interval)
+        self.error = message
+        self.next_attempt = time.monotonic() + self.config.database.retry_interval
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Service:
+    """One running watcher: its intake, watcher, workers, database link and timers."""
+
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notify = notifier or Notifier()
+        self.intake = Intake(config.watcher.settle_seconds)
+        self.watcher = Watcher(config.watcher, self.intake)
+        self.link = DatabaseLink(config)
+        self.workers = WorkerPool(config)
+        self.scanner = Scanner()
+        self.last_scan = 0.0
+        self.last_status = 0.0
+        self.stopping = False
+
+    def start(self) -> None:
+        """Watch every root, reach for the database once, start the workers, then READY=1."""
+        for watch in self.config.watches:
+            self.watcher.add_root(watch)
+        self.link.get()
+        self.workers.start()
+        self.notify.ready(self.status_line())
+        log.info("ready: %s", self.status_line())
+
+    def run(self) -> int:
+        signals = SignalQueue()
+        self.start()
+        while not self.stopping:
+            self.watcher.poll(self._timeout())
+            for signum in signals.drain():
+                self._on_signal(signum)
+            if not self.stopping:
+                self.turn()
+        return self.stop()
+
+    def turn(self) -> None:
+        """One pass of timed work between event batches."""
+        for folder in self.intake.settled(self.watcher.path_of):
+            self.watcher.unwatch(self.watcher.path_of(folder))
+            self.intake.finished(folder)
+        self._flush()
+        self._catch_up()
+        if self.intake.lost_roots and self.watcher.rewatch_lost_roots():
+            self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
+        self.workers.supervise()
+        self.notify.watchdog()
+        if time.monotonic() - self.last_status >= _STATUS_EVERY:
+            self.last_status = time.monotonic()
+            self.notify.status(self.status_line())
+
+    def _timeout(self) -> float:
+        deadline = self.intake.next_deadline()
+        wait = _TICK if deadline is None else deadline - time.monotonic()
+        return min(_TICK, max(0.0, wait))
+
+    def _flush(self) -> None:
+        """Queue every finished folder; on a database error keep it and back off."""
+        for folder in self.intake.due_for_enqueue():
+            conn = self.link.get()
+            if conn is None:
+                self.intake.retry_later(folder)
+                continue
+            try:
+                batch_id = batches.enqueue(conn, folder[0], folder[1])
+            except psycopg.Error as exc:
+                self.link.failed(exc)
+                self.intake.retry_later(folder)
+                continue
+            if batch_id is None:
+                self.intake.retry_later(folder)  # a worker holds it right now
+            else:
+                log.debug("queued %s:%s as batch %d", folder[0], folder[1], batch_id)
+                self.intake.enqueued(folder)
+
+    def _catch_up(self) -> None:
+        result = self.scanner.collect()
+        if result is not None:
+            self._absorb(result)
+        interval = self.config.watcher.rescan_interval
+        due = self.intake.rescan_requested or self.link.reconnected or (
+            interval > 0 and time.monotonic() - self.last_scan >= interval)
+        if due and not self.scanner.running and self.link.get() is not None:
+            self.intake.rescan_requested = self.link.reconnected = False
+            self.last_scan = time.monotonic()
+            roots = {name: root.watch.path for name, root in self.watcher.roots.items()}
+            skip = set(self.intake.settling) | set(self.intake.ready)
+            self.scanner.start(self.config.database, roots, self.config.watcher.is_temporary,
+                               self.config.watcher.settle_seconds, skip)
+
+    def _absorb(self, result: ScanResult) -> None:
+        if result.error is not None:
+            log.error("catch-up scan failed: %s; retrying", result.error)
+            self.intake.overflow()
+            return
+        for folder in result.changed:
+            self.intake.finished(folder)
+        for folder in result.young:
+            self.intake.activity(folder)
+        log.info("catch-up scan: %d folders in %.2f s; %d to import, %d still being written",
+                 result.folders, result.seconds, len(result.changed), len(result.young))
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        else:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            self.stopping = True
+
+    def reload(self) -> None:
+        """Re-read the configuration file and apply watch changes; a bad file keeps the running setup."""
+        self.notify.reloading()
+        try:
+            new = configuration.load(str(self.config.source)) if self.config.source else self.config
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", "; ".join(exc.problems))
+            self.notify.ready(self.status_line())
+            return
+        self._apply_watches(new)
+        self.notify.ready(self.status_line())
+
+    def _apply_watches(self, new: Config) -> None:
+        old = {w.name: w for w in self.config.watches}
+        wanted = {w.name: w for w in new.watches}
+        self.config = new
+        self.watcher.settings = new.watcher
+        self.link.config = new
+        self.workers.replace(new)  # workers resolve root names with the new file
+        for name in [n for n in old if old[n] != wanted.get(n)]:
+            self.watcher.remove_root(name)
+        for name in [n for n in wanted if old.get(n) != wanted[n]]:
+            try:
+                self.watcher.add_root(wanted[name])
+            except SenditError as exc:
+                log.error("reload: %s", exc)
+        self.intake.overflow()
+        log.info("reloaded %s: %s", new.source, self.status_line())
+
+    def stop(self) -> int:
+        """STOPPING=1, then a bounded drain: a folder in hand commits or rolls back whole."""
+        self.notify.stopping(f"stopping: letting in-flight folders finish (up to "
+                             f"{self.config.watcher.drain_seconds:.0f} s)")
+        self._flush()
+        killed = self.workers.stop(self.config.watcher.drain_seconds)
+        self.watcher.close()
+        self.link.close()
+        log.info("stopped%s", f"; {killed} worker(s) killed after the drain period" if killed else "")
+        return EXIT_OK
+
+    def status_line(self) -> str:
+        """The one-line truth for STATUS=."""
+        roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
+        parts = [f"watching {roots}"]
+        if self.intake.lost_roots:
+            parts.append("LOST ROOT " + ", ".join(sorted(self.intake.lost_roots)) + " (waiting for it)")
+        if self.intake.pending:
+            parts.append(f"{self.intake.pending:,} settling")
+        conn = self.link.get()
+        if conn is None:
+            return f"waiting for database: {self.link.error}; " + "; ".join(parts)
+        try:
+            queued, imported, failed, last = _queue_counts(conn)
+        except psycopg.Error as exc:
+            self.link.failed(exc)
+            return f"waiting for database: {self.link.error}; " + "; ".join(parts)
+        parts += [f"{queued:,} queued", f"{imported:,} folders imported"]
+        if failed:
+            parts.append(f"{failed:,} failed")
+        if last is not None:
+            parts.append(f"last {_ago(last)}")
+        return "; ".join(parts)
+
+
+def _queue_counts(conn: Connection) -> tuple[int, int, int, float | None]:
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status IN ('done', 'empty')),"
+        " count(*) FILTER (WHERE status = 'failed'), extract(epoch FROM now() - max(finished_at)) FROM batch"
+    ).fetchone()
+    conn.rollback()
+    assert row is not None
+    return (int(str(row[0])), int(str(row[1])), int(str(row[2])),
+            None if row[3] is None else float(str(row[3])))
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(0, seconds):.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def serve(config: Config, *, demo: bool = False) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit code."""
+    if not config.watches:
+        where = config.source or configuration.DEFAULT_CONFIG_PATH
+        raise ConfigError([f"{where}: no [watch:NAME] section; add one with path = /the/incoming/directory"])
+    service = Service(config)
+    if demo:
+        from sendit_watcher.demo import start_demo
+
+        start_demo(config.watches[0].path)
+    return service.run()

@@ -1,0 +1,191 @@
+"""The inotify side: watch each root (and folders still settling inside them), read events, dispatch them
+to the processors behind a firewall, and report overflows and lost roots to the intake."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyinotify
+
+from sendit_watcher.config import WatchConfig, WatcherConfig
+from sendit_watcher.errors import WatchError
+from sendit_watcher.intake import Intake
+from sendit_watcher.processors import WatchContext, load_processor
+
+__all__ = ["Watcher", "INSIDE_EVENTS"]
+
+log = logging.getLogger(__name__)
+
+# What a folder that is still being written reports; any of these restarts its quiet period.
+INSIDE_EVENTS = (pyinotify.IN_CREATE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
+                 | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE | pyinotify.IN_ATTRIB)
+
+
+class Firewall:
+    """Calls a processor; an exception is logged and counted, never allowed to stop the notifier."""
+
+    def __init__(self, processor: Any, name: str) -> None:
+        self.processor = processor
+        self.name = name
+        self.errors = 0
+
+    def __call__(self, event: Any) -> None:
+        try:
+            self.processor(event)
+        except Exception:  # noqa: BLE001 - the one firewall per event
+            self.errors += 1
+            log.exception("processor of [watch:%s] failed on %s for %s; carrying on",
+                          self.name, getattr(event, "maskname", "?"), getattr(event, "pathname", "?"))
+
+
+class _OverflowHandler(pyinotify.ProcessEvent):  # type: ignore[misc]
+    """Receives events without a watch: IN_Q_OVERFLOW above all."""
+
+    def my_init(self, intake: Intake | None = None, **_: Any) -> None:
+        self.intake = intake
+
+    def process_IN_Q_OVERFLOW(self, event: Any) -> None:
+        log.warning("inotify queue overflowed: events were lost; reconciling every root with the database")
+        assert self.intake is not None
+        self.intake.overflow()
+
+    def process_default(self, event: Any) -> None:
+        log.debug("event without a watch: %s", event)
+
+
+@dataclass
+class _Root:
+    watch: WatchConfig
+    context: WatchContext
+    firewall: Firewall
+    mask: int
+    wd: int = -1
+
+
+class Watcher:
+    """Owns the WatchManager and Notifier; every change to the watch table goes through its methods."""
+
+    def __init__(self, settings: WatcherConfig, intake: Intake) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.manager = pyinotify.WatchManager()
+        self.notifier = pyinotify.Notifier(self.manager, default_proc_fun=_OverflowHandler(intake=intake))
+        self.roots: dict[str, _Root] = {}
+
+    def add_root(self, watch: WatchConfig) -> None:
+        """Start watching a root; WatchError says why it cannot be watched."""
+        processor_class = load_processor(watch.processor)
+        context = WatchContext(watch, self.settings, self.intake, self.watch_inside)
+        firewall = Firewall(processor_class(context=context), watch.name)
+        mask = watch.events | getattr(processor_class, "required_events", 0)
+        root = _Root(watch, context, firewall, mask)
+        self._attach(root)
+        self.roots[watch.name] = root
+        log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
+
+    def _attach(self, root: _Root) -> None:
+        path = str(root.watch.path)
+        _check_directory(root.watch)
+        try:
+            wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
+        except pyinotify.WatchManagerError as exc:
+            raise WatchError(_watch_failure(root.watch, exc)) from None
+        root.wd = root.context.root_wd = wds[path]
+
+    def remove_root(self, name: str) -> None:
+        root = self.roots.pop(name)
+        if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
+            self.manager.rm_watch(root.wd, quiet=True)
+        for path in [w.path for w in self.manager.watches.values() if _is_inside(w.path, root.watch.path)]:
+            self.unwatch(path)
+        log.info("stopped watching %s ([watch:%s])", root.watch.path, name)
+
+    def watch_inside(self, path: str) -> None:
+        """Watch a settling folder and everything created in it, until it is settled."""
+        root = self._root_of(path)
+        if root is None:
+            return
+        try:
+            self.manager.add_watch(path, INSIDE_EVENTS, proc_fun=root.firewall, rec=True, auto_add=True, quiet=False)
+        except pyinotify.WatchManagerError as exc:
+            # The folder still settles by stat (newest ctime); only the early wake-ups are lost.
+            log.warning("cannot watch inside %s (%s); it settles by stat alone", path, _first_error(exc))
+
+    def unwatch(self, path: str) -> None:
+        """Stop watching a folder and its subtree (EINVAL from watches the kernel already dropped is fine)."""
+        wd = self.manager.get_wd(path)
+        if wd is not None:
+            self.manager.rm_watch(wd, rec=True, quiet=True)
+
+    def path_of(self, folder: tuple[str, str]) -> str:
+        return os.path.join(self.roots[folder[0]].watch.path, folder[1])
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for events and dispatch them."""
+        if not self.notifier.check_events(max(0, int(timeout * 1000))):
+            return
+        try:
+            self.notifier.read_events()
+        except Exception:  # noqa: BLE001 - e.g. a name that is not UTF-8; events of that read are lost
+            log.exception("could not decode inotify events; reconciling every root with the database")
+            self.intake.overflow()
+        try:
+            self.notifier.process_events()
+        except Exception:  # noqa: BLE001 - pyinotify's own bookkeeping failed on one event
+            log.exception("pyinotify failed to process an event; carrying on")
+
+    def rewatch_lost_roots(self) -> list[str]:
+        """Watch again every lost root that exists again; returns their names."""
+        back = []
+        for name in sorted(self.intake.lost_roots):
+            root = self.roots.get(name)
+            if root is None:
+                self.intake.lost_roots.discard(name)
+                continue
+            if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
+                self.manager.rm_watch(root.wd, quiet=True)
+            try:
+                self._attach(root)
+            except WatchError:
+                continue
+            self.intake.lost_roots.discard(name)
+            log.warning("watch root %s ([watch:%s]) is back and watched again", root.watch.path, name)
+            back.append(name)
+        return back
+
+    def close(self) -> None:
+        self.notifier.stop()
+
+    def _root_of(self, path: str) -> _Root | None:
+        return next((r for r in self.roots.values() if _is_inside(path, r.watch.path)), None)
+
+
+def _is_inside(path: str, root: Any) -> bool:
+    return path.startswith(str(root) + os.sep)
+
+
+def _check_directory(watch: WatchConfig) -> None:
+    where = f"[watch:{watch.name}] path {watch.path}"
+    if not watch.path.exists():
+        raise WatchError(f"{where} does not exist; create it or fix the path in the configuration")
+    if not watch.path.is_dir():
+        raise WatchError(f"{where} is not a directory")
+    if not os.access(watch.path, os.R_OK | os.X_OK):
+        raise WatchError(f"{where} is not readable by this user (uid {os.getuid()}); fix its permissions")
+
+
+def _first_error(exc: Any) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _watch_failure(watch: WatchConfig, exc: Any) -> str:
+    text = _first_error(exc)
+    hint = ""
+    if "No space left" in text or "ENOSPC" in text:
+        hint = "; the inotify watch table is full: raise fs.inotify.max_user_watches (sysctl)"
+    elif "Permission denied" in text:
+        hint = "; give this user read access to the directory"
+    return f"cannot watch [watch:{watch.name}] path {watch.path}: {text}{hint}"

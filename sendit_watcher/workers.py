@@ -1,0 +1,137 @@
+"""Importer worker processes: each claims queued batches and imports them; the service supervises them.
+
+A worker wakes on ``NOTIFY sendit_queue`` (sent when a batch is queued) or every second, so it never misses work.
+On SIGTERM it finishes the folder in hand and exits; the service kills it after the drain period, which rolls
+that folder back whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import psycopg
+from psycopg import sql
+
+from sendit_watcher.batches import QUEUE_CHANNEL
+from sendit_watcher.config import Config
+from sendit_watcher.db import Connection, connect
+from sendit_watcher.errors import DatabaseUnavailable
+from sendit_watcher.importer import InlineParser
+from sendit_watcher.logs import setup as setup_logging
+from sendit_watcher.worker import import_next
+
+__all__ = ["WorkerPool", "worker_main", "QUEUE_CHANNEL"]
+
+log = logging.getLogger(__name__)
+
+_WAKE_SECONDS = 1.0
+
+
+class _Stop:
+    requested = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: FrameType | None) -> None:
+        cls.requested = True
+
+
+def worker_main(config: Config, index: int, parent: int) -> None:
+    """Entry point of one worker process."""
+    signal.signal(signal.SIGTERM, _Stop.handle)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us in order
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    setup_logging(config.watcher.log_level)
+    parser = InlineParser()
+    while not _Stop.requested and os.getppid() == parent:
+        try:
+            with connect(config.database, application=f"sendit-watcher worker {index}") as conn:
+                _serve_queue(conn, config, parser, parent)
+        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
+                        config.database.retry_interval, " ".join(str(exc).split()))
+            _sleep(config.database.retry_interval, parent)
+
+
+def _serve_queue(conn: Connection, config: Config, parser: InlineParser, parent: int) -> None:
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_CHANNEL)))
+    conn.commit()
+    while not _Stop.requested and os.getppid() == parent:
+        if import_next(conn, config, parser) is None:
+            _wait_for_work(conn)
+
+
+def _wait_for_work(conn: Connection) -> None:
+    """Sleep until a NOTIFY arrives on the connection (or a second passes), then drain it."""
+    select.select([conn.fileno()], [], [], _WAKE_SECONDS)
+    conn.execute("SELECT 1")  # receives pending notifications
+    conn.commit()
+
+
+def _sleep(seconds: float, parent: int) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not _Stop.requested and os.getppid() == parent:
+        time.sleep(0.1)
+
+
+class WorkerPool:
+    """Starts, supervises, replaces and stops the worker processes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.processes: list[BaseProcess] = []
+        self.retiring: list[BaseProcess] = []  # replaced on reload, finishing their folder
+        self.context = multiprocessing.get_context("spawn")
+        self.restarts = 0
+
+    def start(self) -> None:
+        for index in range(self.config.importer.worker_count):
+            self.processes.append(self._spawn(index))
+
+    def _spawn(self, index: int) -> BaseProcess:
+        process = self.context.Process(target=worker_main, args=(self.config, index, os.getpid()),
+                                       name=f"sendit-watcher-worker-{index}", daemon=False)
+        process.start()
+        return process
+
+    def supervise(self) -> None:
+        """Replace any worker that died (its claim was released with its connection); reap retired ones."""
+        self.retiring = [p for p in self.retiring if p.is_alive()]
+        for index, process in enumerate(self.processes):
+            if not process.is_alive():
+                log.error("worker %d (pid %s) exited with %s; starting a new one", index, process.pid,
+                          process.exitcode)
+                self.restarts += 1
+                self.processes[index] = self._spawn(index)
+
+    def replace(self, config: Config) -> None:
+        """Start workers for a new configuration; the old ones finish the folder in hand and exit."""
+        for process in self.processes:
+            process.terminate()
+        self.retiring += self.processes
+        self.config, self.processes = config, []
+        self.start()
+
+    def stop(self, drain_seconds: float) -> int:
+        """SIGTERM every worker, wait up to the drain period, then kill; returns how many had to be killed."""
+        everyone = self.processes + self.retiring
+        for process in everyone:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + drain_seconds
+        for process in everyone:
+            process.join(max(0.0, deadline - time.monotonic()))
+        killed = [p for p in everyone if p.is_alive()]
+        for process in killed:
+            log.warning("worker pid %s did not finish within %.0f s; killed (its folder is rolled back)",
+                        process.pid, drain_seconds)
+            process.kill()
+            process.join()
+        self.processes, self.retiring = [], []
+        return len(killed)
