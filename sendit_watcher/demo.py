@@ -20,7 +20,7 @@ def write_sample_study(folder: Path, instances: int, source: str = "CT_small.dcm
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
-    template = pydicom.dcmread(get_testdata_file(source))
+    template = pydicom.dcmread(str(get_testdata_file(source)))
     template.StudyInstanceUID, template.SeriesInstanceUID = generate_uid(), generate_uid()
     template.PatientID, template.PatientName = "DEMO-0001", "Demo^Patient"
     folder.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     started = time.monotonic()
     entries = list(walk(folder))
     stamp = fingerprint(entries)
-    if stamp == batch.fingerprint and batch.previous_status in ("done", "empty"):
+    if stamp == batch.fingerprint:  # the last successful import saw exactly this
         return _finish(conn, batch, stamp, len(entries), 0, started, unchanged=True)
     todo = _pending(conn, batch.id, entries)
     _stage(conn, batch.id, folder, todo, parser, full_header, progress)
@@ -166,7 +166,8 @@ def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instance
             *, unchanged: bool = False) -> Result:
     seconds = time.monotonic() - started
     row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": stamp, "files": files, "new": new_instances,
-                                 "seconds": seconds, "channel": NOTIFY_CHANNEL}).fetchone()
+                                 "seconds": seconds, "channel": NOTIFY_CHANNEL, "counted": 0 if unchanged else 1,
+                                 }).fetchone()
     assert row is not None
     status, instances, rejected = str(row[0]), int(str(row[1])), int(str(row[2]))
     return Result(batch.id, batch.root, batch.path, status, files, instances, new_instances, rejected, seconds,
@@ -267,7 +268,7 @@ WITH counts AS (
         status = CASE WHEN %(files)s = 0 THEN 'empty' ELSE 'done' END,
         fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
         instances = counts.instances, rejected = counts.rejected,
-        imports = imports + 1, attempts = 0, last_error = NULL,
+        imports = imports + %(counted)s, attempts = 0, last_error = NULL,
         finished_at = clock_timestamp(), seconds = %(seconds)s
     FROM counts WHERE id = %(batch)s
     RETURNING status, batch.instances, batch.rejected, id

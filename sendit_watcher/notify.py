@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from systemd import daemon
+import systemd.daemon as daemon
 
 __all__ = ["Notifier"]
 

@@ -119,3 +119,10 @@ def test_every_schema_option_has_help_and_a_parsable_default() -> None:
             assert option.help, (section, option.key)
             if option.default is not None:
                 option.parse(option.default)
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for section, options in configuration.SCHEMA.items():
+        for option in options:
+            assert f"| `[{section}]` | `{option.key}` |" in readme, (section, option.key)

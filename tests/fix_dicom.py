@@ -1,0 +1,46 @@
+"""Fast real DICOM studies for floods: pydicom's CT_small.dcm with its UIDs patched in place (fixed length)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from functools import cache
+from pathlib import Path
+
+import pydicom
+
+from tests.conftest import pydicom_test_files
+
+_SOP, _SERIES, _STUDY = (str(d) * 60 for d in (9, 8, 7))
+_counter = itertools.count(1)
+
+
+@cache
+def _template() -> bytes:
+    ds = pydicom.dcmread(pydicom_test_files() / "CT_small.dcm")
+    ds.SOPInstanceUID = _SOP
+    ds.file_meta.MediaStorageSOPInstanceUID = _SOP
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = _SERIES, _STUDY
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _uid(kind: int, number: int) -> bytes:
+    uid = f"1.2.826.0.1.3680043.10.{kind}.{os.getpid():07d}.{number:0{60 - 33}d}"
+    assert len(uid) == 60, uid
+    return uid.encode()
+
+
+def make_study(folder: Path, files: int) -> list[str]:
+    """Write one study of ``files`` instances into ``folder``; returns their SOPInstanceUIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = _template().replace(_STUDY.encode(), _uid(1, next(_counter))).replace(
+        _SERIES.encode(), _uid(2, next(_counter)))
+    uids = []
+    for n in range(files):
+        sop = _uid(3, next(_counter))
+        (folder / f"IM{n:05d}.dcm").write_bytes(study.replace(_SOP.encode(), sop))
+        uids.append(sop.decode())
+    return uids

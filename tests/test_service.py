@@ -1,0 +1,281 @@
+"""The service end to end as a subprocess: real inotify, real PostgreSQL, real NOTIFY_SOCKET, real signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import Connection, connect
+from tests.fix_dicom import make_study
+from tests.fix_service import ServiceProcess, write_config
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def scalar(conn: Connection, query: str, *params: object) -> object:
+    row = conn.execute(query, params).fetchone()  # type: ignore[call-overload]
+    conn.rollback()
+    return None if row is None else row[0]
+
+
+def batches(conn: Connection) -> dict[str, tuple[str, int, int]]:
+    rows = conn.execute("SELECT path, status, instances, imports FROM batch").fetchall()
+    conn.rollback()
+    return {str(r[0]): (str(r[1]), int(str(r[2])), int(str(r[3]))) for r in rows}
+
+
+def done(conn: Connection, path: str, instances: int) -> Callable[[], bool]:
+    return lambda: batches(conn).get(path, ("", 0, 0))[:2] == ("done", instances)
+
+
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    root = tmp_path / "incoming"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def service(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> Iterator[ServiceProcess]:
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
+    process = ServiceProcess(config, tmp_path)
+    process.wait_ready()
+    yield process
+    process.kill()
+
+
+def test_rename_from_tmp_imports_once_and_notifies(service: ServiceProcess, conn: Connection, incoming: Path,
+                                                  database: DatabaseConfig) -> None:
+    received: list[psycopg.Notify] = []
+    with connect(database, autocommit=True) as listener:
+        listener.add_notify_handler(received.append)
+        listener.execute("LISTEN sendit_batch")
+        make_study(incoming / "A.tmp", 100)
+        make_study(incoming / "never.tmp", 5)
+        (incoming / "A.tmp").rename(incoming / "A")
+        wait_until(done(conn, "A", 100), what="A imported")
+        batch_id = scalar(conn, "SELECT id FROM batch WHERE path = 'A'")
+        wait_until(lambda: listener.execute("SELECT 1") is not None and any(
+            n.payload == str(batch_id) for n in received), timeout=10, what="NOTIFY sendit_batch")
+    time.sleep(2.5)  # more than the settle period: a .tmp folder stays untouched however long it sits
+    assert set(batches(conn)) == {"A"}
+    assert batches(conn)["A"] == ("done", 100, 1)
+
+
+def test_mkdir_and_slow_copy_is_imported_once_after_the_copy_ends(service: ServiceProcess, conn: Connection,
+                                                                  incoming: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    make_study(source, 12)
+    target = incoming / "B"
+    target.mkdir()
+    for number, file in enumerate(sorted(source.iterdir())):
+        data = file.read_bytes()
+        with (target / file.name).open("wb") as out:  # each file written in two halves, 0.15 s apart
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(0.15)
+            out.write(data[len(data) // 2:])
+        time.sleep(0.2)
+        assert "B" not in batches(conn), f"imported while file {number} was still being copied"
+    wait_until(done(conn, "B", 12), what="B imported")
+    assert batches(conn)["B"] == ("done", 12, 1)
+    assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
+
+
+def test_retouched_folder_makes_no_second_batch(service: ServiceProcess, conn: Connection, incoming: Path) -> None:
+    make_study(incoming / "C.tmp", 10)
+    (incoming / "C.tmp").rename(incoming / "C")
+    wait_until(done(conn, "C", 10), what="C imported")
+    (incoming / "C").rename(incoming / "C.tmp")
+    (incoming / "C.tmp").rename(incoming / "C")
+    os.utime(incoming / "C")
+    time.sleep(3)
+    assert batches(conn) == {"C": ("done", 10, 1)}  # re-queued, found unchanged: no new import, no new batch
+    assert scalar(conn, "SELECT count(*) FROM instance") == 10
+
+
+def test_files_directly_in_the_root_are_ignored(service: ServiceProcess, conn: Connection, incoming: Path) -> None:
+    make_study(incoming / "D.tmp", 1)
+    shutil.copy(next((incoming / "D.tmp").iterdir()), incoming / "loose.dcm")
+    (incoming / "D.tmp").rename(incoming / "D")
+    wait_until(done(conn, "D", 1), what="D imported")
+    assert set(batches(conn)) == {"D"}
+    assert "files directly in a watch root are not batches" in service.log
+
+
+def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> None:
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
+    process = ServiceProcess(config, tmp_path, env={"WATCHDOG_USEC": "1000000"})
+    try:
+        process.wait_ready()
+        status = process.notify.wait_for(lambda line: line.startswith("STATUS="))
+        assert status.startswith(f"STATUS=watching {incoming}") and "folders imported" in status
+        time.sleep(2.2)
+        assert process.notify.fields().count("WATCHDOG=1") >= 3  # every half of WATCHDOG_USEC
+        process.signal(signal.SIGTERM)
+        assert process.process.wait(30) == 0
+        process.notify.wait_for(lambda line: line == "STOPPING=1", 5)
+    finally:
+        process.kill()
+
+
+def test_folders_dropped_while_stopped_are_caught_up(tmp_path: Path, database: DatabaseConfig, incoming: Path,
+                                                     conn: Connection) -> None:
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
+    first = ServiceProcess(config, tmp_path)
+    first.wait_ready()
+    make_study(incoming / "before.tmp", 3)
+    (incoming / "before.tmp").rename(incoming / "before")
+    wait_until(done(conn, "before", 3), what="before imported")
+    assert first.stop() == 0
+    make_study(incoming / "renamed.tmp", 4)
+    (incoming / "renamed.tmp").rename(incoming / "renamed")
+    make_study(incoming / "copied", 5)
+    make_study(incoming / "before" / "series2", 2)  # gained files while we were down
+    make_study(incoming / "half.tmp", 2)
+    second = ServiceProcess(config, tmp_path)
+    try:
+        second.wait_ready()
+        expected = {"before": ("done", 5, 2), "renamed": ("done", 4, 1), "copied": ("done", 5, 1)}
+        wait_until(lambda: batches(conn) == expected, what=f"catch-up to {expected}, log:\n{second.log}")
+    finally:
+        second.kill()
+
+
+def test_sighup_adds_a_new_watch_root_without_restart(service: ServiceProcess, conn: Connection, incoming: Path,
+                                                      tmp_path: Path, database: DatabaseConfig) -> None:
+    second = tmp_path / "second"
+    second.mkdir()
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming, "second": second})
+    pid = service.process.pid
+    service.signal(signal.SIGHUP)
+    service.notify.wait_for(lambda line: line == "RELOADING=1")
+    service.notify.wait_for(lambda line: line.startswith("STATUS=") and str(second) in line)
+    make_study(second / "E.tmp", 3)
+    (second / "E.tmp").rename(second / "E")
+    wait_until(lambda: scalar(conn, "SELECT root || ':' || status FROM batch WHERE path = 'E'") == "second:done",
+               what="E imported from the new root")
+    assert service.process.pid == pid and service.process.poll() is None
+
+
+def test_a_bad_reload_keeps_the_running_configuration(service: ServiceProcess, conn: Connection, incoming: Path,
+                                                      tmp_path: Path) -> None:
+    (tmp_path / "watcher.conf").write_text("[watch:x]\npath = relative/path\n")
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in service.log, what="reload refused")
+    make_study(incoming / "F.tmp", 2)
+    (incoming / "F.tmp").rename(incoming / "F")
+    wait_until(done(conn, "F", 2), what="F imported after the refused reload")
+
+
+def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn: Connection,
+                                                   incoming: Path) -> None:
+    shutil.rmtree(incoming)
+    service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT incoming" in line)
+    assert "watch root" in service.log and "is gone" in service.log
+    incoming.mkdir()
+    make_study(incoming / "G.tmp", 2)
+    (incoming / "G.tmp").rename(incoming / "G")
+    wait_until(done(conn, "G", 2), what="G imported after the root came back")
+    assert service.process.poll() is None
+
+
+def test_database_unreachable_at_start_goes_ready_degraded(tmp_path: Path, incoming: Path) -> None:
+    nowhere = DatabaseConfig(dsn="host=127.0.0.1 port=9 dbname=x user=x", schema="s")
+    config = write_config(tmp_path / "watcher.conf", nowhere, {"incoming": incoming})
+    process = ServiceProcess(config, tmp_path)
+    try:
+        process.wait_ready(30)
+        process.notify.wait_for(lambda line: line.startswith("STATUS=waiting for database: cannot connect"))
+        assert process.process.poll() is None
+    finally:
+        process.kill()
+
+
+def test_a_processor_that_raises_never_stops_the_notifier(tmp_path: Path, database: DatabaseConfig,
+                                                          incoming: Path, conn: Connection) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    extra = f"\n[watch:broken]\npath = {broken}\nprocessor = tests.fix_processors.Exploding\n"
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra)
+    process = ServiceProcess(config, tmp_path)
+    try:
+        process.wait_ready()
+        for n in range(5):
+            (broken / f"x{n}").mkdir()
+        make_study(incoming / "H.tmp", 2)
+        (incoming / "H.tmp").rename(incoming / "H")
+        wait_until(done(conn, "H", 2), what="H imported next to a failing processor")
+        assert process.log.count("processor of [watch:broken] failed") >= 5
+        assert process.process.poll() is None
+    finally:
+        process.kill()
+
+
+@pytest.mark.slow
+def test_burst_with_queue_overflow_imports_every_folder_exactly_once(tmp_path: Path, database: DatabaseConfig,
+                                                                     incoming: Path, conn: Connection) -> None:
+    folders, files = 200, 100
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle=1)
+    with lowered_inotify_queue(64):  # read when the inotify instance is created
+        process = ServiceProcess(config, tmp_path)
+        process.wait_ready()
+    if True:
+        try:
+            process.signal(signal.SIGSTOP)  # the loop is stalled while the burst lands
+            try:
+                threads = [threading.Thread(target=_drop_folders, args=(incoming, range(k, folders, 4), files))
+                           for k in range(4)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                process.signal(signal.SIGCONT)
+            wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == folders,
+                       timeout=300, what=f"{folders} folders imported")
+            assert "inotify queue overflowed" in process.log
+        finally:
+            process.kill()
+    assert scalar(conn, "SELECT count(*) FROM instance") == folders * files
+    assert scalar(conn, "SELECT count(*) FROM batch WHERE imports = 1 AND instances = %s", files) == folders
+    assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
+
+
+def _drop_folders(root: Path, numbers: range, files: int) -> None:
+    for number in numbers:
+        make_study(root / f"S{number:04d}.tmp", files)
+        (root / f"S{number:04d}.tmp").rename(root / f"S{number:04d}")
+
+
+class lowered_inotify_queue:  # noqa: N801 - used as a context manager
+    """Lower fs.inotify.max_queued_events for a new inotify instance, restoring it afterwards (root only)."""
+
+    PATH = Path("/proc/sys/fs/inotify/max_queued_events")
+
+    def __init__(self, events: int) -> None:
+        self.events = events
+        self.saved = ""
+
+    def __enter__(self) -> None:
+        self.saved = self.PATH.read_text()
+        self.PATH.write_text(str(self.events))
+
+    def __exit__(self, *exc: object) -> None:
+        self.PATH.write_text(self.saved)
