@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sendit_watcher import __version__, batches, report, status
@@ -16,7 +16,7 @@ from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from sendit_watcher.importer import PoolParser
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate
-from sendit_watcher.worker import Failure, import_batch
+from sendit_watcher.worker import Failure, FolderPool, Outcome, import_batch
 
 __all__ = ["main", "build_parser"]
 
@@ -140,27 +140,45 @@ def _import(config: Config, args: argparse.Namespace) -> int:
             print(f"sendit-watcher: {folder}: not a directory", file=sys.stderr)
         return EXIT_USAGE
     processes = args.processes or config.importer.parse_process_count
-    parser = PoolParser(processes)
-    failed = False
-    try:
-        with _open(config) as conn:
-            for folder in args.folders:
-                failed |= _import_one(conn, config, parser, folder, args)
-    finally:
-        parser.close()
+    with _open(config) as conn:
+        ids = {batches.ensure(conn, *batches.locate(config, folder)): folder for folder in args.folders}
+        if len(ids) > 1 and processes > 1:
+            outcomes = _import_in_parallel(config, list(ids), processes)
+        else:
+            outcomes = _import_in_turn(conn, config, ids, processes, quiet=args.no_progress or args.json)
+        failed = False
+        for outcome in outcomes:
+            folder = str(ids[outcome.batch_id])
+            print(report.outcome_json(folder, outcome) if args.json else report.summary_line(folder, outcome),
+                  flush=True)
+            failed |= isinstance(outcome, Failure)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _import_one(conn: Connection, config: Config, parser: PoolParser, folder: Path,
-                args: argparse.Namespace) -> bool:
-    root, path = batches.locate(config, folder)
-    batch_id = batches.ensure(conn, root, path)
-    progress = report.Progress(str(folder), enabled=False if args.no_progress or args.json else None)
-    outcome = import_batch(conn, config, parser, batch_id, progress)
-    progress.clear()
-    assert outcome is not None
-    print(report.outcome_json(str(folder), outcome) if args.json else report.summary_line(str(folder), outcome))
-    return isinstance(outcome, Failure)
+def _import_in_turn(conn: Connection, config: Config, ids: dict[int, Path], processes: int,
+                    quiet: bool) -> Iterator[Outcome]:
+    """One folder after another, each parsed by ``processes`` processes (best for a few large folders)."""
+    parser = PoolParser(processes)
+    try:
+        for batch_id, folder in ids.items():
+            progress = report.Progress(str(folder), enabled=False if quiet else None)
+            outcome = import_batch(conn, config, parser, batch_id, progress)
+            progress.clear()
+            assert outcome is not None
+            yield outcome
+    finally:
+        parser.close()
+
+
+def _import_in_parallel(config: Config, batch_ids: list[int], processes: int) -> Iterator[Outcome]:
+    """Several folders at once, one per process (best for many folders)."""
+    pool = FolderPool(config, processes)
+    try:
+        for outcome in pool.imap(batch_ids):
+            assert outcome is not None
+            yield outcome
+    finally:
+        pool.close()
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable
 from typing import Any
+
+from sendit_watcher.elements import Decoder
 
 __all__ = ["dataset_to_json", "is_multi_value", "INLINE_BINARY_LIMIT"]
 
@@ -15,23 +16,46 @@ INLINE_BINARY_LIMIT = 256
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+# VRs whose fast-path values are already JSON-ready (strings, or numbers unpacked from binary)
+_PLAIN_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT",
+                        "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
 
-def dataset_to_json(dataset: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """The DICOM JSON object of a pydicom Dataset (or sequence item); file meta is not part of it."""
+def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str, Any]]:
+    """The DICOM JSON object of a pydicom Dataset (or sequence item); file meta is not part of it.
+
+    Elements are decoded from their raw bytes where possible; pydicom converts the rest.
+    ``codec`` is the character set's Python codec ("" = read it from the dataset, None = leave text to pydicom).
+    """
+    decoder = Decoder(dataset, codec)
     model: dict[str, dict[str, Any]] = {}
-    for element in dataset:
-        model[f"{element.tag:08X}"] = _element(element)
+    for tag, vr, raw in decoder.raw_elements():
+        if raw is None:
+            model[f"{tag:08X}"] = _element(dataset[tag], decoder.codec)
+        elif vr in _BINARY_VRS:
+            model[f"{tag:08X}"] = _binary(vr, raw.value)
+        else:
+            values = decoder.values(vr, raw)
+            entry: dict[str, Any] = {"vr": vr}
+            if values:
+                entry["Value"] = values if vr in _PLAIN_VRS else [_scalar(vr, v) for v in values]
+            model[f"{tag:08X}"] = entry
     return model
 
 
-def _element(element: Any) -> dict[str, Any]:
+def _binary(vr: str, value: bytes | None) -> dict[str, Any]:
+    if value and len(value) <= INLINE_BINARY_LIMIT:
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    return {"vr": vr}
+
+
+def _element(element: Any, codec: str | None) -> dict[str, Any]:
     vr = _plain_vr(element.VR)
     value = element.value
     entry: dict[str, Any] = {"vr": vr}
     if vr == "SQ":
         if value:
-            entry["Value"] = [dataset_to_json(item) for item in value]
+            entry["Value"] = [dataset_to_json(item, codec) for item in value]
     elif vr in _BINARY_VRS:
         if value and len(value) <= INLINE_BINARY_LIMIT:
             entry["InlineBinary"] = base64.b64encode(bytes(value)).decode("ascii")
@@ -59,7 +83,7 @@ def _scalar(vr: str, value: Any) -> Any:
     if vr == "PN":
         return _person_name(str(value))
     if vr == "AT":
-        return f"{int(value):08X}"
+        return value if isinstance(value, str) else f"{int(value):08X}"
     if vr in _INT_VRS:
         return _number(value, int)
     if vr in _FLOAT_VRS:

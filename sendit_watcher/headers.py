@@ -15,6 +15,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from sendit_watcher.dicomjson import dataset_to_json, is_multi_value
+from sendit_watcher.elements import FALLBACK, Decoder
 from sendit_watcher.walk import FileEntry, Rejection
 
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
@@ -174,37 +175,38 @@ def _media_sop_class(dataset: Any) -> str | None:
 
 
 def _instance(entry: FileEntry, dataset: Any, full_header: bool) -> Instance | None:
-    sop_instance_uid = _text(dataset, SOP_INSTANCE_UID)
-    study_uid, series_uid = _text(dataset, STUDY_INSTANCE_UID), _text(dataset, SERIES_INSTANCE_UID)
+    fields = Decoder(dataset)
+    sop_instance_uid = _text(fields, SOP_INSTANCE_UID)
+    study_uid, series_uid = _text(fields, STUDY_INSTANCE_UID), _text(fields, SERIES_INSTANCE_UID)
     if not (sop_instance_uid and study_uid and series_uid) or _media_sop_class(dataset) == DICOMDIR_SOP_CLASS:
         return None
     return Instance(
         path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns,
-        sop_instance_uid=sop_instance_uid, sop_class_uid=_text(dataset, SOP_CLASS_UID),
+        sop_instance_uid=sop_instance_uid, sop_class_uid=_text(fields, SOP_CLASS_UID),
         transfer_syntax_uid=_transfer_syntax(dataset),
-        instance_number=_integer(dataset, INSTANCE_NUMBER), content_date=_date(dataset, CONTENT_DATE),
-        series_instance_uid=series_uid, modality=_text(dataset, MODALITY),
-        series_number=_integer(dataset, SERIES_NUMBER), series_date=_date(dataset, SERIES_DATE),
-        series_description=_text(dataset, SERIES_DESCRIPTION), body_part_examined=_text(dataset, BODY_PART_EXAMINED),
-        study_instance_uid=study_uid, study_date=_date(dataset, STUDY_DATE), study_time=_text(dataset, STUDY_TIME),
-        accession_number=_text(dataset, ACCESSION_NUMBER), study_id=_text(dataset, STUDY_ID),
-        study_description=_text(dataset, STUDY_DESCRIPTION),
-        referring_physician_name=_text(dataset, REFERRING_PHYSICIAN_NAME),
-        patient_id=_text(dataset, PATIENT_ID) or "", issuer_of_patient_id=_text(dataset, ISSUER_OF_PATIENT_ID) or "",
-        patient_name=_text(dataset, PATIENT_NAME), patient_birth_date=_date(dataset, PATIENT_BIRTH_DATE),
-        patient_sex=_text(dataset, PATIENT_SEX),
+        instance_number=_integer(fields, INSTANCE_NUMBER), content_date=_date(fields, CONTENT_DATE),
+        series_instance_uid=series_uid, modality=_text(fields, MODALITY),
+        series_number=_integer(fields, SERIES_NUMBER), series_date=_date(fields, SERIES_DATE),
+        series_description=_text(fields, SERIES_DESCRIPTION), body_part_examined=_text(fields, BODY_PART_EXAMINED),
+        study_instance_uid=study_uid, study_date=_date(fields, STUDY_DATE), study_time=_text(fields, STUDY_TIME),
+        accession_number=_text(fields, ACCESSION_NUMBER), study_id=_text(fields, STUDY_ID),
+        study_description=_text(fields, STUDY_DESCRIPTION),
+        referring_physician_name=_text(fields, REFERRING_PHYSICIAN_NAME),
+        patient_id=_text(fields, PATIENT_ID) or "", issuer_of_patient_id=_text(fields, ISSUER_OF_PATIENT_ID) or "",
+        patient_name=_text(fields, PATIENT_NAME), patient_birth_date=_date(fields, PATIENT_BIRTH_DATE),
+        patient_sex=_text(fields, PATIENT_SEX),
         header=_header_json(dataset) if full_header else None,
     )
 
 
-def _value(dataset: Any, tag: int) -> Any:
-    element = dataset.get(tag)
-    return None if element is None else element.value
-
-
-def _text(dataset: Any, tag: int) -> str | None:
+def _text(fields: Decoder | Any, tag: int) -> str | None:
     """A value as text as DICOM writes it (multiple values joined by backslash), without NULs."""
-    value = _value(dataset, tag)
+    decoder = fields if isinstance(fields, Decoder) else Decoder(fields)
+    fast = decoder.text(tag)
+    if fast is not FALLBACK:
+        return _clean(str(fast)).strip() or None if fast is not None else None
+    element = decoder.dataset.get(tag)
+    value = None if element is None else element.value
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -226,8 +228,8 @@ def _clean(text: str) -> str:
     return text
 
 
-def _integer(dataset: Any, tag: int) -> int | None:
-    text = _text(dataset, tag)
+def _integer(fields: Decoder, tag: int) -> int | None:
+    text = _text(fields, tag)
     try:
         number = int(float(text.split("\\")[0])) if text else None
     except ValueError:
@@ -235,8 +237,8 @@ def _integer(dataset: Any, tag: int) -> int | None:
     return number if number is not None and -2**31 <= number < 2**31 else None
 
 
-def _date(dataset: Any, tag: int) -> str | None:
-    text = _text(dataset, tag)
+def _date(fields: Decoder, tag: int) -> str | None:
+    text = _text(fields, tag)
     if not text or len(text) < 8:
         return None
     try:

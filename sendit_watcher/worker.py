@@ -6,8 +6,10 @@ Shared by ``sendit-watcher import`` and the service's worker processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import multiprocessing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -16,10 +18,10 @@ from sendit_watcher.batches import Batch
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import ImportFailed
-from sendit_watcher.importer import Parser, Result, import_claimed
+from sendit_watcher.importer import InlineParser, Parser, Result, import_claimed
 from sendit_watcher.logs import batch_fields
 
-__all__ = ["Failure", "Outcome", "import_next", "import_batch"]
+__all__ = ["Failure", "Outcome", "import_next", "import_batch", "FolderPool"]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +101,35 @@ def _log_result(result: Result) -> None:
     log.info("batch %d (%s:%s) %s: %d files, %d instances (%d new), %d rejected, %.2f s, %.0f files/s",
              result.batch_id, result.root, result.path, result.status, result.files, result.instances,
              result.new_instances, result.rejected, result.seconds, result.files_per_second, extra=fields)
+
+
+class FolderPool:
+    """Imports many batches at once: each of ``processes`` processes imports one whole folder at a time with
+    its own connection, so parsing in one overlaps database work in another."""
+
+    def __init__(self, config: Config, processes: int) -> None:
+        context = multiprocessing.get_context("forkserver")
+        self._pool = context.Pool(processes, initializer=_pool_start, initargs=(config,))
+
+    def imap(self, batch_ids: list[int]) -> Iterator[Outcome | None]:
+        """Outcomes in completion order."""
+        return self._pool.imap_unordered(_pool_import, batch_ids)
+
+    def close(self) -> None:
+        self._pool.close()
+        self._pool.join()
+
+
+_pool_state: dict[str, Any] = {}
+
+
+def _pool_start(config: Config) -> None:
+    from sendit_watcher.db import connect
+
+    _pool_state["config"] = config
+    _pool_state["conn"] = connect(config.database, application="sendit-watcher import")
+    _pool_state["parser"] = InlineParser()
+
+
+def _pool_import(batch_id: int) -> Outcome | None:
+    return import_batch(_pool_state["conn"], _pool_state["config"], _pool_state["parser"], batch_id)

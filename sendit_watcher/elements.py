@@ -1,0 +1,115 @@
+"""Decoding data elements straight from the bytes pydicom read (its RawDataElement), without building
+DataElement objects: the fast path for the main columns and the JSON header. Anything unusual (sequences,
+ambiguous VRs, multi-byte character sets, elements pydicom already converted) falls back to pydicom."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+
+__all__ = ["Decoder", "FALLBACK", "TEXT_VRS", "BINARY_VRS"]
+
+FALLBACK = object()  # "ask pydicom": this element is not for the fast path
+
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT",
+                      "IS", "DS"})
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
+_CHARSET_AFFECTED = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
+
+
+class Decoder:
+    """Decodes one dataset's raw elements; ``codec`` None means its character set needs pydicom."""
+
+    def __init__(self, dataset: Any, codec: str | None = "") -> None:
+        self.dataset = dataset
+        self.codec = _codec(dataset) if codec == "" else codec
+
+    def raw_elements(self) -> Iterator[tuple[int, str, RawDataElement | None]]:
+        """(tag, VR, raw element) for every element; raw is None where pydicom must convert it."""
+        elements = getattr(self.dataset, "_dict", None)  # pydicom 2 and 3 keep elements here, by tag
+        if not isinstance(elements, dict):
+            for tag in self.dataset.keys():
+                found = self.vr_and_raw(int(tag))
+                yield (int(tag), found[0], found[1]) if found else (int(tag), "", None)
+            return
+        text_ok = self.codec is not None
+        for tag, raw in elements.items():
+            if type(raw) is not RawDataElement:
+                yield tag, "", None
+                continue
+            vr = raw.VR or _dictionary_vr(tag)
+            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in _CHARSET_AFFECTED):
+                yield tag, "", None
+            else:
+                yield tag, vr, raw
+
+    def vr_and_raw(self, tag: int) -> tuple[str, RawDataElement] | None:
+        """The element's VR and raw form when the fast path can decode it, else None."""
+        raw = self.dataset.get_item(tag)
+        if not isinstance(raw, RawDataElement):
+            return None
+        vr = raw.VR or _dictionary_vr(tag)
+        if vr is None or " " in vr or vr == "SQ" or (vr in _CHARSET_AFFECTED and self.codec is None):
+            return None
+        return vr, raw
+
+    def values(self, vr: str, raw: RawDataElement) -> list[Any]:
+        """Python values of a raw element: str for text, int/float for numbers, one bytes for binary."""
+        data = raw.value or b""
+        if vr in TEXT_VRS:
+            return _text_values(vr, data.decode(self.codec or "latin-1", "replace"))
+        if vr in _STRUCT:
+            code = ("<" if raw.is_little_endian else ">") + _STRUCT[vr]
+            size = struct.calcsize(code)
+            return [v[0] for v in struct.iter_unpack(code, data[: len(data) - len(data) % size])]
+        if vr == "AT":
+            code = "<HH" if raw.is_little_endian else ">HH"
+            return [f"{g:04X}{e:04X}" for g, e in struct.iter_unpack(code, data[: len(data) - len(data) % 4])]
+        return [data]
+
+    def text(self, tag: int) -> str | None | object:
+        """A text element as DICOM writes it (values joined by backslash), None if absent, FALLBACK if unsure."""
+        if tag not in self.dataset:
+            return None
+        found = self.vr_and_raw(tag)
+        if found is None or found[0] not in TEXT_VRS:
+            return FALLBACK
+        values = self.values(*found)
+        return "\\".join(v for v in values if v is not None)
+
+
+def _codec(dataset: Any) -> str | None:
+    raw = dataset.get_item(_CHARSET)
+    if raw is None:
+        return _CODECS[""]
+    value = raw.value if isinstance(raw, RawDataElement) else str(raw.value).encode("ascii", "replace")
+    name = (value or b"").decode("ascii", "replace").strip(" \x00")
+    return _CODECS.get(name)
+
+
+@cache
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return str(getattr(vr, "value", vr))
+
+
+def _text_values(vr: str, text: str) -> list[Any]:
+    text = text.rstrip(" \x00")
+    if not text:
+        return []
+    pieces = [text] if vr in SINGLE_VALUED else text.split("\\")
+    if vr in ("AE", "AS", "CS", "DA", "DT", "TM", "UI", "IS", "DS"):
+        pieces = [p.strip(" \x00") for p in pieces]
+    return [p if p != "" else None for p in pieces]

@@ -1,0 +1,49 @@
+"""A benchmark corpus: pydicom's CT_small and MR_small cloned with fresh UIDs (patched in place, fixed length)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pydicom
+
+from tests.conftest import pydicom_test_files
+
+_PLACEHOLDERS = {kind: str(digit) * 60 for kind, digit in (("sop", 9), ("series", 8), ("study", 7))}
+
+
+def _template(name: str) -> bytes:
+    ds = pydicom.dcmread(pydicom_test_files() / name)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _PLACEHOLDERS["sop"]
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = _PLACEHOLDERS["series"], _PLACEHOLDERS["study"]
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _uid(seed: int, kind: int, number: int) -> bytes:
+    uid = f"1.2.826.0.1.3680043.10.{kind}.{seed:010d}.{number:0{60 - 36}d}"
+    assert len(uid) == 60
+    return uid.encode()
+
+
+def build(root: Path, files: int, folders: int) -> list[Path]:
+    """``folders`` study folders holding ``files`` files in all under ``root`` (reused when complete)."""
+    marker = root / f".complete-{files}-{folders}"
+    paths = [root / f"study{n:05d}" for n in range(folders)]
+    if marker.exists():
+        return paths
+    templates = [_template("CT_small.dcm"), _template("MR_small.dcm")]
+    seed = int.from_bytes(os.urandom(4), "big")
+    number = 0
+    for index, folder in enumerate(paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        template = templates[index % 2].replace(_PLACEHOLDERS["study"].encode(), _uid(seed, 1, index)).replace(
+            _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
+        for n in range(files // folders):
+            number += 1
+            (folder / f"IM{n:05d}.dcm").write_bytes(template.replace(_PLACEHOLDERS["sop"].encode(),
+                                                                     _uid(seed, 3, number)))
+    marker.touch()
+    return paths
