@@ -14,6 +14,7 @@ from tests.conftest import pydicom_test_files
 
 _SOP, _SERIES, _STUDY = (str(d) * 60 for d in (9, 8, 7))
 _counter = itertools.count(1)
+PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE = "Fixture^Jane^Q", "PHI-4711-XYZ", "19610417"
 
 
 @cache
@@ -22,6 +23,7 @@ def _template() -> bytes:
     ds.SOPInstanceUID = _SOP
     ds.file_meta.MediaStorageSOPInstanceUID = _SOP
     ds.SeriesInstanceUID, ds.StudyInstanceUID = _SERIES, _STUDY
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()

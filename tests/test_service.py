@@ -15,7 +15,8 @@ import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
-from tests.fix_dicom import make_study
+from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, make_study
+from tests.fix_postgres import PrivateCluster
 from tests.fix_service import ServiceProcess, write_config
 
 
@@ -76,6 +77,10 @@ def test_rename_from_tmp_imports_once_and_notifies(service: ServiceProcess, conn
     time.sleep(2.5)  # more than the settle period: a .tmp folder stays untouched however long it sits
     assert set(batches(conn)) == {"A"}
     assert batches(conn)["A"] == ("done", 100, 1)
+    patient = conn.execute("SELECT patient_name, patient_id, patient_birth_date::text FROM patient").fetchone()
+    assert patient == (PATIENT_NAME, PATIENT_ID, "1961-04-17")
+    for phi in (PATIENT_NAME, "Fixture", PATIENT_ID, PATIENT_BIRTH_DATE, "1961-04-17"):  # not even at debug level
+        assert phi not in service.log
 
 
 def test_mkdir_and_slow_copy_is_imported_once_after_the_copy_ends(service: ServiceProcess, conn: Connection,
@@ -279,3 +284,30 @@ class lowered_inotify_queue:  # noqa: N801 - used as a context manager
 
     def __exit__(self, *exc: object) -> None:
         self.PATH.write_text(self.saved)
+
+
+def test_database_outage_loses_nothing(tmp_path: Path, incoming: Path) -> None:
+    cluster = PrivateCluster()
+    database = DatabaseConfig(dsn=cluster.start(), schema="outage")
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
+    process = ServiceProcess(config, tmp_path)
+    try:
+        process.wait_ready()
+        make_study(incoming / "up.tmp", 3)
+        (incoming / "up.tmp").rename(incoming / "up")
+        with connect(database) as conn:
+            wait_until(done(conn, "up", 3), what="up imported")
+        cluster.stop()
+        make_study(incoming / "down.tmp", 4)
+        (incoming / "down.tmp").rename(incoming / "down")
+        make_study(incoming / "copied-down", 2)
+        process.notify.wait_for(lambda line: line.startswith("STATUS=waiting for database"))
+        cluster.start()
+        with connect(database) as conn:
+            wait_until(lambda: batches(conn) == {"up": ("done", 3, 1), "down": ("done", 4, 1),
+                                                 "copied-down": ("done", 2, 1)}, what="everything after the outage")
+            assert scalar(conn, "SELECT count(*) FROM instance") == 9
+        assert process.process.poll() is None
+    finally:
+        process.kill()
+        cluster.destroy()

@@ -1,0 +1,34 @@
+"""A private PostgreSQL cluster that a test may stop and start (never the machine's shared one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "packaging" / "dev" / "postgres"
+
+
+class PrivateCluster:
+    """initdb + pg_ctl in a directory of its own, on a Unix socket only."""
+
+    def __init__(self) -> None:
+        # Under /var/tmp, readable by the postgres user that runs the server when we are root.
+        self.directory = Path(tempfile.mkdtemp(prefix="sendit-pg-", dir="/var/tmp"))
+        os.chmod(self.directory, 0o755)
+        self.dsn = ""
+
+    def start(self) -> str:
+        self.dsn = subprocess.run([str(SCRIPT), "private", str(self.directory)], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        return self.dsn
+
+    def stop(self) -> None:
+        subprocess.run([str(SCRIPT), "stop", str(self.directory)], check=True, capture_output=True)
+
+    def destroy(self) -> None:
+        subprocess.run([str(SCRIPT), "stop", str(self.directory)], capture_output=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
