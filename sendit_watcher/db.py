@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 
 from sendit_watcher.config import DatabaseConfig, redact_dsn
 from sendit_watcher.errors import DatabaseUnavailable
 
-__all__ = ["Connection", "connect", "describe_failure"]
+__all__ = ["Connection", "connect", "describe_failure", "use_credential_pgpass"]
 
 Connection = psycopg.Connection[tuple[object, ...]]
 
 
 def connect(database: DatabaseConfig, *, autocommit: bool = False, application: str = "sendit-watcher") -> Connection:
     """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure."""
+    use_credential_pgpass()
     try:
         return psycopg.connect(
             database.dsn,
@@ -24,6 +27,13 @@ def connect(database: DatabaseConfig, *, autocommit: bool = False, application: 
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(describe_failure(database, exc)) from exc
+
+
+def use_credential_pgpass() -> None:
+    """Point libpq at a pgpass file passed by systemd (``LoadCredential=pgpass:...``) unless PGPASSFILE is set."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and "PGPASSFILE" not in os.environ and os.path.isfile(os.path.join(directory, "pgpass")):
+        os.environ["PGPASSFILE"] = os.path.join(directory, "pgpass")
 
 
 def describe_failure(database: DatabaseConfig, exc: BaseException) -> str:

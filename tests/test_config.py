@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyinotify
@@ -126,3 +127,30 @@ def test_readme_documents_every_option() -> None:
     for section, options in configuration.SCHEMA.items():
         for option in options:
             assert f"| `[{section}]` | `{option.key}` |" in readme, (section, option.key)
+
+
+def test_man_page_is_current_and_lists_every_option() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "packaging" / "manpage.py"
+    spec = importlib.util.spec_from_file_location("manpage", path)
+    assert spec is not None and spec.loader is not None
+    manpage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manpage)
+    committed = manpage.TARGET.read_text()
+    assert committed == manpage.render(), "run python3 packaging/manpage.py and commit the result"
+    for options in configuration.SCHEMA.values():
+        for option in options:
+            assert f".B {option.key}" in committed
+
+
+def test_a_systemd_credential_pgpass_is_handed_to_libpq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sendit_watcher.db import use_credential_pgpass
+
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    use_credential_pgpass()
+    assert "PGPASSFILE" not in os.environ  # no credential named pgpass: libpq's own default stays
+    (tmp_path / "pgpass").write_text("db:5432:sendit:sendit:secret\n")
+    use_credential_pgpass()
+    assert os.environ["PGPASSFILE"] == str(tmp_path / "pgpass")

@@ -1,0 +1,105 @@
+"""Render sendit-watcher(8) from the option schema and the command line: ``python3 packaging/manpage.py``.
+
+The output is committed as packaging/sendit-watcher.8; a test checks it is current.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sendit_watcher import __version__  # noqa: E402
+from sendit_watcher.config import SCHEMA  # noqa: E402
+
+TARGET = Path(__file__).resolve().parent / "sendit-watcher.8"
+
+
+def escape(text: str) -> str:
+    return text.replace("\\", "\\e").replace("-", "\\-").replace("'", "\\(aq")
+
+
+HEAD = r""".TH SENDIT\-WATCHER 8 "" "sendit\-watcher {version}" "System Administration"
+.SH NAME
+sendit\-watcher \- import finished DICOM folders from watched directories into PostgreSQL
+.SH SYNOPSIS
+.B sendit\-watcher
+[\fB\-\-config\fR \fIPATH\fR] [\fB\-\-dsn\fR \fIDSN\fR] [\fB\-\-log\-level\fR \fILEVEL\fR]
+\fICOMMAND\fR [\fIARGS\fR]
+.SH DESCRIPTION
+sendit\-watcher watches incoming directories with inotify and imports every finished DICOM folder into
+PostgreSQL. A batch is a directory directly under a watch root. Upload tools write \fINAME\fR.tmp/ and rename
+it to \fINAME\fR/ when done: the rename finishes the folder. A folder created under its final name is imported
+once nothing in it has changed for \fBsettle_seconds\fR. Folders with a temporary suffix are never imported.
+At start, after an inotify queue overflow and every \fBrescan_interval\fR, the roots are reconciled with the
+database by stat alone.
+.PP
+Each folder is imported in one transaction: every file becomes an instance row or a rejected_file row with
+its reason, and importing again adds only what is new. When a batch ends, \fBNOTIFY sendit_batch\fR carries
+its id.
+.SH COMMANDS
+.TP
+.B run \fR[\fB\-\-demo\fR]
+The service in the foreground, as systemd starts it (Type=notify). \fB\-\-demo\fR drops sample studies into
+the first watch root. SIGHUP re\-reads the configuration; SIGTERM drains and stops.
+.TP
+.B import \fIFOLDER\fR... \fR[\fB\-\-json\fR] [\fB\-\-processes\fR \fIN\fR] [\fB\-\-no\-progress\fR]
+Import folders now, each as one batch, printing one summary line (or JSON object) per folder.
+.TP
+.B status \fR[\fB\-\-json\fR] [\fB\-\-limit\fR \fIN\fR]
+Recent batches and totals.
+.TP
+.B migrate
+Create or upgrade the database schema.
+.TP
+.B check\-config
+Validate the configuration and print it, passwords hidden.
+.SH CONFIGURATION
+The INI file /etc/sendit\-watcher/watcher.conf, or \fB\-\-config\fR, or \fB$SENDIT_WATCHER_CONFIG\fR.
+Every option, by section:
+"""
+
+TAIL = r""".SH EXIT STATUS
+.TP
+.B 0
+success
+.TP
+.B 1
+a folder failed to import (recorded as failed)
+.TP
+.B 64
+bad command line
+.TP
+.B 69
+PostgreSQL cannot be reached
+.TP
+.B 78
+invalid configuration; systemd does not restart the service (RestartPreventExitStatus=78)
+.SH FILES
+.TP
+/etc/sendit\-watcher/watcher.conf
+the configuration
+.TP
+/var/lib/sendit\-watcher/incoming
+the default watch root (group sendit\-watcher may write)
+.SH SEE ALSO
+.BR systemctl (1),
+.BR journalctl (1),
+.BR psql (1)
+"""
+
+
+def render() -> str:
+    lines = [HEAD.format(version=__version__)]
+    for section, options in SCHEMA.items():
+        lines.append(f".SS [{escape(section)}]")
+        for option in options:
+            default = "(required)" if option.default is None else (option.default or "(empty)")
+            lines += [".TP", f".B {escape(option.key)}", f"{escape(option.help)}. Default: {escape(default)}."]
+    lines.append(TAIL)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    TARGET.write_text(render())
