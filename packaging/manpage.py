@@ -50,6 +50,16 @@ Import folders now, each as one batch, printing one summary line (or JSON object
 .B status \fR[\fB\-\-json\fR] [\fB\-\-limit\fR \fIN\fR]
 Recent batches and totals.
 .TP
+.B listen \fR[\fB\-\-since\fR \fISEQ\fR] [\fB\-\-count\fR \fIN\fR]
+Print each finished batch as a JSON line, in commit order, as it happens; \fB\-\-since\fR first replays
+the batches finished after \fISEQ\fR.
+.TP
+.B retry \fIBATCH\fR...
+Queue failed batches again.
+.TP
+.B metrics \fR[\fB\-\-textfile\fR \fIPATH\fR]
+Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR.
+.TP
 .B migrate
 Create or upgrade the database schema.
 .TP

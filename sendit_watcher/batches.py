@@ -10,11 +10,14 @@ from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 
 __all__ = ["Batch", "OUTSIDE_ROOTS", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "record_failure",
-           "NOTIFY_CHANNEL", "QUEUE_CHANNEL"]
+           "NOTIFY_CHANNEL", "QUEUE_CHANNEL", "FINISH_LOCK", "retry"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
 QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
+# Advisory lock held from a batch's finishing step to its commit, so finished_seq follows commit order.
+# Negative, like the migration lock, so it never meets a batch id.
+FINISH_LOCK = -0x5E4D18
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,23 @@ def _mark_importing(conn: Connection, row: tuple[object, ...] | None, host: str)
 def record_failure(conn: Connection, batch_id: int, host: str, error: str) -> None:
     """Mark a batch failed with its error, in a transaction of its own, and tell listeners."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
         conn.execute(
             "UPDATE batch SET status = 'failed', last_error = %s, attempts = attempts + 1, host = %s,"
-            " finished_at = clock_timestamp() WHERE id = %s",
+            " finished_at = clock_timestamp(), finished_seq = nextval('batch_finished_seq') WHERE id = %s",
             (error[:2000], host, batch_id),
         )
         conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch_id)))
+
+
+def retry(conn: Connection, batch_id: int) -> str | None:
+    """Queue a failed batch again; returns its status when it is not failed (nothing is changed then)."""
+    with conn.transaction():
+        row = conn.execute("SELECT status FROM batch WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
+        if row is None:
+            return "missing"
+        if row[0] != "failed":
+            return str(row[0])
+        conn.execute("UPDATE batch SET status = 'queued', queued_at = now() WHERE id = %s", (batch_id,))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))
+    return None

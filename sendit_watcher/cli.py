@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from sendit_watcher import __version__, batches, report, status
+from sendit_watcher import __version__, batches, handoff, metrics, report, status
 from sendit_watcher import config as configuration
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "run", "run the watcher service in the foreground (what systemd starts)", _add_run_options)
     _add(commands, "import", "import folders now, each as one batch", _add_import_options)
     _add(commands, "status", "show recent batches and totals", _add_status_options)
+    _add(commands, "listen", "print each finished batch as a JSON line, in commit order, as it happens",
+         _add_listen_options)
+    _add(commands, "retry", "queue failed batches again", _add_retry_options)
+    _add(commands, "metrics", "print Prometheus text-format metrics", _add_metrics_options)
     _add(commands, "migrate", "create or upgrade the database schema", None)
     _add(commands, "check-config", "validate the configuration and print it (passwords hidden)", None)
     return parser
@@ -71,6 +75,22 @@ def _add_import_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print one JSON object per folder instead of a summary")
     sub.add_argument("--processes", type=int, metavar="N", help="parse with N processes ([import] parse_processes)")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
+
+def _add_listen_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--since", type=int, metavar="SEQ",
+                     help="first replay every batch finished after SEQ (the 'seq' of the last line you handled); "
+                          "default: only batches finishing from now on")
+    sub.add_argument("--count", type=int, metavar="N", help="exit after N lines")
+
+
+def _add_retry_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH", help="id of a failed batch")
+
+
+def _add_metrics_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--textfile", type=Path, metavar="PATH",
+                     help="write to PATH atomically (node_exporter textfile collector) instead of stdout")
 
 
 def _add_status_options(sub: argparse.ArgumentParser) -> None:
@@ -189,6 +209,39 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listen(config: Config, args: argparse.Namespace) -> int:
+    with _open(config) as conn:
+        since = handoff.latest_seq(conn) if args.since is None else args.since
+        for printed, record in enumerate(handoff.follow(conn, since), 1):
+            print(handoff.as_json(record), flush=True)
+            if args.count is not None and printed >= args.count:
+                break
+    return EXIT_OK
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    code = EXIT_OK
+    with _open(config) as conn:
+        for batch_id in args.batch_ids:
+            refused = batches.retry(conn, batch_id)
+            if refused is None:
+                print(f"batch {batch_id}: queued again")
+            else:
+                print(f"sendit-watcher: batch {batch_id} is {refused}, not failed: nothing to retry", file=sys.stderr)
+                code = EXIT_FAILURE
+    return code
+
+
+def _metrics(config: Config, args: argparse.Namespace) -> int:
+    with _open(config) as conn:
+        text = metrics.render(conn)
+    if args.textfile:
+        metrics.write_textfile(args.textfile, text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def _run(config: Config, args: argparse.Namespace) -> int:
     from sendit_watcher.service import serve
 
@@ -196,5 +249,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "run": _run, "import": _import, "status": _status, "migrate": _migrate, "check-config": _check_config,
+    "run": _run, "import": _import, "status": _status, "listen": _listen, "retry": _retry, "metrics": _metrics,
+    "migrate": _migrate, "check-config": _check_config,
 }

@@ -110,6 +110,13 @@ def _dotted_path(raw: str) -> str:
     return value
 
 
+def _role(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("all", "watcher", "worker"):
+        raise ValueError(f"{raw!r} is not one of all, watcher, worker")
+    return value
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -154,6 +161,8 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
         Option("drain_seconds", _seconds, "30", "on stop, seconds an in-flight folder may take to commit "
                "before it is rolled back (it is imported again at the next start)"),
         Option("host", _text, "", "name recorded on the batches this host imports; empty = the hostname"),
+        Option("role", _role, "all", "what `run` does on this host: all (watch and import), watcher (watch and "
+               "queue only) or worker (import queued batches only; watches nothing)"),
         Option("log_level", _log_level, "info", "debug, info, warning or error"),
     ),
     WATCH_SECTION_PREFIX + "NAME": (
@@ -203,7 +212,16 @@ class WatcherConfig:
     rescan_interval: float = 300.0
     drain_seconds: float = 30.0
     host: str = ""
+    role: str = "all"
     log_level: str = "INFO"
+
+    @property
+    def watches(self) -> bool:
+        return self.role in ("all", "watcher")
+
+    @property
+    def imports(self) -> bool:
+        return self.role in ("all", "worker")
 
     @property
     def host_name(self) -> str:

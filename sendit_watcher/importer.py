@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from sendit_watcher.batches import NOTIFY_CHANNEL, Batch
+from sendit_watcher.batches import FINISH_LOCK, NOTIFY_CHANNEL, Batch
 from sendit_watcher.db import Connection
 from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
@@ -165,9 +165,11 @@ def _merge(conn: Connection, batch_id: int) -> int:
 def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, started: float,
             *, unchanged: bool = False) -> Result:
     seconds = time.monotonic() - started
+    if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
     row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": stamp, "files": files, "new": new_instances,
-                                 "seconds": seconds, "channel": NOTIFY_CHANNEL, "counted": 0 if unchanged else 1,
-                                 }).fetchone()
+                                 "seconds": seconds, "channel": NOTIFY_CHANNEL,
+                                 "counted": 0 if unchanged else 1}).fetchone()
     assert row is not None
     status, instances, rejected = str(row[0]), int(str(row[1])), int(str(row[2]))
     return Result(batch.id, batch.root, batch.path, status, files, instances, new_instances, rejected, seconds,
@@ -269,9 +271,10 @@ WITH counts AS (
         fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
         instances = counts.instances, rejected = counts.rejected,
         imports = imports + %(counted)s, attempts = 0, last_error = NULL,
-        finished_at = clock_timestamp(), seconds = %(seconds)s
+        finished_at = clock_timestamp(), seconds = %(seconds)s,
+        finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
     FROM counts WHERE id = %(batch)s
     RETURNING status, batch.instances, batch.rejected, id
 )
-SELECT status, instances, rejected, pg_notify(%(channel)s, id::text) FROM done
+SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(channel)s, id::text) END FROM done
 """

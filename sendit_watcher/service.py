@@ -114,10 +114,12 @@ class Service:
 
     def start(self) -> None:
         """Watch every root, reach for the database once, start the workers, then READY=1."""
-        for watch in self.config.watches:
-            self.watcher.add_root(watch)
+        if self.config.watcher.watches:
+            for watch in self.config.watches:
+                self.watcher.add_root(watch)
         self.link.get()
-        self.workers.start()
+        if self.config.watcher.imports:
+            self.workers.start()
         self.notify.ready(self.status_line())
         log.info("ready: %s", self.status_line())
 
@@ -178,7 +180,7 @@ class Service:
         interval = self.config.watcher.rescan_interval
         due = self.intake.rescan_requested or self.link.reconnected or (
             interval > 0 and time.monotonic() - self.last_scan >= interval)
-        if due and not self.scanner.running and self.link.get() is not None:
+        if due and self.config.watcher.watches and not self.scanner.running and self.link.get() is not None:
             self.intake.rescan_requested = self.link.reconnected = False
             self.last_scan = time.monotonic()
             roots = {name: root.watch.path for name, root in self.watcher.roots.items()}
@@ -223,7 +225,10 @@ class Service:
         self.config = new
         self.watcher.settings = new.watcher
         self.link.config = new
-        self.workers.replace(new)  # workers resolve root names with the new file
+        if new.watcher.imports:
+            self.workers.replace(new)  # workers resolve root names with the new file
+        if not new.watcher.watches:
+            return
         for name in [n for n in old if old[n] != wanted.get(n)]:
             self.watcher.remove_root(name)
         for name in [n for n in wanted if old.get(n) != wanted[n]]:
@@ -248,7 +253,8 @@ class Service:
     def status_line(self) -> str:
         """The one-line truth for STATUS=."""
         roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
-        parts = [f"watching {roots}"]
+        parts = [f"watching {roots}" if self.config.watcher.watches else
+                 f"worker only ({self.config.importer.worker_count} on {self.config.watcher.host_name})"]
         if self.intake.lost_roots:
             parts.append("LOST ROOT " + ", ".join(sorted(self.intake.lost_roots)) + " (waiting for it)")
         if self.intake.pending:

@@ -51,7 +51,8 @@ def worker_main(config: Config, index: int, parent: int) -> None:
     parser = InlineParser()
     while not _Stop.requested and os.getppid() == parent:
         try:
-            with connect(config.database, application=f"sendit-watcher worker {index}") as conn:
+            application = f"sendit-watcher worker {index} on {config.watcher.host_name}"
+            with connect(config.database, application=application) as conn:
                 _serve_queue(conn, config, parser, parent)
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,

@@ -18,13 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_config(path: Path, database: DatabaseConfig, roots: dict[str, Path], *, settle: float = 1.0,
-                 workers: int = 2, rescan: float = 0, extra: str = "") -> Path:
+                 workers: int = 2, rescan: float = 0, extra: str = "", host: str = "test-host",
+                 role: str = "all") -> Path:
     """A conffile for the service under test."""
     sections = [f"[database]\ndsn = {database.dsn}\nschema = {database.schema}\nretry_interval = 0.5\n"
                 f"connect_timeout = 3\n",
                 f"[import]\nworkers = {workers}\n",
                 f"[watcher]\nsettle_seconds = {settle}\nrescan_interval = {rescan}\ndrain_seconds = 10\n"
-                f"log_level = debug\n"]
+                f"log_level = debug\nhost = {host}\nrole = {role}\n"]
     sections += [f"[watch:{name}]\npath = {root}\n" for name, root in roots.items()]
     path.write_text("\n".join(sections) + extra)
     return path
@@ -99,6 +100,12 @@ class ServiceProcess:
             self.process.wait()
         self._log.close()
         self.notify.close()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes this service spawned (not multiprocessing's resource tracker)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
     @property
     def log(self) -> str:

@@ -1,0 +1,69 @@
+"""Prometheus text-format metrics, read from the database (the one source of truth for every host)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from sendit_watcher.db import Connection
+
+__all__ = ["render", "write_textfile"]
+
+_QUERY = """
+SELECT status, host, count(*), coalesce(sum(files), 0), coalesce(sum(instances), 0), coalesce(sum(rejected), 0),
+       coalesce(sum(seconds), 0), coalesce(sum(attempts), 0)
+FROM batch GROUP BY status, host ORDER BY status, host
+"""
+
+
+def _labels(**labels: str) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{key}="{escape(value)}"' for key, value in labels.items()) + "}"
+
+
+def render(conn: Connection) -> str:
+    """The metrics as Prometheus text exposition format."""
+    rows = conn.execute(_QUERY).fetchall()
+    conn.rollback()
+    series: dict[str, list[str]] = {
+        "sendit_batches": [], "sendit_files": [], "sendit_instances": [], "sendit_rejected_files": [],
+        "sendit_import_seconds": [], "sendit_import_failures": [],
+    }
+    queued = 0
+    for status, host, count, files, instances, rejected, seconds, attempts in rows:
+        labels = _labels(status=str(status), host=str(host or ""))
+        series["sendit_batches"].append(f"sendit_batches{labels} {count}")
+        series["sendit_files"].append(f"sendit_files{labels} {files}")
+        series["sendit_instances"].append(f"sendit_instances{labels} {instances}")
+        series["sendit_rejected_files"].append(f"sendit_rejected_files{labels} {rejected}")
+        series["sendit_import_seconds"].append(f"sendit_import_seconds{labels} {float(str(seconds)):.3f}")
+        series["sendit_import_failures"].append(f"sendit_import_failures{labels} {attempts}")
+        queued += int(str(count)) if status == "queued" else 0
+    lines = []
+    for name, samples in series.items():
+        lines += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", *samples]
+    lines += ["# HELP sendit_queue_depth batches waiting for a worker", "# TYPE sendit_queue_depth gauge",
+              f"sendit_queue_depth {queued}"]
+    return "\n".join(lines) + "\n"
+
+
+_HELP = {
+    "sendit_batches": "folders by their batch status and the host that last handled them",
+    "sendit_files": "files in those folders at their last import",
+    "sendit_instances": "instance rows of those folders",
+    "sendit_rejected_files": "rejected_file rows of those folders",
+    "sendit_import_seconds": "seconds the last import of those folders took, summed",
+    "sendit_import_failures": "failed attempts since the last success, summed",
+}
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Write for node_exporter's textfile collector: atomically, via a temporary file in the same directory."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
