@@ -1,0 +1,94 @@
+"""Folders that move, vanish or lose files while a worker imports them: nothing twice, no crash, recorded."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import Connection
+from tests.fix_dicom import make_study
+from tests.fix_service import ServiceProcess, write_config
+from tests.test_scaleout import _importing_host, drop
+from tests.test_service import scalar, wait_until
+
+FILES = 2500
+
+
+@pytest.fixture
+def one_worker(tmp_path: Path, database: DatabaseConfig) -> Iterator[tuple[ServiceProcess, Path]]:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    service = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, workers=1),
+                             tmp_path)
+    service.wait_ready()
+    yield service, incoming
+    service.kill()
+
+
+def final(conn: Connection) -> dict[str, tuple[str, int, int, int]]:
+    rows = conn.execute("SELECT path, status, files, instances, rejected FROM batch").fetchall()
+    conn.rollback()
+    return {str(r[0]): (str(r[1]), int(str(r[2])), int(str(r[3])), int(str(r[4]))) for r in rows}
+
+
+def settled(conn: Connection, names: set[str]) -> Callable[[], bool]:
+    return lambda: names <= {p for p, (s, *_) in final(conn).items() if s in ("done", "empty", "failed")}
+
+
+def test_renamed_while_importing(one_worker: tuple[ServiceProcess, Path], conn: Connection,
+                                 figures: Callable[[str], None]) -> None:
+    service, incoming = one_worker
+    drop(incoming, "MOVING", FILES)
+    wait_until(lambda: _importing_host(conn) is not None, what="MOVING being imported")
+    (incoming / "MOVING").rename(incoming / "MOVED")
+    wait_until(settled(conn, {"MOVING", "MOVED"}), timeout=120, what="both names settled")
+    outcome = final(conn)
+    figures(f"renamed mid-import: MOVING {outcome['MOVING']}, MOVED {outcome['MOVED']} (status, files, instances, "
+            f"rejected); {scalar(conn, 'SELECT count(*) FROM instance')} instances for {FILES} files")
+    assert scalar(conn, "SELECT count(*) FROM instance") == FILES  # every instance once, under one name or other
+    assert outcome["MOVED"][0] == "done" and outcome["MOVED"][2] + outcome["MOVED"][3] == FILES
+    assert service.process.poll() is None
+
+
+def test_deleted_while_importing(one_worker: tuple[ServiceProcess, Path], conn: Connection,
+                                 figures: Callable[[str], None]) -> None:
+    service, incoming = one_worker
+    drop(incoming, "GONE", FILES)
+    wait_until(lambda: _importing_host(conn) is not None, what="GONE being imported")
+    shutil.rmtree(incoming / "GONE")
+    wait_until(settled(conn, {"GONE"}), timeout=120, what="GONE settled")
+    status, files, instances, rejected = final(conn)["GONE"]
+    reasons = dict(conn.execute("SELECT reason, count(*) FROM rejected_file GROUP BY reason").fetchall())
+    figures(f"deleted mid-import: {status}, {instances} instances, {rejected} rejected {reasons}")
+    assert status in ("done", "failed") and instances + rejected in (0, files)
+    assert set(reasons) <= {"vanished"}
+    drop(incoming, "AFTER", 3)
+    wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
+
+
+def test_files_deleted_mid_import(one_worker: tuple[ServiceProcess, Path], conn: Connection,
+                                  figures: Callable[[str], None]) -> None:
+    service, incoming = one_worker
+    drop(incoming, "THINNED", FILES)
+    wait_until(lambda: _importing_host(conn) is not None, what="THINNED being imported")
+    for file in sorted((incoming / "THINNED").iterdir())[::2]:
+        file.unlink()
+    wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
+    status, files, instances, rejected = final(conn)["THINNED"]
+    figures(f"half the files deleted mid-import: {status}, {files} files, {instances} instances, "
+            f"{rejected} rejected as vanished")
+    assert status == "done" and instances + rejected == files == FILES
+    assert scalar(conn, "SELECT count(*) FROM rejected_file WHERE reason <> 'vanished'") == 0
+
+
+def test_a_tmp_folder_that_never_finishes_is_never_imported(one_worker: tuple[ServiceProcess, Path],
+                                                            conn: Connection) -> None:
+    service, incoming = one_worker
+    make_study(incoming / "forever.tmp", 3)
+    drop(incoming, "marker", 1)
+    wait_until(lambda: final(conn).get("marker", ("",))[0] == "done", what="marker")
+    assert set(final(conn)) == {"marker"}
