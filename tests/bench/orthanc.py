@@ -1,0 +1,107 @@
+"""The peer: Debian's Orthanc with its PostgreSQL index plugin, fed the same files over REST.
+
+Orthanc runs in a network namespace of its own (loopback only), as user postgres so that it reaches the host's
+PostgreSQL through its Unix socket with peer authentication; the uploader runs in that namespace too.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PLUGIN_GLOB = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so*"
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def install() -> None:
+    """apt install orthanc orthanc-postgresql, without letting the package start its own daemon."""
+    if Path("/usr/sbin/Orthanc").exists() and list(Path("/").glob(PLUGIN_GLOB.lstrip("/"))):
+        return
+    policy = Path("/usr/sbin/policy-rc.d")
+    existed = policy.exists()
+    if not existed:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "orthanc", "orthanc-postgresql"],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        if not existed:
+            policy.unlink()
+    subprocess.run(["pkill", "-x", "Orthanc"], check=False)
+
+
+def measure_orthanc(files: list[Path], threads: int) -> float:
+    install()
+    database = f"orthanc_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["runuser", "-u", "postgres", "--", "createdb", database], check=True)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work_dir:
+        work = Path(work_dir)
+        os.chmod(work, 0o777)
+        (work / "storage").mkdir(mode=0o777)
+        plugin = sorted(Path("/").glob(PLUGIN_GLOB.lstrip("/")))[0]
+        (work / "orthanc.json").write_text(json.dumps({
+            "Name": "bench", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
+            "HttpPort": 8042, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "Plugins": [str(plugin)], "ConcurrentJobs": 2,
+            "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": "/var/run/postgresql",
+                           "Port": 5432, "Database": database, "Username": "postgres", "Password": ""},
+        }))
+        (work / "files.txt").write_text("\n".join(str(f) for f in files))
+        script = (f"ip link set lo up; runuser -u postgres -- /usr/sbin/Orthanc {work}/orthanc.json "
+                  f">{work}/orthanc.log 2>&1 & orthanc=$!; "
+                  f"PYTHONPATH={REPO} {sys.executable} -m tests.bench.orthanc upload {work}/files.txt {threads}; "
+                  f"status=$?; kill $orthanc; wait; exit $status")
+        try:
+            result = subprocess.run(["unshare", "--net", "bash", "-c", script], capture_output=True, text=True,
+                                    timeout=3600)
+        finally:
+            subprocess.run(["runuser", "-u", "postgres", "--", "dropdb", "--force", database], check=False)
+        if result.returncode != 0:
+            log = (work / "orthanc.log").read_text()[-2000:]
+            raise RuntimeError(f"Orthanc run failed: {result.stderr[-2000:]}\n{log}")
+        return float(result.stdout.strip().splitlines()[-1])
+
+
+def _post_all(paths: list[str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", 8042, timeout=60)
+    for path in paths:
+        conn.request("POST", "/instances", body=Path(path).read_bytes(),
+                     headers={"Content-Type": "application/dicom"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"Orthanc answered {response.status} for {path}")
+    return len(paths)
+
+
+def upload(listing: Path, threads: int) -> float:
+    """POST every file to Orthanc from ``threads`` threads; returns files/s."""
+    paths = listing.read_text().split("\n")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            http.client.HTTPConnection("127.0.0.1", 8042, timeout=2).request("GET", "/system")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    time.sleep(1)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        sent = sum(pool.map(_post_all, [paths[k::threads] for k in range(threads)]))
+    return sent / (time.perf_counter() - started)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["upload"]:
+    print(upload(Path(sys.argv[2]), int(sys.argv[3])))

@@ -1,0 +1,244 @@
+"""Every performance figure in one run on one corpus: ``python -m tests.bench.run [--peer orthanc]``.
+
+Generates the corpus if missing (pydicom's CT_small/MR_small cloned with fresh UIDs), then measures: the parse
+floor (1 and N processes), a naive importer (dcmread + one INSERT per file, N processes), sendit-watcher end
+to end through the running service (every folder renamed from NAME.tmp; the clock stops when the last batch
+is committed) with the full header off and on, the service's peak RSS per process idle and in the burst, the
+catch-up scan over the imported corpus, the rename-to-commit latency of single 100-file folders, and with
+``--peer orthanc`` Debian's Orthanc with its PostgreSQL index on the same files. Prints one table and writes
+the same as JSON. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pydicom
+from psycopg import sql
+
+from sendit_watcher.config import DatabaseConfig
+from tests.bench.bench_import import parse_floor
+from tests.bench.bench_latency import measure as latency
+from tests.bench.corpus import build
+from tests.fix_service import ServiceProcess, write_config
+
+ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"sendit_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --- the naive importer: what a first script does ---
+
+_naive: dict[str, Any] = {}
+
+
+def _naive_start(dsn: str) -> None:
+    _naive["conn"] = psycopg.connect(dsn)
+
+
+def _naive_folder(folder: str) -> int:
+    conn = _naive["conn"]
+    files = sorted(os.listdir(folder))
+    for name in files:
+        ds = pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
+        conn.execute("INSERT INTO naive (sop_instance_uid, series_instance_uid, study_instance_uid, patient_id, "
+                     "modality, path) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                     (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID),
+                      str(ds.get("PatientID", "")), str(ds.get("Modality", "")), os.path.join(folder, name)))
+    conn.commit()
+    return len(files)
+
+
+def naive_import(dsn: str, folders: list[Path], processes: int) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE naive (sop_instance_uid text PRIMARY KEY, series_instance_uid text, "
+                     "study_instance_uid text, patient_id text, modality text, path text)")
+    started = time.perf_counter()
+    with multiprocessing.get_context("forkserver").Pool(processes, _naive_start, (dsn,)) as pool:
+        files = sum(pool.imap_unordered(_naive_folder, [str(f) for f in folders]))
+    return files / (time.perf_counter() - started)
+
+
+# --- the service, end to end ---
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class RssSampler:
+    """Peak RSS of the service's main process and of each worker, sampled every 50 ms."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.service = service
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        pids = {"main": self.service.process.pid} | {f"worker {n}": pid
+                                                     for n, pid in enumerate(self.service.worker_pids())}
+        for name, pid in pids.items():
+            self.peaks[name] = max(self.peaks.get(name, 0.0), rss_mb(pid))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_header: bool,
+                work: Path) -> dict[str, Any]:
+    incoming = work / "incoming"
+    incoming.mkdir()
+    database = DatabaseConfig(dsn=dsn, schema=f"svc_{uuid.uuid4().hex[:8]}")
+    config = write_config(work / "watcher.conf", database, {"incoming": incoming}, workers=processes)
+    text = config.read_text().replace("log_level = debug", "log_level = info")
+    config.write_text(text.replace("[import]\n", f"[import]\nfull_header = {'yes' if full_header else 'no'}\n"))
+    service = ServiceProcess(config, work)
+    result: dict[str, Any] = {}
+    try:
+        service.wait_ready()
+        for folder in folders:
+            folder.rename(incoming / f"{folder.name}.tmp")
+        time.sleep(2)
+        idle = RssSampler(service)
+        idle.sample()
+        result["rss_idle_mb"] = idle.peaks
+        with RssSampler(service) as burst, psycopg.connect(dsn, options=f"-c search_path={database.schema}") as conn:
+            started = time.perf_counter()
+            for folder in folders:
+                (incoming / f"{folder.name}.tmp").rename(incoming / folder.name)
+            while conn.execute("SELECT count(*) FROM batch WHERE status = 'done'").fetchone() != (len(folders),):
+                conn.rollback()
+                time.sleep(0.02)
+            result["seconds"] = time.perf_counter() - started
+        result["rss_burst_mb"] = burst.peaks
+        result["files_per_second"] = files / result["seconds"]
+        service.stop()
+        again = ServiceProcess(config, work)  # catch-up over the imported corpus, by stat alone
+        again.wait_ready()
+        match = None
+        deadline = time.monotonic() + 120
+        while match is None and time.monotonic() < deadline:
+            match = re.search(r"catch-up scan: (\d+) folders in ([0-9.]+) s; (\d+) to import", again.log)
+            time.sleep(0.1)
+        again.stop()
+        assert match is not None, again.log[-2000:]
+        result["catch_up_seconds"] = float(match[2])
+        result["catch_up_to_import"] = int(match[3])
+    finally:
+        service.kill()
+        for folder in folders:
+            for name in (folder.name, f"{folder.name}.tmp"):
+                if (incoming / name).exists():
+                    (incoming / name).rename(folder)
+    return result
+
+
+# --- Orthanc, Debian's, with its PostgreSQL index ---
+
+def orthanc_run(folders: list[Path], threads: int) -> float:
+    from tests.bench.orthanc import measure_orthanc
+
+    return measure_orthanc([p for folder in folders for p in sorted(folder.iterdir())], threads)
+
+
+def table(results: dict[str, Any], processes: int, files: int, folders: int) -> str:
+    floor = results["parse_floor_n"]
+    rows = [("parse floor, 1 process", results["parse_floor_1"]), (f"parse floor, {processes} processes", floor),
+            (f"naive importer (dcmread + INSERT per file), {processes} processes", results["naive"]),
+            ("sendit-watcher end to end, main tags only", results["service_main"]["files_per_second"]),
+            ("sendit-watcher end to end, full header", results["service_full"]["files_per_second"])]
+    if "orthanc" in results:
+        rows.append(("Orthanc 1.10 + PostgreSQL index, REST upload, 2 threads", results["orthanc"]))
+    lines = [f"{files:,} files in {folders} folders, {os.cpu_count()} cores", "",
+             f"{'':<62}{'files/s':>9}  {'x floor':>8}  {'x naive':>8}" + ("  x Orthanc" if "orthanc" in results
+                                                                             else "")]
+    for label, rate in rows:
+        line = f"{label:<62}{rate:>9,.0f}  {rate / floor:>8.2f}  {rate / results['naive']:>8.2f}"
+        if "orthanc" in results:
+            line += f"  {rate / results['orthanc']:>9.1f}"
+        lines.append(line)
+    lat = results["latency"]
+    lines += ["", f"100-file folder, rename -> committed + NOTIFY: p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s",
+              "peak RSS (MB), idle / burst: " + ", ".join(
+                  f"{name} {results['service_full']['rss_idle_mb'].get(name, 0):.0f} / {peak:.0f}"
+                  for name, peak in results["service_full"]["rss_burst_mb"].items()),
+              f"catch-up scan over the imported corpus: {results['service_full']['catch_up_seconds']:.2f} s "
+              f"({results['service_full']['catch_up_seconds'] / results['service_full']['seconds']:.3f} of the "
+              f"import time; {results['service_full']['catch_up_to_import']} folders re-queued)"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--folders", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--corpus", type=Path, default=Path("/var/tmp/sendit-watcher-bench"))
+    parser.add_argument("--latency-folders", type=int, default=30)
+    parser.add_argument("--peer", choices=("orthanc",), action="append", default=[])
+    parser.add_argument("--json", type=Path, default=Path("/var/tmp/sendit-watcher-bench.json"))
+    args = parser.parse_args()
+    folders = build(args.corpus / f"{args.files}-{args.folders}", args.files, args.folders)
+    files = sorted(str(p) for folder in folders for p in folder.iterdir())
+    n = args.processes
+    results: dict[str, Any] = {"files": len(files), "folders": len(folders), "cores": os.cpu_count()}
+    results["parse_floor_1"] = parse_floor(files, 1)
+    results["parse_floor_n"] = parse_floor(files, n)
+    with scratch_database() as dsn:
+        results["naive"] = naive_import(dsn, folders, n)
+        for key, full in (("service_main", False), ("service_full", True)):
+            with tempfile.TemporaryDirectory(dir=folders[0].parent) as work:
+                results[key] = service_run(dsn, folders, len(files), n, full, Path(work))
+        with tempfile.TemporaryDirectory() as work:
+            samples = sorted(latency(args.latency_folders, 100, Path(work), dsn, True))
+        results["latency"] = {"p50": statistics.median(samples),
+                              "p99": samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]}
+    if "orthanc" in args.peer:
+        results["orthanc"] = orthanc_run(folders, 2)
+    print(table(results, n, len(files), len(folders)))
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\n(the same as JSON in {args.json})")
+
+
+if __name__ == "__main__":
+    main()
