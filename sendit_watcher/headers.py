@@ -47,6 +47,14 @@ STUDY_ID = 0x00200010                 # (0020,0010)
 SERIES_NUMBER = 0x00200011            # (0020,0011)
 INSTANCE_NUMBER = 0x00200013          # (0020,0013)
 DIRECTORY_RECORD_SEQUENCE = 0x00041220  # (0004,1220)
+SPECIFIC_CHARACTER_SET = 0x00080005   # (0008,0005)
+
+# What a main-tags-only read asks pydicom for; it skips the values of everything else.
+MAIN_TAGS = (SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, SERIES_DATE, CONTENT_DATE,
+             STUDY_TIME, ACCESSION_NUMBER, MODALITY, REFERRING_PHYSICIAN_NAME, STUDY_DESCRIPTION, SERIES_DESCRIPTION,
+             PATIENT_NAME, PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_BIRTH_DATE, PATIENT_SEX, BODY_PART_EXAMINED,
+             STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, STUDY_ID, SERIES_NUMBER, INSTANCE_NUMBER,
+             DIRECTORY_RECORD_SEQUENCE)
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     if entry.size == 0:
         return reject("empty-file", "zero bytes")
     try:
-        dataset, forced = _read(os.path.join(folder, entry.path))
+        dataset, forced = _read(os.path.join(folder, entry.path), None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
         return reject("not-a-regular-file", str(exc))
     except FileNotFoundError:
@@ -122,17 +130,17 @@ class _NotRegular(Exception):
     """The path no longer names a regular file (swapped for a FIFO, a device or a link)."""
 
 
-def _read(path: str) -> tuple[Any, bool]:
+def _read(path: str, tags: tuple[int, ...] | None) -> tuple[Any, bool]:
     """The dataset, and whether it had to be forced (no 'DICM' preamble)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _NotRegular("not a regular file when opened")
         try:
-            return pydicom.dcmread(handle, stop_before_pixels=True), False
+            return pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=tags), False
         except InvalidDicomError:
             handle.seek(0)  # no 'DICM' preamble: a bare dataset is still acceptable if it is one
-            return pydicom.dcmread(handle, stop_before_pixels=True, force=True), True
+            return pydicom.dcmread(handle, stop_before_pixels=True, force=True, specific_tags=tags), True
 
 
 def _classify_failure(exc: Exception) -> tuple[str, str]:

@@ -98,8 +98,8 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     if stamp == batch.fingerprint:  # the last successful import saw exactly this
         return _finish(conn, batch, stamp, len(entries), 0, started, unchanged=True)
     todo = _pending(conn, batch.id, entries)
-    _stage(conn, batch.id, folder, todo, parser, full_header, progress)
-    new_instances = _merge(conn, batch.id)
+    staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
+    new_instances = _merge(conn, batch.id, staged)
     return _finish(conn, batch, stamp, len(entries), new_instances, started)
 
 
@@ -127,15 +127,19 @@ _INSTANCE_FIELDS = _STAGING_COLUMNS[5:]
 
 
 def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection], parser: Parser,
-           full_header: bool, progress: Callable[[int, int], None] | None) -> None:
+           full_header: bool, progress: Callable[[int, int], None] | None) -> int:
+    """COPY every result into the staging table; returns how many are instances."""
     conn.execute(_CREATE_STAGING)
     files = [e for e in todo if isinstance(e, FileEntry)]
     results = _chain([e for e in todo if isinstance(e, Rejection)], parser.parse(folder, files, full_header))
+    instances = 0
     with conn.cursor().copy(_COPY_STAGING) as copy:
         for done, result in enumerate(results, 1):
             copy.write(_copy_line(_staging_row(result)))
+            instances += isinstance(result, Instance)
             if progress is not None:
                 progress(done, len(todo))
+    return instances
 
 
 def _chain(first: Iterable[Rejection], second: Iterable[Instance | Rejection]) -> Iterator[Instance | Rejection]:
@@ -158,16 +162,17 @@ def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:
         getattr(result, name) for name in _INSTANCE_FIELDS)
 
 
-def _merge(conn: Connection, batch_id: int) -> int:
-    """Move staged rows into the hierarchy; returns the number of new instance rows."""
-    conn.execute(_MERGE_PATIENTS)
-    conn.execute(_MERGE_STUDIES)
-    conn.execute(_MERGE_SERIES)
-    inserted = conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount
-    conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
+def _merge(conn: Connection, batch_id: int, staged: int) -> int:
+    """Move staged rows into the hierarchy (staging empties itself at commit); returns new instance rows."""
+    if staged:
+        conn.execute(_MERGE_PATIENTS)
+        conn.execute(_MERGE_STUDIES)
+        conn.execute(_MERGE_SERIES)
+    inserted = max(conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount, 0) if staged else 0
+    if inserted < staged:  # some staged instances already existed: they are duplicates
+        conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
     conn.execute(_MERGE_REJECTED, {"batch": batch_id})
-    conn.execute("TRUNCATE staging")
-    return max(inserted, 0)
+    return inserted
 
 
 def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, started: float,

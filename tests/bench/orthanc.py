@@ -47,7 +47,8 @@ def measure_orthanc(files: list[Path], threads: int) -> float:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work_dir:
         work = Path(work_dir)
         os.chmod(work, 0o777)
-        (work / "storage").mkdir(mode=0o777)
+        (work / "storage").mkdir()
+        os.chmod(work / "storage", 0o777)
         plugin = sorted(Path("/").glob(PLUGIN_GLOB.lstrip("/")))[0]
         (work / "orthanc.json").write_text(json.dumps({
             "Name": "bench", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
@@ -69,7 +70,10 @@ def measure_orthanc(files: list[Path], threads: int) -> float:
         if result.returncode != 0:
             log = (work / "orthanc.log").read_text()[-2000:]
             raise RuntimeError(f"Orthanc run failed: {result.stderr[-2000:]}\n{log}")
-        return float(result.stdout.strip().splitlines()[-1])
+        rates = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("FILES_PER_SECOND ")]
+        if not rates:
+            raise RuntimeError(f"no figure from the uploader: {result.stdout[-1000:]} {result.stderr[-1000:]}")
+        return float(rates[-1])
 
 
 def _post_all(paths: list[str]) -> int:
@@ -104,4 +108,4 @@ def upload(listing: Path, threads: int) -> float:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["upload"]:
-    print(upload(Path(sys.argv[2]), int(sys.argv[3])))
+    print(f"FILES_PER_SECOND {upload(Path(sys.argv[2]), int(sys.argv[3]))}", flush=True)
