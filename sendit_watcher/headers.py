@@ -50,11 +50,11 @@ DIRECTORY_RECORD_SEQUENCE = 0x00041220  # (0004,1220)
 SPECIFIC_CHARACTER_SET = 0x00080005   # (0008,0005)
 
 # What a main-tags-only read asks pydicom for; it skips the values of everything else.
-MAIN_TAGS = (SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, SERIES_DATE, CONTENT_DATE,
+MAIN_TAGS = [SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, SERIES_DATE, CONTENT_DATE,
              STUDY_TIME, ACCESSION_NUMBER, MODALITY, REFERRING_PHYSICIAN_NAME, STUDY_DESCRIPTION, SERIES_DESCRIPTION,
              PATIENT_NAME, PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_BIRTH_DATE, PATIENT_SEX, BODY_PART_EXAMINED,
              STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, STUDY_ID, SERIES_NUMBER, INSTANCE_NUMBER,
-             DIRECTORY_RECORD_SEQUENCE)
+             DIRECTORY_RECORD_SEQUENCE]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class _NotRegular(Exception):
     """The path no longer names a regular file (swapped for a FIFO, a device or a link)."""
 
 
-def _read(path: str, tags: tuple[int, ...] | None) -> tuple[Any, bool]:
+def _read(path: str, tags: list[int] | None) -> tuple[Any, bool]:
     """The dataset, and whether it had to be forced (no 'DICM' preamble)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
