@@ -28,19 +28,47 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
     ``codec`` is the character set's Python codec ("" = read it from the dataset, None = leave text to pydicom).
     """
     decoder = Decoder(dataset, codec)
+    text_codec = decoder.codec or "latin-1"
     model: dict[str, dict[str, Any]] = {}
+    keys = _KEYS
     for tag, vr, raw in decoder.raw_elements():
+        key = keys.get(tag)
+        if key is None:
+            key = keys[tag] = f"{tag:08X}"
         if raw is None:
-            model[f"{tag:08X}"] = _element(dataset[tag], decoder.codec)
+            model[key] = _element(dataset[tag], decoder.codec)
+        elif vr in _SIMPLE_TEXT_VRS:
+            model[key] = _simple_text(vr, raw.value, text_codec)
         elif vr in _BINARY_VRS:
-            model[f"{tag:08X}"] = _binary(vr, raw.value)
+            model[key] = _binary(vr, raw.value)
         else:
             values = decoder.values(vr, raw)
             entry: dict[str, Any] = {"vr": vr}
             if values:
                 entry["Value"] = values if vr in _PLAIN_VRS else [_scalar(vr, v) for v in values]
-            model[f"{tag:08X}"] = entry
+            model[key] = entry
     return model
+
+
+_KEYS: dict[int, str] = {}  # tag -> "GGGGEEEE", shared by every file this process reads
+_SIMPLE_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_STRIPPED_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+_SINGLE_VRS = frozenset({"LT", "ST", "UT", "UR"})
+
+
+def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:
+    """A text element straight from its bytes: values split on backslash, padding removed, '' as null."""
+    text = data.decode(codec, "replace").rstrip(" \x00") if data else ""
+    if not text:
+        return {"vr": vr}
+    if vr in _SINGLE_VRS:
+        return {"vr": vr, "Value": [text]}
+    pieces = text.split("\\")
+    if vr in _STRIPPED_VRS:
+        pieces = [p.strip(" \x00") for p in pieces]
+    if "" in pieces:
+        return {"vr": vr, "Value": [p or None for p in pieces]}
+    return {"vr": vr, "Value": pieces}
 
 
 def _binary(vr: str, value: bytes | None) -> dict[str, Any]:

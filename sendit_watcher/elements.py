@@ -22,6 +22,8 @@ BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 _CHARSET_AFFECTED = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_UNPACKERS = {(vr, little): struct.Struct(("<" if little else ">") + code)
+              for vr, code in _STRUCT.items() for little in (True, False)}
 _CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
 
@@ -42,7 +44,8 @@ class Decoder:
                 yield (int(tag), found[0], found[1]) if found else (int(tag), "", None)
             return
         text_ok = self.codec is not None
-        for tag, raw in elements.items():
+        for key, raw in elements.items():
+            tag = int(key)  # pydicom's BaseTag compares in Python; a plain int keeps lookups in C
             if type(raw) is not RawDataElement:
                 yield tag, "", None
                 continue
@@ -68,9 +71,11 @@ class Decoder:
         if vr in TEXT_VRS:
             return _text_values(vr, data.decode(self.codec or "latin-1", "replace"))
         if vr in _STRUCT:
-            code = ("<" if raw.is_little_endian else ">") + _STRUCT[vr]
-            size = struct.calcsize(code)
-            return [v[0] for v in struct.iter_unpack(code, data[: len(data) - len(data) % size])]
+            unpacker = _UNPACKERS[vr, raw.is_little_endian]
+            size = unpacker.size
+            if len(data) == size:
+                return list(unpacker.unpack(data))
+            return [v[0] for v in unpacker.iter_unpack(data[: len(data) - len(data) % size])]
         if vr == "AT":
             code = "<HH" if raw.is_little_endian else ">HH"
             return [f"{g:04X}{e:04X}" for g, e in struct.iter_unpack(code, data[: len(data) - len(data) % 4])]

@@ -30,7 +30,8 @@ def _template() -> bytes:
 
 
 def _uid(kind: int, number: int) -> bytes:
-    uid = f"1.2.826.0.1.3680043.10.{kind}.{os.getpid():07d}.{number:0{60 - 33}d}"
+    """A valid UID of exactly 60 characters (no component starts with 0)."""
+    uid = f"1.2.826.0.1.3680043.10.{kind}.1{os.getpid():07d}.1{number:0{60 - 35}d}"
     assert len(uid) == 60, uid
     return uid.encode()
 

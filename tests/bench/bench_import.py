@@ -16,14 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import pydicom
-from psycopg import sql
 
 from sendit_watcher.cli import main as cli_main
 from tests.bench.corpus import build
-
-ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+from tests.bench.scratch import scratch_database
 
 
 def _parse(path: str) -> int:
@@ -68,21 +65,14 @@ def main() -> None:
     files = sorted(str(p) for folder in folders for p in folder.iterdir())
     for path in files[:2000]:  # warm the page cache
         Path(path).read_bytes()
-    name = f"sendit_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
     n = args.processes
-    try:
+    with scratch_database() as dsn:
         rows = {
             "parse floor, 1 process": parse_floor(files, 1),
             f"parse floor, {n} processes": parse_floor(files, n),
             f"import, main tags only, {n} processes": import_rate(dsn, folders, len(files), False, n),
             f"import, full header, {n} processes": import_rate(dsn, folders, len(files), True, n),
         }
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
     floor = rows[f"parse floor, {n} processes"]
     print(f"{len(files):,} files in {len(folders)} folders, {os.cpu_count()} cores")
     for label, rate in rows.items():

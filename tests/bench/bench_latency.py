@@ -8,7 +8,6 @@ arrives (rows committed). Prints p50, p99 and max. Figures, not assertions.
 from __future__ import annotations
 
 import argparse
-import os
 import select
 import statistics
 import tempfile
@@ -17,13 +16,11 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from sendit_watcher.config import DatabaseConfig
+from tests.bench.scratch import scratch_database
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
-
-ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
 def measure(folders: int, files: int, work: Path, dsn: str, full_header: bool) -> list[float]:
@@ -61,11 +58,7 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=30)
     parser.add_argument("--files", type=int, default=100)
     args = parser.parse_args()
-    name = f"sendit_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
-    try:
+    with scratch_database() as dsn:
         for full_header in (True, False):
             with tempfile.TemporaryDirectory() as work:
                 latencies = sorted(measure(args.folders, args.files, Path(work), dsn, full_header))
@@ -73,9 +66,6 @@ def main() -> None:
             print(f"{args.files}-file folder, rename -> committed + NOTIFY, full header "
                   f"{'on ' if full_header else 'off'}: p50 {statistics.median(latencies):.3f} s, "
                   f"p99 {p99:.3f} s, max {latencies[-1]:.3f} s ({len(latencies)} folders)")
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from sendit_watcher.config import DatabaseConfig
+from tests.bench.scratch import scratch_database
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
-
-ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
 def burst(dsn: str, hosts: int, folders: int, files: int) -> tuple[float, dict[str, int]]:
@@ -60,16 +58,9 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=100)
     parser.add_argument("--files", type=int, default=50)
     args = parser.parse_args()
-    name = f"sendit_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
-    try:
+    with scratch_database() as dsn:
         one, _ = burst(dsn, 1, args.folders, args.files)
         two, split = burst(dsn, 2, args.folders, args.files)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
     print(f"{args.folders} folders x {args.files} files, {os.cpu_count()} cores, full header")
     print(f"one host, one worker        {one:8,.0f} files/s")
     print(f"two hosts, one worker each  {two:8,.0f} files/s   {two / one:.2f} x   folders per host: {split}")

@@ -23,14 +23,15 @@ def _template(name: str) -> bytes:
 
 
 def _uid(seed: int, kind: int, number: int) -> bytes:
-    uid = f"1.2.826.0.1.3680043.10.{kind}.{seed:010d}.{number:0{60 - 36}d}"
+    """A valid UID of exactly 60 characters (no component starts with 0)."""
+    uid = f"1.2.826.0.1.3680043.10.{kind}.1{seed:010d}.1{number:0{60 - 38}d}"
     assert len(uid) == 60
     return uid.encode()
 
 
 def build(root: Path, files: int, folders: int) -> list[Path]:
     """``folders`` study folders holding ``files`` files in all under ``root`` (reused when complete)."""
-    marker = root / f".complete-{files}-{folders}"
+    marker = root / f".complete-v2-{files}-{folders}"
     paths = [root / f"study{n:05d}" for n in range(folders)]
     if marker.exists():
         return paths

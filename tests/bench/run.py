@@ -21,35 +21,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pydicom
-from psycopg import sql
 
 from sendit_watcher.config import DatabaseConfig
 from tests.bench.bench_import import parse_floor
 from tests.bench.bench_latency import measure as latency
 from tests.bench.corpus import build
+from tests.bench.scratch import scratch_database
 from tests.fix_service import ServiceProcess, write_config
-
-ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"sendit_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
 
 # --- the naive importer: what a first script does ---
 
