@@ -242,23 +242,22 @@ def test_burst_with_queue_overflow_imports_every_folder_exactly_once(tmp_path: P
     with lowered_inotify_queue(64):  # read when the inotify instance is created
         process = ServiceProcess(config, tmp_path)
         process.wait_ready()
-    if True:
+    try:
+        process.signal(signal.SIGSTOP)  # the loop is stalled while the burst lands
         try:
-            process.signal(signal.SIGSTOP)  # the loop is stalled while the burst lands
-            try:
-                threads = [threading.Thread(target=_drop_folders, args=(incoming, range(k, folders, 4), files))
-                           for k in range(4)]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            finally:
-                process.signal(signal.SIGCONT)
-            wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == folders,
-                       timeout=300, what=f"{folders} folders imported")
-            assert "inotify queue overflowed" in process.log
+            threads = [threading.Thread(target=_drop_folders, args=(incoming, range(k, folders, 4), files))
+                       for k in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         finally:
-            process.kill()
+            process.signal(signal.SIGCONT)
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == folders,
+                   timeout=300, what=f"{folders} folders imported")
+        assert "inotify queue overflowed" in process.log
+    finally:
+        process.kill()
     once = scalar(conn, "SELECT count(*) FROM batch WHERE imports = 1 AND instances = %s", files)
     figures(f"inotify queue overflow (max_queued_events 64, loop stalled): {folders * files:,} files in {folders} "
             f"folders, {once}/{folders} imported once")
