@@ -148,8 +148,8 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
         Option("full_header", _boolean, "yes", "store each instance's whole header (no bulk data) as JSONB "
                "in the DICOM JSON model; no keeps the main tags only"),
         Option("workers", _count, "0", "importer worker processes of the service; 0 = number of CPU cores"),
-        Option("parse_processes", _count, "0", "processes the import command parses one folder's files with; "
-               "0 = number of CPU cores (service workers parse in their own process)"),
+        Option("parse_processes", _count, "0", "processes that parse one large folder's files in parallel (the "
+               "import command; a service worker for folders of 500 files or more); 0 = number of CPU cores"),
     ),
     "watcher": (
         Option("temp_suffixes", _suffixes, ".tmp .part", "folder-name suffixes (case-insensitive) that mark "

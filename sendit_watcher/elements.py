@@ -34,6 +34,7 @@ class Decoder:
     def __init__(self, dataset: Any, codec: str | None = "") -> None:
         self.dataset = dataset
         self.codec = _codec(dataset) if codec == "" else codec
+        self._by_tag: dict[int, tuple[str, RawDataElement | None]] | None = None
 
     def raw_elements(self) -> Iterator[tuple[int, str, RawDataElement | None]]:
         """(tag, VR, raw element) for every element; raw is None where pydicom must convert it."""
@@ -83,13 +84,15 @@ class Decoder:
 
     def text(self, tag: int) -> str | None | object:
         """A text element as DICOM writes it (values joined by backslash), None if absent, FALLBACK if unsure."""
-        if tag not in self.dataset:
+        if self._by_tag is None:  # one pass over the dataset; later look-ups are plain int dict gets
+            self._by_tag = {t: (vr, raw) for t, vr, raw in self.raw_elements()}
+        found = self._by_tag.get(tag)
+        if found is None:
             return None
-        found = self.vr_and_raw(tag)
-        if found is None or found[0] not in TEXT_VRS:
+        vr, raw = found
+        if raw is None or vr not in TEXT_VRS:
             return FALLBACK
-        values = self.values(*found)
-        return "\\".join(v for v in values if v is not None)
+        return "\\".join(v for v in self.values(vr, raw) if v is not None)
 
 
 def _codec(dataset: Any) -> str | None:

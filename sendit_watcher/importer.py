@@ -19,7 +19,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
 
-__all__ = ["Result", "Parser", "InlineParser", "PoolParser", "import_claimed"]
+__all__ = ["Result", "Parser", "InlineParser", "PoolParser", "AdaptiveParser", "import_claimed"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,30 @@ class PoolParser:
     def close(self) -> None:
         self._pool.terminate()
         self._pool.join()
+
+
+class AdaptiveParser:
+    """Parses in the calling process, and a folder of ``threshold`` files or more with a pool of ``processes``
+    (created on first need), so a large study is parsed on every core while bursts of small folders keep
+    one process per worker."""
+
+    def __init__(self, processes: int, threshold: int = 500) -> None:
+        quiet_pydicom()
+        self.processes = processes
+        self.threshold = threshold
+        self._pool: PoolParser | None = None
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        if len(entries) < self.threshold or self.processes < 2:
+            return _parse_here(folder, entries, full_header)
+        if self._pool is None:
+            self._pool = PoolParser(self.processes)
+        log.debug("parsing %d files of %s with %d processes", len(entries), folder, self.processes)
+        return self._pool.parse(folder, entries, full_header)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
 
 def _parse_here(folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:

@@ -23,7 +23,7 @@ from sendit_watcher.batches import QUEUE_CHANNEL
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import DatabaseUnavailable
-from sendit_watcher.importer import InlineParser
+from sendit_watcher.importer import AdaptiveParser
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.worker import import_next
 
@@ -48,19 +48,22 @@ def worker_main(config: Config, index: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us in order
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(config.watcher.log_level)
-    parser = InlineParser()
-    while not _Stop.requested and os.getppid() == parent:
-        try:
-            application = f"sendit-watcher worker {index} on {config.watcher.host_name}"
-            with connect(config.database, application=application) as conn:
-                _serve_queue(conn, config, parser, parent)
-        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-            log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
-                        config.database.retry_interval, " ".join(str(exc).split()))
-            _sleep(config.database.retry_interval, parent)
+    parser = AdaptiveParser(config.importer.parse_process_count)
+    try:
+        while not _Stop.requested and os.getppid() == parent:
+            try:
+                application = f"sendit-watcher worker {index} on {config.watcher.host_name}"
+                with connect(config.database, application=application) as conn:
+                    _serve_queue(conn, config, parser, parent)
+            except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+                log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
+                            config.database.retry_interval, " ".join(str(exc).split()))
+                _sleep(config.database.retry_interval, parent)
+    finally:
+        parser.close()
 
 
-def _serve_queue(conn: Connection, config: Config, parser: InlineParser, parent: int) -> None:
+def _serve_queue(conn: Connection, config: Config, parser: AdaptiveParser, parent: int) -> None:
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_CHANNEL)))
     conn.commit()
     while not _Stop.requested and os.getppid() == parent:

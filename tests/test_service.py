@@ -314,3 +314,11 @@ def test_database_outage_loses_nothing(tmp_path: Path, incoming: Path) -> None:
     finally:
         process.kill()
         cluster.destroy()
+
+
+def test_a_large_folder_is_parsed_by_every_core(service: ServiceProcess, conn: Connection, incoming: Path) -> None:
+    make_study(incoming / "LARGE.tmp", 1200)
+    (incoming / "LARGE.tmp").rename(incoming / "LARGE")
+    wait_until(done(conn, "LARGE", 1200), what="LARGE imported")
+    assert batches(conn)["LARGE"] == ("done", 1200, 1)
+    assert f"parsing 1200 files of {incoming / 'LARGE'} with {os.cpu_count()} processes" in service.log
