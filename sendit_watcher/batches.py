@@ -22,12 +22,11 @@ FINISH_LOCK = -0x5E4D18
 
 @dataclass(frozen=True)
 class Batch:
-    """A claimed batch row; ``previous_status`` is what it was before this claim (queued, done, ...)."""
+    """A claimed batch row, with the fingerprint of its last successful import."""
 
     id: int
     root: str
     path: str
-    previous_status: str
     fingerprint: str | None
     imports: int
 
@@ -81,7 +80,7 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
 def claim(conn: Connection, host: str) -> Batch | None:
     """Lock the oldest queued batch for this transaction (SKIP LOCKED); None when there is none free."""
     row = conn.execute(
-        "SELECT id, root, path, status, fingerprint, imports FROM batch"
+        "SELECT id, root, path, fingerprint, imports FROM batch"
         " WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
     ).fetchone()
     return _mark_importing(conn, row, host)
@@ -89,7 +88,7 @@ def claim(conn: Connection, host: str) -> Batch | None:
 
 def claim_id(conn: Connection, batch_id: int, host: str) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it."""
-    row = conn.execute("SELECT id, root, path, status, fingerprint, imports FROM batch WHERE id = %s FOR UPDATE",
+    row = conn.execute("SELECT id, root, path, fingerprint, imports FROM batch WHERE id = %s FOR UPDATE",
                        (batch_id,)).fetchone()
     return _mark_importing(conn, row, host)
 
@@ -97,8 +96,8 @@ def claim_id(conn: Connection, batch_id: int, host: str) -> Batch | None:
 def _mark_importing(conn: Connection, row: tuple[object, ...] | None, host: str) -> Batch | None:
     if row is None:
         return None
-    batch = Batch(int(str(row[0])), str(row[1]), str(row[2]), str(row[3]),
-                  None if row[4] is None else str(row[4]), int(str(row[5])))
+    batch = Batch(int(str(row[0])), str(row[1]), str(row[2]), None if row[3] is None else str(row[3]),
+                  int(str(row[4])))
     # The advisory lock lets `status` see which batches are being imported without a committed 'importing'.
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (batch.id,))
     conn.execute("UPDATE batch SET status = 'importing', started_at = clock_timestamp(), host = %s WHERE id = %s",

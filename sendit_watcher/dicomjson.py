@@ -16,9 +16,8 @@ INLINE_BINARY_LIMIT = 256
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
-# VRs whose fast-path values are already JSON-ready (strings, or numbers unpacked from binary)
-_PLAIN_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT",
-                        "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
+# VRs whose fast-path values are already JSON-ready (tags as hex, numbers unpacked from binary)
+_PLAIN_VRS = frozenset({"AT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
 
 def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str, Any]]:

@@ -121,7 +121,8 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         return reject(*_classify_failure(exc))
     try:
-        return _instance(entry, dataset, full_header) or reject(*_missing(dataset, forced))
+        fields = Decoder(dataset)
+        return _instance(entry, fields, full_header) or reject(*_missing(fields, forced))
     except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
         return reject("invalid-dicom", f"{type(exc).__name__}: {_one_line(exc)}")
 
@@ -158,16 +159,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
 
-def _missing(dataset: Any, forced: bool) -> tuple[str, str]:
+def _missing(fields: Decoder, forced: bool) -> tuple[str, str]:
+    dataset = fields.dataset
     if _media_sop_class(dataset) == DICOMDIR_SOP_CLASS or DIRECTORY_RECORD_SEQUENCE in dataset:
         return "dicomdir", "a DICOMDIR holds directory records, not an instance"
-    if not _text(dataset, SOP_INSTANCE_UID):
+    if not _text(fields, SOP_INSTANCE_UID):
         if forced and not _looks_like_dicom(dataset):
             return "not-dicom", "no DICOM data elements found"
         return "no-sop-instance-uid", "SOPInstanceUID (0008,0018) is missing or empty"
     absent = [name for tag, name in ((STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)"),
                                      (SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)"))
-              if not _text(dataset, tag)]
+              if not _text(fields, tag)]
     return "missing-uid", " and ".join(absent) + " missing or empty"
 
 
@@ -182,8 +184,8 @@ def _media_sop_class(dataset: Any) -> str | None:
     return str(value.value) if value is not None else None
 
 
-def _instance(entry: FileEntry, dataset: Any, full_header: bool) -> Instance | None:
-    fields = Decoder(dataset)
+def _instance(entry: FileEntry, fields: Decoder, full_header: bool) -> Instance | None:
+    dataset = fields.dataset
     sop_instance_uid = _text(fields, SOP_INSTANCE_UID)
     study_uid, series_uid = _text(fields, STUDY_INSTANCE_UID), _text(fields, SERIES_INSTANCE_UID)
     if not (sop_instance_uid and study_uid and series_uid) or _media_sop_class(dataset) == DICOMDIR_SOP_CLASS:
@@ -207,13 +209,12 @@ def _instance(entry: FileEntry, dataset: Any, full_header: bool) -> Instance | N
     )
 
 
-def _text(fields: Decoder | Any, tag: int) -> str | None:
+def _text(fields: Decoder, tag: int) -> str | None:
     """A value as text as DICOM writes it (multiple values joined by backslash), without NULs."""
-    decoder = fields if isinstance(fields, Decoder) else Decoder(fields)
-    fast = decoder.text(tag)
+    fast = fields.text(tag)
     if fast is not FALLBACK:
         return _clean(str(fast)).strip() or None if fast is not None else None
-    element = decoder.dataset.get(tag)
+    element = fields.dataset.get(tag)
     value = None if element is None else element.value
     if value is None:
         return None

@@ -75,12 +75,8 @@ def status_table(rows: list[BatchRow], totals: Totals) -> str:
     text += ["", f"batches: {by_status}",
              f"rows: {totals.patients:,} patients, {totals.studies:,} studies, {totals.series:,} series, "
              f"{totals.instances:,} instances, {totals.rejected:,} rejected files"]
-    errors = [f"batch {row.id}: {row.last_error}" for row in lines_with_errors(rows)]
+    errors = [f"batch {row.id}: {row.last_error}" for row in rows if row.status == "failed" and row.last_error]
     return "\n".join(text + (["", "errors:"] + errors if errors else []))
-
-
-def lines_with_errors(rows: Iterable[BatchRow]) -> list[BatchRow]:
-    return [row for row in rows if row.status == "failed" and row.last_error]
 
 
 def _cells(row: BatchRow) -> tuple[str, ...]:

@@ -120,8 +120,9 @@ class Service:
         self.link.get()
         if self.config.watcher.imports:
             self.workers.start()
-        self.notify.ready(self.status_line())
-        log.info("ready: %s", self.status_line())
+        status = self.status_line()
+        self.notify.ready(status)
+        log.info("ready: %s", status)
 
     def run(self) -> int:
         signals = SignalQueue()

@@ -29,7 +29,6 @@ class Rejection:
     detail: str
     size: int | None = None
     mtime_ns: int | None = None
-    duplicate_of: str | None = None
 
 
 def display_path(raw: str) -> str:

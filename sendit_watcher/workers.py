@@ -92,7 +92,6 @@ class WorkerPool:
         self.processes: list[BaseProcess] = []
         self.retiring: list[BaseProcess] = []  # replaced on reload, finishing their folder
         self.context = multiprocessing.get_context("spawn")
-        self.restarts = 0
 
     def start(self) -> None:
         for index in range(self.config.importer.worker_count):
@@ -111,7 +110,6 @@ class WorkerPool:
             if not process.is_alive():
                 log.error("worker %d (pid %s) exited with %s; starting a new one", index, process.pid,
                           process.exitcode)
-                self.restarts += 1
                 self.processes[index] = self._spawn(index)
 
     def replace(self, config: Config) -> None:

@@ -72,6 +72,14 @@ def config(database: DatabaseConfig) -> Config:
     return make_config(database)
 
 
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    """An empty watch root."""
+    root = tmp_path / "incoming"
+    root.mkdir()
+    return root
+
+
 def pydicom_test_files() -> Path:
     """The directory of pydicom's bundled test files (real DICOM nobody here wrote)."""
     from pydicom.data import get_testdata_files

@@ -37,10 +37,9 @@ def two_hosts(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> tuple
     return a, b
 
 
-def test_two_hosts_import_a_burst_each_folder_once_and_both_work(tmp_path: Path, database: DatabaseConfig,
+def test_two_hosts_import_a_burst_each_folder_once_and_both_work(tmp_path: Path, incoming: Path,
+        database: DatabaseConfig,
                                                                   conn: Connection) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     a, b = two_hosts(tmp_path, database, incoming)
     try:
         b.notify.wait_for(lambda line: line.startswith("STATUS=worker only (1 on host-b)"))
@@ -61,10 +60,9 @@ def test_two_hosts_import_a_burst_each_folder_once_and_both_work(tmp_path: Path,
     assert set(work) == {"host-a", "host-b"} and all(n > 0 for n in work.values()), work
 
 
-def test_a_host_that_dies_mid_import_releases_its_batch_to_the_other(tmp_path: Path, database: DatabaseConfig,
+def test_a_host_that_dies_mid_import_releases_its_batch_to_the_other(tmp_path: Path, incoming: Path,
+        database: DatabaseConfig,
                                                                       conn: Connection) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     a, b = two_hosts(tmp_path, database, incoming)
     try:
         drop(incoming, "BIG", 3000)
@@ -108,10 +106,9 @@ def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 60) 
     return lines
 
 
-def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_path: Path, database: DatabaseConfig,
+def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_path: Path, incoming: Path,
+        database: DatabaseConfig,
                                                                           conn: Connection) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     service = ServiceProcess(config, tmp_path)
     first = listener(config)
@@ -140,10 +137,9 @@ def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_p
         service.kill()
 
 
-def test_a_failed_batch_is_visible_and_retry_imports_it(tmp_path: Path, database: DatabaseConfig,
+def test_a_failed_batch_is_visible_and_retry_imports_it(tmp_path: Path, incoming: Path,
+        database: DatabaseConfig,
                                                         conn: Connection) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     conn.execute("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (instance_number IS NULL)")
     conn.commit()

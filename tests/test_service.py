@@ -46,13 +46,6 @@ def done(conn: Connection, path: str, instances: int) -> Callable[[], bool]:
 
 
 @pytest.fixture
-def incoming(tmp_path: Path) -> Path:
-    root = tmp_path / "incoming"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def service(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> Iterator[ServiceProcess]:
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     process = ServiceProcess(config, tmp_path)

@@ -44,12 +44,10 @@ def kill_host(service: ServiceProcess) -> None:
     service.kill()
 
 
-def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, database: DatabaseConfig,
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, incoming: Path, database: DatabaseConfig,
                                                                conn: Connection,
                                                                figures: Callable[[str], None]) -> None:
     rng = random.Random(SEED)
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle=0.5)
     config.write_text(config.read_text().replace("log_level = debug", "log_level = info"))
     expected: dict[str, int] = {}

@@ -41,9 +41,7 @@ def watch_limit(value: int) -> Iterator[None]:
         LIMIT.write_text(saved)
 
 
-def test_a_full_watch_table_at_start_is_a_clear_error(tmp_path: Path, database: DatabaseConfig) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
+def test_a_full_watch_table_at_start_is_a_clear_error(tmp_path: Path, incoming: Path, database: DatabaseConfig) -> None:
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     with watch_limit(watches_in_use()):
         result = subprocess.run([sys.executable, "-m", "sendit_watcher", "--config", str(config), "run"],
@@ -53,11 +51,10 @@ def test_a_full_watch_table_at_start_is_a_clear_error(tmp_path: Path, database: 
     assert "raise fs.inotify.max_user_watches" in result.stderr
 
 
-def test_folders_beyond_the_watch_table_still_settle_and_import_once(tmp_path: Path, database: DatabaseConfig,
+def test_folders_beyond_the_watch_table_still_settle_and_import_once(tmp_path: Path, incoming: Path,
+                                                                     database: DatabaseConfig,
                                                                      conn: Connection,
                                                                      figures: Callable[[str], None]) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     service = ServiceProcess(config, tmp_path)
     folders = 40

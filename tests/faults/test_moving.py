@@ -19,9 +19,7 @@ FILES = 2500
 
 
 @pytest.fixture
-def one_worker(tmp_path: Path, database: DatabaseConfig) -> Iterator[tuple[ServiceProcess, Path]]:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
+def one_worker(tmp_path: Path, incoming: Path, database: DatabaseConfig) -> Iterator[tuple[ServiceProcess, Path]]:
     service = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, workers=1),
                              tmp_path)
     service.wait_ready()

@@ -31,11 +31,9 @@ def burst(root: Path, names: list[str], files: int) -> None:
         time.sleep(0.05)
 
 
-def test_outage_in_the_middle_of_a_burst(tmp_path: Path, figures: Callable[[str], None]) -> None:
+def test_outage_in_the_middle_of_a_burst(tmp_path: Path, incoming: Path, figures: Callable[[str], None]) -> None:
     cluster = PrivateCluster()
     database = DatabaseConfig(dsn=cluster.start(), schema="outage")
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming})
     service = ServiceProcess(config, tmp_path)
     names = [f"O{n:03d}" for n in range(120)]
