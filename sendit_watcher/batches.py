@@ -1,16 +1,25 @@
-"""The batch table as a durable queue: enqueue a folder, claim one with SKIP LOCKED, record how it ended."""
+"""The batch protocol, in one place: the batch table as a durable queue and the record of every folder.
+
+Enqueue a folder, claim one (SKIP LOCKED, inside the transaction that imports it), finish it (commit-ordered
+``finished_seq`` and a NOTIFY), record a failure, retry it; and the reads other modules need of the table.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 
-__all__ = ["Batch", "OUTSIDE_ROOTS", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "record_failure",
-           "NOTIFY_CHANNEL", "QUEUE_CHANNEL", "FINISH_LOCK", "retry"]
+__all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
+           "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "finish", "record_failure",
+           "retry", "known_folders", "queue_counts", "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
@@ -18,6 +27,16 @@ QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
 # Advisory lock held from a batch's finishing step to its commit, so finished_seq follows commit order.
 # Negative, like the migration lock, so it never meets a batch id.
 FINISH_LOCK = -0x5E4D18
+
+
+class BatchStatus(StrEnum):
+    """Where a batch stands; ``importing`` is never committed (a worker's advisory lock shows it)."""
+
+    QUEUED = "queued"
+    IMPORTING = "importing"
+    DONE = "done"
+    EMPTY = "empty"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,25 @@ class Batch:
     path: str
     fingerprint: str | None
     imports: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A batch's row as its finishing step left it."""
+
+    status: BatchStatus
+    instances: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """The queue at a glance, for the service's STATUS= line."""
+
+    queued: int
+    imported: int
+    failed: int
+    seconds_since_last: float | None
 
 
 def locate(config: Config, folder: Path) -> tuple[str, str]:
@@ -57,7 +95,7 @@ def ensure(conn: Connection, root: str, path: str) -> int:
                      (root, path))
         row = conn.execute("SELECT id FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
     assert row is not None
-    return int(str(row[0]))
+    return int(row[0])
 
 
 def enqueue(conn: Connection, root: str, path: str) -> int | None:
@@ -70,39 +108,72 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
         ).fetchone()
         if row is None:
             return None
-        batch_id, status = row
-        if status != "queued":
-            conn.execute("UPDATE batch SET status = 'queued', queued_at = now() WHERE id = %s", (batch_id,))
+        batch_id, status = int(row[0]), BatchStatus(row[1])
+        if status is not BatchStatus.QUEUED:
+            conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
+                         (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))  # wakes idle workers
-    return int(str(batch_id))
+    return batch_id
 
 
 def claim(conn: Connection, host: str) -> Batch | None:
     """Lock the oldest queued batch for this transaction (SKIP LOCKED); None when there is none free."""
-    row = conn.execute(
-        "SELECT id, root, path, fingerprint, imports FROM batch"
-        " WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
-    ).fetchone()
-    return _mark_importing(conn, row, host)
+    with conn.cursor(row_factory=class_row(Batch)) as cursor:
+        batch = cursor.execute("SELECT id, root, path, fingerprint, imports FROM batch"
+                               " WHERE status = %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                               (BatchStatus.QUEUED,)).fetchone()
+    return _mark_importing(conn, batch, host)
 
 
 def claim_id(conn: Connection, batch_id: int, host: str) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it."""
-    row = conn.execute("SELECT id, root, path, fingerprint, imports FROM batch WHERE id = %s FOR UPDATE",
-                       (batch_id,)).fetchone()
-    return _mark_importing(conn, row, host)
+    with conn.cursor(row_factory=class_row(Batch)) as cursor:
+        batch = cursor.execute("SELECT id, root, path, fingerprint, imports FROM batch WHERE id = %s FOR UPDATE",
+                               (batch_id,)).fetchone()
+    return _mark_importing(conn, batch, host)
 
 
-def _mark_importing(conn: Connection, row: tuple[object, ...] | None, host: str) -> Batch | None:
-    if row is None:
+def _mark_importing(conn: Connection, batch: Batch | None, host: str) -> Batch | None:
+    if batch is None:
         return None
-    batch = Batch(int(str(row[0])), str(row[1]), str(row[2]), None if row[3] is None else str(row[3]),
-                  int(str(row[4])))
     # The advisory lock lets `status` see which batches are being imported without a committed 'importing'.
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (batch.id,))
-    conn.execute("UPDATE batch SET status = 'importing', started_at = clock_timestamp(), host = %s WHERE id = %s",
-                 (host, batch.id))
+    conn.execute("UPDATE batch SET status = %s, started_at = clock_timestamp(), host = %s WHERE id = %s",
+                 (BatchStatus.IMPORTING, host, batch.id))
     return batch
+
+
+def finish(conn: Connection, batch: Batch, *, fingerprint: str, files: int, new_instances: int, seconds: float,
+           unchanged: bool) -> Finished:
+    """Record a successful import in the claiming transaction: counts, fingerprint, and unless nothing changed,
+    the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
+    if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+    row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
+                                 "new": new_instances, "seconds": seconds, "channel": NOTIFY_CHANNEL,
+                                 "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
+                                 "done": BatchStatus.DONE}).fetchone()
+    assert row is not None
+    return Finished(BatchStatus(row[0]), int(row[1]), int(row[2]))
+
+
+_FINISH = """
+WITH counts AS (
+    SELECT (SELECT count(*) FROM instance WHERE batch = %(batch)s) AS instances,
+           (SELECT count(*) FROM rejected_file WHERE batch = %(batch)s) AS rejected
+), done AS (
+    UPDATE batch SET
+        status = CASE WHEN %(files)s = 0 THEN %(empty)s ELSE %(done)s END,
+        fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
+        instances = counts.instances, rejected = counts.rejected,
+        imports = imports + %(counted)s, attempts = 0, last_error = NULL,
+        finished_at = clock_timestamp(), seconds = %(seconds)s,
+        finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
+    FROM counts WHERE id = %(batch)s
+    RETURNING status, batch.instances, batch.rejected, id
+)
+SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(channel)s, id::text) END FROM done
+"""
 
 
 def record_failure(conn: Connection, batch_id: int, host: str, error: str) -> None:
@@ -110,9 +181,9 @@ def record_failure(conn: Connection, batch_id: int, host: str, error: str) -> No
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
         conn.execute(
-            "UPDATE batch SET status = 'failed', last_error = %s, attempts = attempts + 1, host = %s,"
+            "UPDATE batch SET status = %s, last_error = %s, attempts = attempts + 1, host = %s,"
             " finished_at = clock_timestamp(), finished_seq = nextval('batch_finished_seq') WHERE id = %s",
-            (error[:2000], host, batch_id),
+            (BatchStatus.FAILED, error[:2000], host, batch_id),
         )
         conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch_id)))
 
@@ -123,8 +194,49 @@ def retry(conn: Connection, batch_id: int) -> str | None:
         row = conn.execute("SELECT status FROM batch WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
         if row is None:
             return "missing"
-        if row[0] != "failed":
+        if row[0] != BatchStatus.FAILED:
             return str(row[0])
-        conn.execute("UPDATE batch SET status = 'queued', queued_at = now() WHERE id = %s", (batch_id,))
+        conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s", (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))
     return None
+
+
+def known_folders(conn: Connection, root: str) -> dict[str, tuple[str | None, BatchStatus]]:
+    """Every folder recorded under ``root``: its fingerprint and status (for the catch-up scan)."""
+    rows = conn.execute("SELECT path, fingerprint, status FROM batch WHERE root = %s", (root,)).fetchall()
+    conn.rollback()
+    return {path: (stamp, BatchStatus(status)) for path, stamp, status in rows}
+
+
+def queue_counts(conn: Connection) -> QueueCounts:
+    """Queued, imported (done or empty) and failed batches, and seconds since the last one finished."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status IN (%s, %s)),"
+        " count(*) FILTER (WHERE status = %s), extract(epoch FROM now() - max(finished_at))::float8 FROM batch",
+        (BatchStatus.QUEUED, BatchStatus.DONE, BatchStatus.EMPTY, BatchStatus.FAILED)).fetchone()
+    conn.rollback()
+    assert row is not None
+    return QueueCounts(int(row[0]), int(row[1]), int(row[2]), row[3])
+
+
+_FINISHED_AFTER = """
+SELECT finished_seq AS seq, id, root, path AS folder, status, files, instances, new_instances, rejected,
+       seconds, files_per_second, host, finished_at, last_error
+FROM batch WHERE finished_seq > %s ORDER BY finished_seq
+"""
+
+
+def finished_after(conn: Connection, seq: int) -> list[dict[str, Any]]:
+    """Batches finished after ``seq``, oldest first, as the hand-off records them."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(_FINISHED_AFTER, (seq,)).fetchall()
+    conn.rollback()
+    return rows
+
+
+def latest_seq(conn: Connection) -> int:
+    """The ``finished_seq`` of the batch that finished last (0 before any)."""
+    row = conn.execute("SELECT coalesce(max(finished_seq), 0) FROM batch").fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0
+

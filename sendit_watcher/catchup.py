@@ -14,8 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sendit_watcher import batches
+from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import connect
+from sendit_watcher.errors import one_line
 from sendit_watcher.intake import Folder, newest_change
 from sendit_watcher.walk import fingerprint, walk
 
@@ -42,16 +45,15 @@ def scan_roots(database: DatabaseConfig, roots: dict[str, Path], is_temporary: C
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
         for name, root in roots.items():
-            known = {str(p): (f, str(s)) for p, f, s in conn.execute(
-                "SELECT path, fingerprint, status FROM batch WHERE root = %s", (name,))}
-            conn.rollback()
+            known = batches.known_folders(conn, name)
             _scan_root(name, root, known, is_temporary, settle_seconds, skip, result)
     result.seconds = time.monotonic() - started
     return result
 
 
-def _scan_root(name: str, root: Path, known: dict[str, tuple[object, str]], is_temporary: Callable[[str], bool],
-               settle_seconds: float, skip: set[Folder], result: ScanResult) -> None:
+def _scan_root(name: str, root: Path, known: dict[str, tuple[str | None, BatchStatus]],
+               is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
+               result: ScanResult) -> None:
     try:
         entries = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
     except OSError as exc:
@@ -68,11 +70,11 @@ def _scan_root(name: str, root: Path, known: dict[str, tuple[object, str]], is_t
             (result.young if young else result.changed).append(folder)
 
 
-def _needs_import(path: str, row: tuple[object, str] | None) -> bool:
+def _needs_import(path: str, row: tuple[str | None, BatchStatus] | None) -> bool:
     if row is None:
         return True
     stored, status = row
-    if status in ("queued", "importing"):
+    if status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
         return False
     try:
         return fingerprint(walk(path)) != stored
@@ -97,7 +99,7 @@ class Scanner:
             try:
                 self._result = scan_roots(database, roots, is_temporary, settle_seconds, skip)
             except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
-                self._result = ScanResult(error=" ".join(str(exc).split()) or type(exc).__name__)
+                self._result = ScanResult(error=one_line(exc))
 
         self._result = None
         self._thread = threading.Thread(target=work, name="catch-up", daemon=True)

@@ -13,9 +13,9 @@ from sendit_watcher import config as configuration
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError
-from sendit_watcher.importer import PoolParser
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate
+from sendit_watcher.parsers import PoolParser
 from sendit_watcher.worker import Failure, FolderPool, Outcome, import_batch
 
 __all__ = ["main", "build_parser"]

@@ -175,24 +175,31 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
 }
 
 
+def _default(section: str, key: str) -> Any:
+    """An option's default, parsed by its own parser: the schema is the one place defaults are declared."""
+    option = next(o for o in SCHEMA[section] if o.key == key)
+    assert option.default is not None, f"[{section}] {key} is required and has no default"
+    return option.parse(option.default)
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     """The [database] section."""
 
-    dsn: str = ""
-    schema: str = "sendit"
-    migrate_on_start: bool = True
-    connect_timeout: float = 10.0
-    retry_interval: float = 5.0
+    dsn: str = _default("database", "dsn")
+    schema: str = _default("database", "schema")
+    migrate_on_start: bool = _default("database", "migrate_on_start")
+    connect_timeout: float = _default("database", "connect_timeout")
+    retry_interval: float = _default("database", "retry_interval")
 
 
 @dataclass(frozen=True)
 class ImportConfig:
     """The [import] section; zero counts are resolved to the number of CPU cores."""
 
-    full_header: bool = True
-    workers: int = 0
-    parse_processes: int = 0
+    full_header: bool = _default("import", "full_header")
+    workers: int = _default("import", "workers")
+    parse_processes: int = _default("import", "parse_processes")
 
     @property
     def worker_count(self) -> int:
@@ -207,20 +214,22 @@ class ImportConfig:
 class WatcherConfig:
     """The [watcher] section."""
 
-    temp_suffixes: tuple[str, ...] = (".tmp", ".part")
-    settle_seconds: float = 5.0
-    rescan_interval: float = 300.0
-    drain_seconds: float = 30.0
-    host: str = ""
-    role: str = "all"
-    log_level: str = "INFO"
+    temp_suffixes: tuple[str, ...] = _default("watcher", "temp_suffixes")
+    settle_seconds: float = _default("watcher", "settle_seconds")
+    rescan_interval: float = _default("watcher", "rescan_interval")
+    drain_seconds: float = _default("watcher", "drain_seconds")
+    host: str = _default("watcher", "host")
+    role: str = _default("watcher", "role")
+    log_level: str = _default("watcher", "log_level")
 
     @property
-    def watches(self) -> bool:
+    def runs_watcher(self) -> bool:
+        """This host watches roots and queues folders (role all or watcher)."""
         return self.role in ("all", "watcher")
 
     @property
-    def imports(self) -> bool:
+    def runs_workers(self) -> bool:
+        """This host imports queued batches (role all or worker)."""
         return self.role in ("all", "worker")
 
     @property

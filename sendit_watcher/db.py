@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from sendit_watcher.config import DatabaseConfig, redact_dsn
-from sendit_watcher.errors import DatabaseUnavailable
+from sendit_watcher.errors import DatabaseUnavailable, one_line
 
 __all__ = ["Connection", "connect", "describe_failure", "use_credential_pgpass"]
 
-Connection = psycopg.Connection[tuple[object, ...]]
+Connection = psycopg.Connection[TupleRow]
 
 
 def connect(database: DatabaseConfig, *, autocommit: bool = False, application: str = "sendit-watcher") -> Connection:
@@ -39,5 +40,4 @@ def use_credential_pgpass() -> None:
 def describe_failure(database: DatabaseConfig, exc: BaseException) -> str:
     """A one-line account of a connection failure that never shows the password."""
     where = redact_dsn(database.dsn) or "libpq defaults"
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    return f"cannot connect to PostgreSQL ({where}): {redact_dsn(reason)}"
+    return f"cannot connect to PostgreSQL ({where}): {redact_dsn(one_line(exc))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_CONFIG",
-    "SenditError", "ConfigError", "DatabaseUnavailable", "WatchError", "ImportFailed",
+    "SenditError", "ConfigError", "DatabaseUnavailable", "WatchError", "ImportFailed", "one_line",
 ]
 
 EXIT_OK = 0
@@ -44,3 +44,9 @@ class WatchError(SenditError):
 
 class ImportFailed(SenditError):
     """Raised when a folder cannot be imported as a whole (it vanished, it is not a directory)."""
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception's text on one line (whitespace runs collapsed, at most ``limit`` characters); its class name
+    when it has no text."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

@@ -14,32 +14,10 @@ from typing import Any
 
 from psycopg import sql
 
-from sendit_watcher.batches import NOTIFY_CHANNEL
+from sendit_watcher.batches import NOTIFY_CHANNEL, finished_after, latest_seq
 from sendit_watcher.db import Connection
 
-__all__ = ["finished_after", "latest_seq", "follow", "as_json"]
-
-_COLUMNS = ("seq", "id", "root", "folder", "status", "files", "instances", "new_instances", "rejected",
-            "seconds", "files_per_second", "host", "finished_at", "last_error")
-
-_FINISHED_AFTER = """
-SELECT finished_seq, id, root, path, status, files, instances, new_instances, rejected,
-       seconds, files_per_second, host, finished_at, last_error
-FROM batch WHERE finished_seq > %s ORDER BY finished_seq
-"""
-
-
-def finished_after(conn: Connection, seq: int) -> list[dict[str, Any]]:
-    """Batches finished after ``seq``, oldest first."""
-    rows = conn.execute(_FINISHED_AFTER, (seq,)).fetchall()
-    conn.rollback()
-    return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
-
-
-def latest_seq(conn: Connection) -> int:
-    row = conn.execute("SELECT coalesce(max(finished_seq), 0) FROM batch").fetchone()
-    conn.rollback()
-    return int(str(row[0])) if row else 0
+__all__ = ["latest_seq", "follow", "as_json"]
 
 
 def follow(conn: Connection, since: int, wake_seconds: float = 5.0) -> Iterator[dict[str, Any]]:

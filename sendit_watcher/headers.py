@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from sendit_watcher.dicomjson import dataset_to_json, is_multi_value
 from sendit_watcher.elements import FALLBACK, Decoder
+from sendit_watcher.errors import one_line
 from sendit_watcher.walk import FileEntry, Rejection
 
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
@@ -91,8 +92,8 @@ class Instance:
 
 
 def quiet_pydicom() -> None:
-    """Keep pydicom's per-file warnings out of the log: every problem is recorded on its file instead."""
-    warnings.simplefilter("ignore")
+    """Keep pydicom's per-file warnings out of the log (only pydicom's own): every problem is recorded on its file."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     settings = getattr(pydicom.config, "settings", None)
     if settings is not None and hasattr(settings, "reading_validation_mode"):
@@ -115,16 +116,16 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     except PermissionError as exc:
         return reject("unreadable", exc.strerror or str(exc))
     except EOFError as exc:
-        return reject("truncated", _one_line(exc) or "file ends inside the header")
+        return reject("truncated", one_line(exc) if str(exc).strip() else "file ends inside the header")
     except InvalidDicomError as exc:
-        return reject("not-dicom", _one_line(exc))
+        return reject("not-dicom", one_line(exc))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         return reject(*_classify_failure(exc))
     try:
         fields = Decoder(dataset)
         return _instance(entry, fields, full_header) or reject(*_missing(fields, forced))
     except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
-        return reject("invalid-dicom", f"{type(exc).__name__}: {_one_line(exc)}")
+        return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
 
 
 class _NotRegular(Exception):
@@ -145,7 +146,7 @@ def _read(path: str, tags: list[int] | None) -> tuple[Any, bool]:
 
 
 def _classify_failure(exc: Exception) -> tuple[str, str]:
-    text = _one_line(exc)
+    text = one_line(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         return "unreadable", exc.strerror or text
     if isinstance(exc, RecursionError):
@@ -153,10 +154,6 @@ def _classify_failure(exc: Exception) -> tuple[str, str]:
     if "end of file" in text.lower() or "truncat" in text.lower():
         return "truncated", text
     return "invalid-dicom", f"{type(exc).__name__}: {text}"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500]
 
 
 def _missing(fields: Decoder, forced: bool) -> tuple[str, str]:

@@ -7,19 +7,19 @@ result into a staging table, then merge set-wise into patient/study/series/insta
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-from sendit_watcher.batches import FINISH_LOCK, NOTIFY_CHANNEL, Batch
+from sendit_watcher import batches
+from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.headers import Instance
+from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
 
-__all__ = ["Result", "Parser", "InlineParser", "PoolParser", "AdaptiveParser", "import_claimed"]
+__all__ = ["Result", "import_claimed"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Result:
     batch_id: int
     root: str
     path: str
-    status: str
+    status: BatchStatus
     files: int
     instances: int
     new_instances: int
@@ -42,75 +42,6 @@ class Result:
     @property
     def files_per_second(self) -> float:
         return self.files / self.seconds if self.seconds > 0 else 0.0
-
-
-class Parser(Protocol):
-    """Turns a folder's files into instances and rejections, in any order."""
-
-    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
-        ...
-
-
-class InlineParser:
-    """Parses in the calling process."""
-
-    def __init__(self) -> None:
-        quiet_pydicom()
-
-    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
-        return _parse_here(folder, entries, full_header)
-
-    def close(self) -> None:
-        pass
-
-
-class PoolParser:
-    """Parses in a pool of processes; small folders stay in the calling process."""
-
-    CHUNK = 16
-
-    def __init__(self, processes: int) -> None:
-        quiet_pydicom()
-        self._pool = multiprocessing.get_context("forkserver").Pool(processes, initializer=quiet_pydicom)
-
-    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
-        if len(entries) < 2 * self.CHUNK:
-            return _parse_here(folder, entries, full_header)
-        read = partial(read_instance, folder, full_header=full_header)
-        return self._pool.imap(read, entries, chunksize=self.CHUNK)
-
-    def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
-
-
-class AdaptiveParser:
-    """Parses in the calling process, and a folder of ``threshold`` files or more with a pool of ``processes``
-    (created on first need), so a large study is parsed on every core while bursts of small folders keep
-    one process per worker."""
-
-    def __init__(self, processes: int, threshold: int = 500) -> None:
-        quiet_pydicom()
-        self.processes = processes
-        self.threshold = threshold
-        self._pool: PoolParser | None = None
-
-    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
-        if len(entries) < self.threshold or self.processes < 2:
-            return _parse_here(folder, entries, full_header)
-        if self._pool is None:
-            self._pool = PoolParser(self.processes)
-        log.debug("parsing %d files of %s with %d processes", len(entries), folder, self.processes)
-        return self._pool.parse(folder, entries, full_header)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-
-
-def _parse_here(folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
-    for entry in entries:
-        yield read_instance(folder, entry, full_header)
 
 
 def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, *, full_header: bool,
@@ -202,15 +133,10 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
 def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, started: float,
             *, unchanged: bool = False) -> Result:
     seconds = time.monotonic() - started
-    if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
-    row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": stamp, "files": files, "new": new_instances,
-                                 "seconds": seconds, "channel": NOTIFY_CHANNEL,
-                                 "counted": 0 if unchanged else 1}).fetchone()
-    assert row is not None
-    status, instances, rejected = str(row[0]), int(str(row[1])), int(str(row[2]))
-    return Result(batch.id, batch.root, batch.path, status, files, instances, new_instances, rejected, seconds,
-                  unchanged)
+    finished = batches.finish(conn, batch, fingerprint=stamp, files=files, new_instances=new_instances,
+                              seconds=seconds, unchanged=unchanged)
+    return Result(batch.id, batch.root, batch.path, finished.status, files, finished.instances, new_instances,
+                  finished.rejected, seconds, unchanged)
 
 
 _CREATE_STAGING = """
@@ -296,22 +222,4 @@ _MERGE_REJECTED = """
 INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail)
 SELECT %(batch)s, path, size, mtime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
 ON CONFLICT (batch, path) DO NOTHING
-"""
-
-_FINISH = """
-WITH counts AS (
-    SELECT (SELECT count(*) FROM instance WHERE batch = %(batch)s) AS instances,
-           (SELECT count(*) FROM rejected_file WHERE batch = %(batch)s) AS rejected
-), done AS (
-    UPDATE batch SET
-        status = CASE WHEN %(files)s = 0 THEN 'empty' ELSE 'done' END,
-        fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
-        instances = counts.instances, rejected = counts.rejected,
-        imports = imports + %(counted)s, attempts = 0, last_error = NULL,
-        finished_at = clock_timestamp(), seconds = %(seconds)s,
-        finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
-    FROM counts WHERE id = %(batch)s
-    RETURNING status, batch.instances, batch.rejected, id
-)
-SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(channel)s, id::text) END FROM done
 """

@@ -40,7 +40,10 @@ class Intake:
     ready: dict[Folder, float] = field(default_factory=dict)  # folder -> time of the next enqueue attempt
     failures: dict[Folder, int] = field(default_factory=dict)
     rescan_requested: bool = True  # a catch-up scan is due at start
-    lost_roots: set[str] = field(default_factory=set)
+
+    def reconfigure(self, settle_seconds: float) -> None:
+        """A new settle period, for folders that settle from now on."""
+        self.settle_seconds = settle_seconds
 
     def finished(self, folder: Folder) -> None:
         """The folder is complete now (renamed to its final name)."""
@@ -61,9 +64,6 @@ class Intake:
     def overflow(self) -> None:
         """Events were lost: the next loop turn reconciles every root with the database."""
         self.rescan_requested = True
-
-    def root_lost(self, name: str) -> None:
-        self.lost_roots.add(name)
 
     def settled(self, path_of: Callable[[Folder], str]) -> Iterator[Folder]:
         """Settling folders whose quiet period is over and whose files confirm it (newest ctime)."""

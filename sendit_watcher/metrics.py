@@ -6,16 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from sendit_watcher.batches import BatchStatus
 from sendit_watcher.db import Connection
+from sendit_watcher.status import by_status_and_host
 
 __all__ = ["render", "write_textfile"]
-
-_QUERY = """
-SELECT status, host, count(*), coalesce(sum(files), 0), coalesce(sum(instances), 0), coalesce(sum(rejected), 0),
-       coalesce(sum(seconds), 0), coalesce(sum(attempts), 0)
-FROM batch GROUP BY status, host ORDER BY status, host
-"""
-
 
 def _labels(**labels: str) -> str:
     def escape(value: str) -> str:
@@ -26,22 +21,20 @@ def _labels(**labels: str) -> str:
 
 def render(conn: Connection) -> str:
     """The metrics as Prometheus text exposition format."""
-    rows = conn.execute(_QUERY).fetchall()
-    conn.rollback()
     series: dict[str, list[str]] = {
         "sendit_batches": [], "sendit_files": [], "sendit_instances": [], "sendit_rejected_files": [],
         "sendit_import_seconds": [], "sendit_import_failures": [],
     }
     queued = 0
-    for status, host, count, files, instances, rejected, seconds, attempts in rows:
-        labels = _labels(status=str(status), host=str(host or ""))
-        series["sendit_batches"].append(f"sendit_batches{labels} {count}")
-        series["sendit_files"].append(f"sendit_files{labels} {files}")
-        series["sendit_instances"].append(f"sendit_instances{labels} {instances}")
-        series["sendit_rejected_files"].append(f"sendit_rejected_files{labels} {rejected}")
-        series["sendit_import_seconds"].append(f"sendit_import_seconds{labels} {float(str(seconds)):.3f}")
-        series["sendit_import_failures"].append(f"sendit_import_failures{labels} {attempts}")
-        queued += int(str(count)) if status == "queued" else 0
+    for row in by_status_and_host(conn):
+        labels = _labels(status=row.status, host=row.host)
+        series["sendit_batches"].append(f"sendit_batches{labels} {row.batches}")
+        series["sendit_files"].append(f"sendit_files{labels} {row.files}")
+        series["sendit_instances"].append(f"sendit_instances{labels} {row.instances}")
+        series["sendit_rejected_files"].append(f"sendit_rejected_files{labels} {row.rejected}")
+        series["sendit_import_seconds"].append(f"sendit_import_seconds{labels} {row.seconds:.3f}")
+        series["sendit_import_failures"].append(f"sendit_import_failures{labels} {row.attempts}")
+        queued += row.batches if row.status == BatchStatus.QUEUED else 0
     lines = []
     for name, samples in series.items():
         lines += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", *samples]

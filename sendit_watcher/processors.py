@@ -2,7 +2,8 @@
 
 A processor decides; it never imports. Each is built with ``context=WatchContext``, through pyinotify's
 ``my_init(**kwargs)``, and reports folders to ``context.intake``. Third-party processors receive the same
-context and may use it or ignore it.
+context and may use it or ignore it. A processor receives the events it asks for (its watch's ``events`` and
+its class's ``required_events``); the loss of the root is detected by the watcher for every processor.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class WatchContext:
     settings: WatcherConfig
     intake: Intake
     watch_inside: Callable[[str], None]
-    root_wd: int = -1
 
     def folder_of(self, path: str) -> str | None:
         """The folder directly under the root that ``path`` lies in (None for the root itself)."""
@@ -46,7 +46,7 @@ class WatchContext:
 
 
 class _ContextProcessor(pyinotify.ProcessEvent):  # type: ignore[misc]
-    """A ProcessEvent built with a WatchContext; reports the loss of its root to the intake."""
+    """A ProcessEvent built with a WatchContext (the watcher's firewall detects the loss of the root)."""
 
     context: WatchContext
 
@@ -54,26 +54,15 @@ class _ContextProcessor(pyinotify.ProcessEvent):  # type: ignore[misc]
         assert context is not None, "processors are built with context=WatchContext"
         self.context = context
 
-    def is_root_loss(self, event: Any) -> bool:
-        return bool(event.mask & ROOT_LOSS) and event.wd == self.context.root_wd
-
-    def report_root_loss(self, event: Any) -> None:
-        log.error("watch root %s (%s) is gone (%s); waiting for it to come back",
-                  self.context.watch.path, self.context.watch.name, event.maskname)
-        self.context.intake.root_lost(self.context.watch.name)
-
 
 class DicomFolderImporter(_ContextProcessor):
     """The finished-folder rule: a rename to a final name is finished now; a folder created under its
     final name is finished once it has been quiet for the settle period; temporary names never are."""
 
-    required_events = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
-                       | pyinotify.IN_DELETE | ROOT_LOSS)
+    required_events = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE
 
     def process_default(self, event: Any) -> None:
-        if self.is_root_loss(event):
-            self.report_root_loss(event)
-        elif event.path == str(self.context.watch.path):
+        if event.path == str(self.context.watch.path):
             self._at_root(event)
         else:
             self._inside(event)
@@ -106,11 +95,7 @@ class DicomFolderImporter(_ContextProcessor):
 class AllEventsSignaler(_ContextProcessor):
     """Logs every event at debug level with its mask name and path (sendit's AllEventsSignaler)."""
 
-    required_events = ROOT_LOSS
-
     def process_default(self, event: Any) -> None:
-        if self.is_root_loss(event):
-            self.report_root_loss(event)
         log.debug("%s %s", event.maskname, event.pathname)
 
 

@@ -21,12 +21,12 @@ from sendit_watcher import config as configuration
 from sendit_watcher.catchup import Scanner, ScanResult
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import EXIT_OK, ConfigError, DatabaseUnavailable, SenditError
+from sendit_watcher.errors import EXIT_OK, ConfigError, DatabaseUnavailable, SenditError, one_line
 from sendit_watcher.intake import Intake
 from sendit_watcher.migrate import migrate
-from sendit_watcher.notify import Notifier
+from sendit_watcher.sdnotify import SdNotifier
+from sendit_watcher.supervisor import Supervisor
 from sendit_watcher.watcher import Watcher
-from sendit_watcher.workers import WorkerPool
 
 __all__ = ["serve", "Service"]
 
@@ -63,6 +63,10 @@ class DatabaseLink:
         self.next_attempt = 0.0
         self.reconnected = False
 
+    def reconfigure(self, config: Config) -> None:
+        """Connect with the new [database] settings from the next connection on."""
+        self.config = config
+
     def get(self) -> Connection | None:
         """The live connection, or None while the database is unreachable."""
         if self.conn is not None and not self.conn.closed:
@@ -82,7 +86,7 @@ class DatabaseLink:
         return conn
 
     def failed(self, exc: BaseException) -> None:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = one_line(exc)
         if message != self.error:
             log.error("database unavailable: %s (retrying every %.0f s)", message,
                       self.config.database.retry_interval)
@@ -100,13 +104,13 @@ class DatabaseLink:
 class Service:
     """One running watcher: its intake, watcher, workers, database link and timers."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: SdNotifier | None = None) -> None:
         self.config = config
-        self.notify = notifier or Notifier()
+        self.notify = notifier or SdNotifier()
         self.intake = Intake(config.watcher.settle_seconds)
         self.watcher = Watcher(config.watcher, self.intake)
         self.link = DatabaseLink(config)
-        self.workers = WorkerPool(config)
+        self.workers = Supervisor(config)
         self.scanner = Scanner()
         self.last_scan = 0.0
         self.last_status = 0.0
@@ -114,11 +118,11 @@ class Service:
 
     def start(self) -> None:
         """Watch every root, reach for the database once, start the workers, then READY=1."""
-        if self.config.watcher.watches:
+        if self.config.watcher.runs_watcher:
             for watch in self.config.watches:
                 self.watcher.add_root(watch)
         self.link.get()
-        if self.config.watcher.imports:
+        if self.config.watcher.runs_workers:
             self.workers.start()
         status = self.status_line()
         self.notify.ready(status)
@@ -142,7 +146,7 @@ class Service:
             self.intake.finished(folder)
         self._flush()
         self._catch_up()
-        if self.intake.lost_roots and self.watcher.rewatch_lost_roots():
+        if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
             self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
         self.workers.supervise()
         self.notify.watchdog()
@@ -181,7 +185,7 @@ class Service:
         interval = self.config.watcher.rescan_interval
         due = self.intake.rescan_requested or self.link.reconnected or (
             interval > 0 and time.monotonic() - self.last_scan >= interval)
-        if due and self.config.watcher.watches and not self.scanner.running and self.link.get() is not None:
+        if due and self.config.watcher.runs_watcher and not self.scanner.running and self.link.get() is not None:
             self.intake.rescan_requested = self.link.reconnected = False
             self.last_scan = time.monotonic()
             roots = {name: root.watch.path for name, root in self.watcher.roots.items()}
@@ -224,11 +228,12 @@ class Service:
         old = {w.name: w for w in self.config.watches}
         wanted = {w.name: w for w in new.watches}
         self.config = new
-        self.watcher.settings = new.watcher
-        self.link.config = new
-        if new.watcher.imports:
+        self.intake.reconfigure(new.watcher.settle_seconds)
+        self.watcher.reconfigure(new.watcher)
+        self.link.reconfigure(new)
+        if new.watcher.runs_workers:
             self.workers.replace(new)  # workers resolve root names with the new file
-        if not new.watcher.watches:
+        if not new.watcher.runs_watcher:
             return
         for name in [n for n in old if old[n] != wanted.get(n)]:
             self.watcher.remove_root(name)
@@ -254,37 +259,26 @@ class Service:
     def status_line(self) -> str:
         """The one-line truth for STATUS=."""
         roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
-        parts = [f"watching {roots}" if self.config.watcher.watches else
+        parts = [f"watching {roots}" if self.config.watcher.runs_watcher else
                  f"worker only ({self.config.importer.worker_count} on {self.config.watcher.host_name})"]
-        if self.intake.lost_roots:
-            parts.append("LOST ROOT " + ", ".join(sorted(self.intake.lost_roots)) + " (waiting for it)")
+        if self.watcher.lost_roots:
+            parts.append("LOST ROOT " + ", ".join(sorted(self.watcher.lost_roots)) + " (waiting for it)")
         if self.intake.pending:
             parts.append(f"{self.intake.pending:,} settling")
         conn = self.link.get()
         if conn is None:
             return f"waiting for database: {self.link.error}; " + "; ".join(parts)
         try:
-            queued, imported, failed, last = _queue_counts(conn)
+            counts = batches.queue_counts(conn)
         except psycopg.Error as exc:
             self.link.failed(exc)
             return f"waiting for database: {self.link.error}; " + "; ".join(parts)
-        parts += [f"{queued:,} queued", f"{imported:,} folders imported"]
-        if failed:
-            parts.append(f"{failed:,} failed")
-        if last is not None:
-            parts.append(f"last {_ago(last)}")
+        parts += [f"{counts.queued:,} queued", f"{counts.imported:,} folders imported"]
+        if counts.failed:
+            parts.append(f"{counts.failed:,} failed")
+        if counts.seconds_since_last is not None:
+            parts.append(f"last {_ago(counts.seconds_since_last)}")
         return "; ".join(parts)
-
-
-def _queue_counts(conn: Connection) -> tuple[int, int, int, float | None]:
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status IN ('done', 'empty')),"
-        " count(*) FILTER (WHERE status = 'failed'), extract(epoch FROM now() - max(finished_at)) FROM batch"
-    ).fetchone()
-    conn.rollback()
-    assert row is not None
-    return (int(str(row[0])), int(str(row[1])), int(str(row[2])),
-            None if row[3] is None else float(str(row[3])))
 
 
 def _ago(seconds: float) -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg.rows import class_row
+
+from sendit_watcher.batches import BatchStatus
 from sendit_watcher.db import Connection
 
-__all__ = ["BatchRow", "Totals", "recent_batches", "totals"]
+__all__ = ["BatchRow", "Totals", "HostCounts", "recent_batches", "totals", "by_status_and_host"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class BatchRow:
     id: int
     root: str
     path: str
-    status: str
+    status: BatchStatus
     files: int
     instances: int
     rejected: int
@@ -41,24 +44,24 @@ class Totals:
 
     @property
     def queued(self) -> int:
-        return self.batches.get("queued", 0)
+        return self.batches.get(BatchStatus.QUEUED, 0)
 
     @property
     def imported(self) -> int:
-        return self.batches.get("done", 0)
+        return self.batches.get(BatchStatus.DONE, 0)
 
 
 # A worker holds pg_advisory_xact_lock(batch id) while importing; bigint keys show as classid<<32 | objid.
 _RECENT = """
 SELECT b.id, b.root, b.path,
-       CASE WHEN l.pid IS NOT NULL THEN 'importing' ELSE b.status END,
+       CASE WHEN l.pid IS NOT NULL THEN %(importing)s ELSE b.status END AS status,
        b.files, b.instances, b.rejected, b.seconds, b.finished_at, b.host, b.last_error
 FROM batch b
 LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
      AND (l.classid::bigint << 32 | l.objid::bigint) = b.id
 ORDER BY coalesce(b.finished_at, b.queued_at) DESC, b.id DESC
-LIMIT %s
+LIMIT %(limit)s
 """
 
 _TOTALS = """
@@ -71,14 +74,45 @@ SELECT (SELECT json_object_agg(status, n) FROM (SELECT status, count(*) AS n FRO
 
 def recent_batches(conn: Connection, limit: int = 20) -> list[BatchRow]:
     """The most recently finished or queued batches, newest first."""
-    return [BatchRow(*row) for row in conn.execute(_RECENT, (limit,))]  # type: ignore[arg-type]
+    with conn.cursor(row_factory=class_row(BatchRow)) as cursor:
+        return cursor.execute(_RECENT, {"importing": BatchStatus.IMPORTING, "limit": limit}).fetchall()
 
 
 def totals(conn: Connection) -> Totals:
     """Batch counts by status and row counts of the hierarchy."""
     row = conn.execute(_TOTALS).fetchone()
     assert row is not None
-    by_status = {str(k): int(v) for k, v in (row[0] or {}).items()}  # type: ignore[attr-defined]
-    patients, studies, series, instances, rejected = (int(str(n)) for n in row[1:6])
+    by_status = {str(k): int(v) for k, v in (row[0] or {}).items()}
+    patients, studies, series, instances, rejected = (int(n) for n in row[1:6])
     last = row[6] if isinstance(row[6], datetime) else None
     return Totals(by_status, patients, studies, series, instances, rejected, last)
+
+
+@dataclass(frozen=True)
+class HostCounts:
+    """Batches of one status last handled by one host, with the sums of their counts (for ``metrics``)."""
+
+    status: BatchStatus
+    host: str
+    batches: int
+    files: int
+    instances: int
+    rejected: int
+    seconds: float
+    attempts: int
+
+
+_BY_STATUS_AND_HOST = """
+SELECT status, coalesce(host, '') AS host, count(*) AS batches, coalesce(sum(files), 0) AS files,
+       coalesce(sum(instances), 0) AS instances, coalesce(sum(rejected), 0) AS rejected,
+       coalesce(sum(seconds), 0)::float8 AS seconds, coalesce(sum(attempts), 0) AS attempts
+FROM batch GROUP BY status, host ORDER BY status, host
+"""
+
+
+def by_status_and_host(conn: Connection) -> list[HostCounts]:
+    """Batch counts and sums grouped by status and host."""
+    with conn.cursor(row_factory=class_row(HostCounts)) as cursor:
+        rows = cursor.execute(_BY_STATUS_AND_HOST).fetchall()
+    conn.rollback()
+    return rows

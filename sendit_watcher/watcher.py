@@ -1,10 +1,11 @@
 """The inotify side: watch each root (and folders still settling inside them), read events, dispatch them
-to the processors behind a firewall, and report overflows and lost roots to the intake."""
+to the processors behind a firewall, report overflows to the intake, and keep track of lost roots."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import pyinotify
 from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
-from sendit_watcher.processors import WatchContext, load_processor
+from sendit_watcher.processors import ROOT_LOSS, WatchContext, load_processor
 
 __all__ = ["Watcher", "INSIDE_EVENTS"]
 
@@ -25,16 +26,25 @@ INSIDE_EVENTS = (pyinotify.IN_CREATE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_
 
 
 class Firewall:
-    """Calls a processor; an exception is logged and counted, never allowed to stop the notifier."""
+    """Stands between the notifier and one root's processor: detects the loss of the root (whatever the
+    processor asked for), passes on the events the processor wants, and logs and counts any exception it
+    raises, which never stops the notifier."""
 
-    def __init__(self, processor: Any, name: str) -> None:
+    def __init__(self, processor: Any, name: str, wanted: int, on_root_lost: Callable[[str, Any], None]) -> None:
         self.processor = processor
         self.name = name
+        self.wanted = wanted
+        self.root_wd = -1
+        self.on_root_lost = on_root_lost
         self.errors = 0
 
     def __call__(self, event: Any) -> None:
         try:
-            self.processor(event)
+            at_root = event.wd == self.root_wd
+            if at_root and event.mask & ROOT_LOSS:
+                self.on_root_lost(self.name, event)
+            if event.mask & self.wanted or not at_root:  # inside watches were asked for on its behalf
+                self.processor(event)
         except Exception:  # noqa: BLE001 - the one firewall per event
             self.errors += 1
             log.exception("processor of [watch:%s] failed on %s for %s; carrying on",
@@ -62,7 +72,10 @@ class _Root:
     context: WatchContext
     firewall: Firewall
     mask: int
-    wd: int = -1
+
+    @property
+    def wd(self) -> int:
+        return self.firewall.root_wd
 
 
 class Watcher:
@@ -74,17 +87,29 @@ class Watcher:
         self.manager = pyinotify.WatchManager()
         self.notifier = pyinotify.Notifier(self.manager, default_proc_fun=_OverflowHandler(intake=intake))
         self.roots: dict[str, _Root] = {}
+        self.lost_roots: set[str] = set()
+
+    def reconfigure(self, settings: WatcherConfig) -> None:
+        """New [watcher] settings for every root, watched already or not."""
+        self.settings = settings
+        for root in self.roots.values():
+            root.context.settings = settings
 
     def add_root(self, watch: WatchConfig) -> None:
         """Start watching a root; WatchError says why it cannot be watched."""
         processor_class = load_processor(watch.processor)
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside)
-        firewall = Firewall(processor_class(context=context), watch.name)
-        mask = watch.events | getattr(processor_class, "required_events", 0)
-        root = _Root(watch, context, firewall, mask)
+        wanted = watch.events | getattr(processor_class, "required_events", 0)
+        firewall = Firewall(processor_class(context=context), watch.name, wanted, self._root_lost)
+        root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
         self._attach(root)
         self.roots[watch.name] = root
         log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
+
+    def _root_lost(self, name: str, event: Any) -> None:
+        log.error("watch root %s ([watch:%s]) is gone (%s); waiting for it to come back",
+                  self.roots[name].watch.path, name, event.maskname)
+        self.lost_roots.add(name)
 
     def _attach(self, root: _Root) -> None:
         path = str(root.watch.path)
@@ -93,10 +118,11 @@ class Watcher:
             wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
         except pyinotify.WatchManagerError as exc:
             raise WatchError(_watch_failure(root.watch, exc)) from None
-        root.wd = root.context.root_wd = wds[path]
+        root.firewall.root_wd = wds[path]
 
     def remove_root(self, name: str) -> None:
         root = self.roots.pop(name)
+        self.lost_roots.discard(name)
         if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
             self.manager.rm_watch(root.wd, quiet=True)
         for path in [w.path for w in self.manager.watches.values() if _is_inside(w.path, root.watch.path)]:
@@ -140,10 +166,10 @@ class Watcher:
     def rewatch_lost_roots(self) -> list[str]:
         """Watch again every lost root that exists again; returns their names."""
         back = []
-        for name in sorted(self.intake.lost_roots):
+        for name in sorted(self.lost_roots):
             root = self.roots.get(name)
             if root is None:
-                self.intake.lost_roots.discard(name)
+                self.lost_roots.discard(name)
                 continue
             if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
                 self.manager.rm_watch(root.wd, quiet=True)
@@ -151,7 +177,7 @@ class Watcher:
                 self._attach(root)
             except WatchError:
                 continue
-            self.intake.lost_roots.discard(name)
+            self.lost_roots.discard(name)
             log.warning("watch root %s ([watch:%s]) is back and watched again", root.watch.path, name)
             back.append(name)
         return back

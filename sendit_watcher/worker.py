@@ -14,12 +14,13 @@ from typing import Any
 import psycopg
 
 from sendit_watcher import batches
-from sendit_watcher.batches import Batch
+from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
-from sendit_watcher.errors import ImportFailed
-from sendit_watcher.importer import InlineParser, Parser, Result, import_claimed
+from sendit_watcher.errors import ImportFailed, one_line
+from sendit_watcher.importer import Result, import_claimed
 from sendit_watcher.logs import batch_fields
+from sendit_watcher.parsers import InlineParser, Parser
 
 __all__ = ["Failure", "Outcome", "import_next", "import_batch", "FolderPool"]
 
@@ -34,7 +35,7 @@ class Failure:
     root: str
     path: str
     error: str
-    status: str = "failed"
+    status: BatchStatus = BatchStatus.FAILED
 
 
 Outcome = Result | Failure
@@ -83,10 +84,10 @@ def _folder(config: Config, batch: Batch) -> str:
 
 
 def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Failure:
-    error = f"{type(exc).__name__}: {' '.join(str(exc).split())}" if not isinstance(exc, ImportFailed) else str(exc)
+    error = str(exc) if isinstance(exc, ImportFailed) else f"{type(exc).__name__}: {one_line(exc, 2000)}"
     batches.record_failure(conn, batch.id, config.watcher.host_name, error)
     log.error("batch %d (%s:%s) failed: %s", batch.id, batch.root, batch.path, error,
-              extra=batch_fields(batch_id=batch.id, folder=batch.path, status="failed"))
+              extra=batch_fields(batch_id=batch.id, folder=batch.path, status=BatchStatus.FAILED))
     return Failure(batch.id, batch.root, batch.path, error)
 
 

@@ -1,16 +1,19 @@
-"""Fast real DICOM studies for floods: pydicom's CT_small.dcm with its UIDs patched in place (fixed length)."""
+"""DICOM fixtures: an empty watch root, a copy of pydicom's test files, and fast real studies for floods
+(pydicom's CT_small.dcm with its UIDs patched in place, fixed length)."""
 
 from __future__ import annotations
 
 import io
 import itertools
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
 import pydicom
+import pytest
 
-from tests.conftest import pydicom_test_files
+from tests.helpers import pydicom_test_files
 
 _SOP, _SERIES, _STUDY = (str(d) * 60 for d in (9, 8, 7))
 _counter = itertools.count(1)
@@ -47,3 +50,26 @@ def make_study(folder: Path, files: int) -> list[str]:
         (folder / f"IM{n:05d}.dcm").write_bytes(study.replace(_SOP.encode(), sop))
         uids.append(sop.decode())
     return uids
+
+
+def drop_study(root: Path, name: str, files: int) -> list[str]:
+    """Write a study into ``root/NAME.tmp`` and rename it to ``NAME``, as upload tools do."""
+    uids = make_study(root / f"{name}.tmp", files)
+    (root / f"{name}.tmp").rename(root / name)
+    return uids
+
+
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    """An empty watch root."""
+    root = tmp_path / "incoming"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def dicom_tree(tmp_path: Path) -> Path:
+    """A copy of pydicom's whole test-file tree (DICOMDIR trees, non-DICOM files, transcodings)."""
+    target = tmp_path / "pydicom-tree"
+    shutil.copytree(pydicom_test_files(), target)
+    return target

@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster that a test may stop and start (never the machine's shared one)."""
+"""A private PostgreSQL cluster that a test may stop and start (never the machine's shared one), as a fixture."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "packaging" / "dev" / "postgres"
@@ -32,3 +35,13 @@ class PrivateCluster:
     def destroy(self) -> None:
         subprocess.run([str(SCRIPT), "stop", str(self.directory)], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A PrivateCluster (not started yet), destroyed after the test whatever happened."""
+    cluster = PrivateCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -17,3 +17,15 @@ class Exploding(pyinotify.ProcessEvent):  # type: ignore[misc]
 
     def process_default(self, event: Any) -> None:
         raise RuntimeError(f"exploding on {event.maskname}")
+
+
+class CreatesOnly(pyinotify.ProcessEvent):  # type: ignore[misc]
+    """Asks for IN_CREATE only and records nothing: the watcher must still notice when its root is lost."""
+
+    required_events = pyinotify.IN_CREATE
+
+    def my_init(self, **_: Any) -> None:
+        pass
+
+    def process_default(self, event: Any) -> None:
+        pass

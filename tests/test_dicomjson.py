@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, dataset_to_json
-from tests.conftest import pydicom_test_files
+from tests.helpers import pydicom_test_files
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "JPEG2000.dcm", "image_dfl.dcm",
          "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "nested_priv_SQ.dcm"]

@@ -12,10 +12,11 @@ from pydicom.uid import generate_uid
 from sendit_watcher import batches
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
-from sendit_watcher.importer import InlineParser, Parser, PoolParser, Result
+from sendit_watcher.importer import Result
+from sendit_watcher.parsers import InlineParser, Parser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
 from sendit_watcher.worker import Failure, Outcome, import_batch
-from tests.conftest import count_rows, make_config, pydicom_test_files
+from tests.helpers import count_rows, make_config, pydicom_test_files
 
 
 def import_folder(conn: Connection, config: Config, folder: Path, parser: Parser | None = None) -> Outcome:

@@ -8,20 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
+from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.test_service import batches, scalar, wait_until
-
-
-def drop(root: Path, name: str, files: int) -> None:
-    make_study(root / f"{name}.tmp", files)
-    (root / f"{name}.tmp").rename(root / name)
+from tests.helpers import batch_rows, importing_host, scalar, wait_until
 
 
 def two_hosts(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> tuple[ServiceProcess, ServiceProcess]:
@@ -43,8 +37,8 @@ def test_two_hosts_import_a_burst_each_folder_once_and_both_work(tmp_path: Path,
     a, b = two_hosts(tmp_path, database, incoming)
     try:
         b.notify.wait_for(lambda line: line.startswith("STATUS=worker only (1 on host-b)"))
-        threads = [threading.Thread(target=lambda k=k: [drop(incoming, f"F{n:03d}", 10) for n in range(k, 200, 4)])
-                   for k in range(4)]
+        threads = [threading.Thread(target=lambda k=k: [drop_study(incoming, f"F{n:03d}", 10)
+                                                         for n in range(k, 200, 4)]) for k in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -65,30 +59,20 @@ def test_a_host_that_dies_mid_import_releases_its_batch_to_the_other(tmp_path: P
                                                                       conn: Connection) -> None:
     a, b = two_hosts(tmp_path, database, incoming)
     try:
-        drop(incoming, "BIG", 3000)
-        wait_until(lambda: _importing_host(conn) is not None, what="a worker holding BIG")
-        holder = _importing_host(conn)
+        drop_study(incoming, "BIG", 3000)
+        wait_until(lambda: importing_host(conn) is not None, what="a worker holding BIG")
+        holder = importing_host(conn)
         victim, survivor = (a, "host-b") if holder == "host-a" else (b, "host-a")
         for pid in victim.worker_pids():  # the whole host vanishes: its worker, then its service
             os.kill(pid, signal.SIGKILL)
         victim.kill()
-        wait_until(lambda: batches(conn).get("BIG", ("", 0, 0))[0] == "done", timeout=120, what="BIG imported")
+        wait_until(lambda: batch_rows(conn).get("BIG", ("", 0, 0))[0] == "done", timeout=120, what="BIG imported")
     finally:
         a.kill()
         b.kill()
-    assert batches(conn)["BIG"] == ("done", 3000, 1)
+    assert batch_rows(conn)["BIG"] == ("done", 3000, 1)
     assert scalar(conn, "SELECT host FROM batch WHERE path = 'BIG'") == survivor
     assert scalar(conn, "SELECT count(*) FROM instance") == 3000
-
-
-def _importing_host(conn: Connection) -> str | None:
-    """Which host's worker holds a batch right now (its advisory lock), from its application_name."""
-    row = conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.objid > 0"
-        " AND a.application_name LIKE 'sendit-watcher worker %'").fetchone()
-    conn.rollback()
-    return None if row is None else str(row[0]).rsplit(" on ", 1)[1]
 
 
 def listener(config: Path, *args: str) -> subprocess.Popen[str]:
@@ -106,6 +90,13 @@ def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 60) 
     return lines
 
 
+# The listener's connection idle for a while: it is past its start-up queries, waiting in select() for a NOTIFY.
+_LISTENER_WAITING = """
+SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sendit-watcher' AND datname = current_database()
+AND state = 'idle' AND now() - state_change > interval '0.5 s'
+"""
+
+
 def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_path: Path, incoming: Path,
         database: DatabaseConfig,
                                                                           conn: Connection) -> None:
@@ -114,9 +105,9 @@ def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_p
     first = listener(config)
     try:
         service.wait_ready()
-        time.sleep(1)  # the listener is listening
+        wait_until(lambda: scalar(conn, _LISTENER_WAITING) == 1, timeout=10, what="the listener waiting for NOTIFY")
         for n in range(20):
-            drop(incoming, f"L{n:02d}", 3)
+            drop_study(incoming, f"L{n:02d}", 3)
         seen = read_lines(first, 20)
         first.kill()
         assert sorted(str(r["folder"]) for r in seen) == [f"L{n:02d}" for n in range(20)]
@@ -124,7 +115,7 @@ def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_p
         assert sequence == sorted(sequence) and len(set(sequence)) == 20
         assert all(r["status"] == "done" and r["instances"] == 3 and r["host"] == "test-host" for r in seen)
         for n in range(20, 25):  # while nobody listens
-            drop(incoming, f"L{n:02d}", 3)
+            drop_study(incoming, f"L{n:02d}", 3)
         wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == 25, what="25 done")
         second = listener(config, "--since", str(sequence[-1]), "--count", "5")
         missed = read_lines(second, 5)
@@ -146,16 +137,16 @@ def test_a_failed_batch_is_visible_and_retry_imports_it(tmp_path: Path, incoming
     service = ServiceProcess(config, tmp_path)
     try:
         service.wait_ready()
-        drop(incoming, "R", 4)
-        wait_until(lambda: batches(conn).get("R", ("",))[0] == "failed", what="R failed")
+        drop_study(incoming, "R", 4)
+        wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", what="R failed")
         error = str(scalar(conn, "SELECT last_error FROM batch WHERE path = 'R'"))
         assert "provoked" in error and "CheckViolation" in error
         assert main(["--config", str(config), "retry", "999999"]) == 1
         conn.execute("ALTER TABLE instance DROP CONSTRAINT provoked")
         conn.commit()
-        batch_id = int(str(scalar(conn, "SELECT id FROM batch WHERE path = 'R'")))
+        batch_id = int(scalar(conn, "SELECT id FROM batch WHERE path = 'R'"))  # type: ignore[call-overload]
         assert main(["--config", str(config), "retry", str(batch_id)]) == 0
-        wait_until(lambda: batches(conn).get("R") == ("done", 4, 1), what="R imported after retry")
+        wait_until(lambda: batch_rows(conn).get("R") == ("done", 4, 1), what="R imported after retry")
         assert main(["--config", str(config), "retry", str(batch_id)]) == 1  # done now: nothing to retry
     finally:
         service.kill()

@@ -18,31 +18,7 @@ from sendit_watcher.db import Connection, connect
 from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, make_study
 from tests.fix_postgres import PrivateCluster
 from tests.fix_service import ServiceProcess, write_config
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def scalar(conn: Connection, query: str, *params: object) -> object:
-    row = conn.execute(query, params).fetchone()  # type: ignore[call-overload]
-    conn.rollback()
-    return None if row is None else row[0]
-
-
-def batches(conn: Connection) -> dict[str, tuple[str, int, int]]:
-    rows = conn.execute("SELECT path, status, instances, imports FROM batch").fetchall()
-    conn.rollback()
-    return {str(r[0]): (str(r[1]), int(str(r[2])), int(str(r[3]))) for r in rows}
-
-
-def done(conn: Connection, path: str, instances: int) -> Callable[[], bool]:
-    return lambda: batches(conn).get(path, ("", 0, 0))[:2] == ("done", instances)
+from tests.helpers import batch_rows, done, scalar, wait_until
 
 
 @pytest.fixture
@@ -68,8 +44,8 @@ def test_rename_from_tmp_imports_once_and_notifies(service: ServiceProcess, conn
         wait_until(lambda: listener.execute("SELECT 1") is not None and any(
             n.payload == str(batch_id) for n in received), timeout=10, what="NOTIFY sendit_batch")
     time.sleep(2.5)  # more than the settle period: a .tmp folder stays untouched however long it sits
-    assert set(batches(conn)) == {"A"}
-    assert batches(conn)["A"] == ("done", 100, 1)
+    assert set(batch_rows(conn)) == {"A"}
+    assert batch_rows(conn)["A"] == ("done", 100, 1)
     patient = conn.execute("SELECT patient_name, patient_id, patient_birth_date::text FROM patient").fetchone()
     assert patient == (PATIENT_NAME, PATIENT_ID, "1961-04-17")
     for phi in (PATIENT_NAME, "Fixture", PATIENT_ID, PATIENT_BIRTH_DATE, "1961-04-17"):  # not even at debug level
@@ -90,9 +66,9 @@ def test_mkdir_and_slow_copy_is_imported_once_after_the_copy_ends(service: Servi
             time.sleep(0.15)
             out.write(data[len(data) // 2:])
         time.sleep(0.2)
-        assert "B" not in batches(conn), f"imported while file {number} was still being copied"
+        assert "B" not in batch_rows(conn), f"imported while file {number} was still being copied"
     wait_until(done(conn, "B", 12), what="B imported")
-    assert batches(conn)["B"] == ("done", 12, 1)
+    assert batch_rows(conn)["B"] == ("done", 12, 1)
     assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
 
 
@@ -103,8 +79,9 @@ def test_retouched_folder_makes_no_second_batch(service: ServiceProcess, conn: C
     (incoming / "C").rename(incoming / "C.tmp")
     (incoming / "C.tmp").rename(incoming / "C")
     os.utime(incoming / "C")
-    time.sleep(3)
-    assert batches(conn) == {"C": ("done", 10, 1)}  # re-queued, found unchanged: no new import, no new batch
+    wait_until(lambda: service.log.count("(incoming:C) unchanged since its last import") >= 1, timeout=10,
+               what="C re-checked")
+    assert batch_rows(conn) == {"C": ("done", 10, 1)}  # re-queued, found unchanged: no new import, no new batch
     assert scalar(conn, "SELECT count(*) FROM instance") == 10
 
 
@@ -113,7 +90,7 @@ def test_files_directly_in_the_root_are_ignored(service: ServiceProcess, conn: C
     shutil.copy(next((incoming / "D.tmp").iterdir()), incoming / "loose.dcm")
     (incoming / "D.tmp").rename(incoming / "D")
     wait_until(done(conn, "D", 1), what="D imported")
-    assert set(batches(conn)) == {"D"}
+    assert set(batch_rows(conn)) == {"D"}
     assert "files directly in a watch root are not batches" in service.log
 
 
@@ -124,8 +101,9 @@ def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path, database: Data
         process.wait_ready()
         status = process.notify.wait_for(lambda line: line.startswith("STATUS="))
         assert status.startswith(f"STATUS=watching {incoming}") and "folders imported" in status
-        time.sleep(2.2)
-        assert process.notify.fields().count("WATCHDOG=1") >= 3  # every half of WATCHDOG_USEC
+        started = time.monotonic()
+        wait_until(lambda: process.notify.fields().count("WATCHDOG=1") >= 3, timeout=10, what="3 watchdog pings")
+        assert time.monotonic() - started < 2.5  # every half of WATCHDOG_USEC
         process.signal(signal.SIGTERM)
         assert process.process.wait(30) == 0
         process.notify.wait_for(lambda line: line == "STOPPING=1", 5)
@@ -151,7 +129,7 @@ def test_folders_dropped_while_stopped_are_caught_up(tmp_path: Path, database: D
     try:
         second.wait_ready()
         expected = {"before": ("done", 5, 2), "renamed": ("done", 4, 1), "copied": ("done", 5, 1)}
-        wait_until(lambda: batches(conn) == expected, what=f"catch-up to {expected}, log:\n{second.log}")
+        wait_until(lambda: batch_rows(conn) == expected, what=f"catch-up to {expected}, log:\n{second.log}")
     finally:
         second.kill()
 
@@ -194,6 +172,33 @@ def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn
     assert service.process.poll() is None
 
 
+def test_the_loss_of_a_third_party_processors_root_is_noticed(tmp_path: Path, database: DatabaseConfig,
+                                                              incoming: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    extra = f"\n[watch:other]\npath = {other}\nevents = IN_CREATE\nprocessor = tests.fix_processors.CreatesOnly\n"
+    process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra),
+                             tmp_path)
+    try:
+        process.wait_ready()
+        shutil.rmtree(other)
+        process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT other" in line)
+        other.mkdir()
+        process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line)
+    finally:
+        process.kill()
+
+
+def test_reload_gives_every_root_the_new_settle_period(service: ServiceProcess, conn: Connection, incoming: Path,
+                                                       tmp_path: Path, database: DatabaseConfig) -> None:
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle_seconds=30)
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in service.log, what="the reload")
+    make_study(incoming / "S", 2)  # created under its final name: it settles
+    time.sleep(3)  # three times the old settle period, a tenth of the new one
+    assert "S" not in batch_rows(conn), "settled with the settle period of before the reload"
+
+
 def test_database_unreachable_at_start_goes_ready_degraded(tmp_path: Path, incoming: Path) -> None:
     nowhere = DatabaseConfig(dsn="host=127.0.0.1 port=9 dbname=x user=x", schema="s")
     config = write_config(tmp_path / "watcher.conf", nowhere, {"incoming": incoming})
@@ -231,7 +236,7 @@ def test_burst_with_queue_overflow_imports_every_folder_exactly_once(tmp_path: P
                                                                      incoming: Path, conn: Connection,
                                                                      figures: Callable[[str], None]) -> None:
     folders, files = 200, 100
-    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle=1)
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle_seconds=1)
     with lowered_inotify_queue(64):  # read when the inotify instance is created
         process = ServiceProcess(config, tmp_path)
         process.wait_ready()
@@ -300,7 +305,7 @@ def test_database_outage_loses_nothing(tmp_path: Path, incoming: Path) -> None:
         process.notify.wait_for(lambda line: line.startswith("STATUS=waiting for database"))
         cluster.start()
         with connect(database) as conn:
-            wait_until(lambda: batches(conn) == {"up": ("done", 3, 1), "down": ("done", 4, 1),
+            wait_until(lambda: batch_rows(conn) == {"up": ("done", 3, 1), "down": ("done", 4, 1),
                                                  "copied-down": ("done", 2, 1)}, what="everything after the outage")
             assert scalar(conn, "SELECT count(*) FROM instance") == 9
         assert process.process.poll() is None
@@ -313,5 +318,5 @@ def test_a_large_folder_is_parsed_by_every_core(service: ServiceProcess, conn: C
     make_study(incoming / "LARGE.tmp", 1200)
     (incoming / "LARGE.tmp").rename(incoming / "LARGE")
     wait_until(done(conn, "LARGE", 1200), what="LARGE imported")
-    assert batches(conn)["LARGE"] == ("done", 1200, 1)
+    assert batch_rows(conn)["LARGE"] == ("done", 1200, 1)
     assert f"parsing 1200 files of {incoming / 'LARGE'} with {os.cpu_count()} processes" in service.log

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 
-from tests.conftest import pydicom_test_files
+from tests.helpers import pydicom_test_files
 
 _PLACEHOLDERS = {kind: str(digit) * 60 for kind, digit in (("sop", 9), ("series", 8), ("study", 7))}
 

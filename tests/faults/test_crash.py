@@ -17,7 +17,7 @@ from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.test_service import scalar, wait_until
+from tests.helpers import scalar, wait_until
 
 SEED = int(os.environ.get("SENDIT_FAULT_SEED", "20261128"))
 KILLS = int(os.environ.get("SENDIT_FAULT_KILLS", "50"))
@@ -48,8 +48,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, i
                                                                conn: Connection,
                                                                figures: Callable[[str], None]) -> None:
     rng = random.Random(SEED)
-    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle=0.5)
-    config.write_text(config.read_text().replace("log_level = debug", "log_level = info"))
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle_seconds=0.5,
+                          log_level="info")
     expected: dict[str, int] = {}
     finished = threading.Event()
     producer = threading.Thread(target=produce, args=(incoming, KILLS * 8, SEED, finished, expected), daemon=True)
@@ -70,7 +70,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, i
                    timeout=300, what=f"{len(expected)} folders imported")
     finally:
         final.stop()
-    rows = {str(p): (int(str(i)), int(str(n))) for p, i, n in conn.execute(
+    rows = {str(p): (int(i), int(n)) for p, i, n in conn.execute(
         "SELECT path, instances, imports FROM batch").fetchall()}
     conn.rollback()
     once = sum(1 for name, files in expected.items() if rows.get(name) == (files, 1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.errors import EXIT_CONFIG
 from tests.fix_dicom import make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.test_service import scalar, wait_until
+from tests.helpers import scalar, wait_until
 
 LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
 
@@ -65,7 +64,6 @@ def test_folders_beyond_the_watch_table_still_settle_and_import_once(tmp_path: P
                 make_study(incoming / f"W{n:03d}", 5)
             wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == folders,
                        timeout=120, what=f"{folders} folders")
-        time.sleep(0.5)
         fallbacks = service.log.count("settles by stat alone")
     finally:
         service.kill()

@@ -23,8 +23,8 @@ from pydicom.uid import generate_uid
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.conftest import pydicom_test_files
 from tests.fix_service import REPO, write_config
+from tests.helpers import pydicom_test_files
 
 KNOWN_REASONS = {"not-dicom", "dicomdir", "no-sop-instance-uid", "missing-uid", "duplicate", "truncated",
                  "invalid-dicom", "empty-file", "symlink", "not-a-regular-file", "unreadable", "undecodable-name",

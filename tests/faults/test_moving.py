@@ -10,10 +10,9 @@ import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
+from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.test_scaleout import _importing_host, drop
-from tests.test_service import scalar, wait_until
+from tests.helpers import importing_host, scalar, wait_until
 
 FILES = 2500
 
@@ -30,7 +29,7 @@ def one_worker(tmp_path: Path, incoming: Path, database: DatabaseConfig) -> Iter
 def final(conn: Connection) -> dict[str, tuple[str, int, int, int]]:
     rows = conn.execute("SELECT path, status, files, instances, rejected FROM batch").fetchall()
     conn.rollback()
-    return {str(r[0]): (str(r[1]), int(str(r[2])), int(str(r[3])), int(str(r[4]))) for r in rows}
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
 
 def settled(conn: Connection, names: set[str]) -> Callable[[], bool]:
@@ -40,8 +39,8 @@ def settled(conn: Connection, names: set[str]) -> Callable[[], bool]:
 def test_renamed_while_importing(one_worker: tuple[ServiceProcess, Path], conn: Connection,
                                  figures: Callable[[str], None]) -> None:
     service, incoming = one_worker
-    drop(incoming, "MOVING", FILES)
-    wait_until(lambda: _importing_host(conn) is not None, what="MOVING being imported")
+    drop_study(incoming, "MOVING", FILES)
+    wait_until(lambda: importing_host(conn) is not None, what="MOVING being imported")
     (incoming / "MOVING").rename(incoming / "MOVED")
     wait_until(settled(conn, {"MOVING", "MOVED"}), timeout=120, what="both names settled")
     outcome = final(conn)
@@ -55,8 +54,8 @@ def test_renamed_while_importing(one_worker: tuple[ServiceProcess, Path], conn: 
 def test_deleted_while_importing(one_worker: tuple[ServiceProcess, Path], conn: Connection,
                                  figures: Callable[[str], None]) -> None:
     service, incoming = one_worker
-    drop(incoming, "GONE", FILES)
-    wait_until(lambda: _importing_host(conn) is not None, what="GONE being imported")
+    drop_study(incoming, "GONE", FILES)
+    wait_until(lambda: importing_host(conn) is not None, what="GONE being imported")
     shutil.rmtree(incoming / "GONE")
     wait_until(settled(conn, {"GONE"}), timeout=120, what="GONE settled")
     status, files, instances, rejected = final(conn)["GONE"]
@@ -64,15 +63,15 @@ def test_deleted_while_importing(one_worker: tuple[ServiceProcess, Path], conn: 
     figures(f"deleted mid-import: {status}, {instances} instances, {rejected} rejected {reasons}")
     assert status in ("done", "failed") and instances + rejected in (0, files)
     assert set(reasons) <= {"vanished"}
-    drop(incoming, "AFTER", 3)
+    drop_study(incoming, "AFTER", 3)
     wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
 
 
 def test_files_deleted_mid_import(one_worker: tuple[ServiceProcess, Path], conn: Connection,
                                   figures: Callable[[str], None]) -> None:
     service, incoming = one_worker
-    drop(incoming, "THINNED", FILES)
-    wait_until(lambda: _importing_host(conn) is not None, what="THINNED being imported")
+    drop_study(incoming, "THINNED", FILES)
+    wait_until(lambda: importing_host(conn) is not None, what="THINNED being imported")
     for file in sorted((incoming / "THINNED").iterdir())[::2]:
         file.unlink()
     wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
@@ -87,6 +86,6 @@ def test_a_tmp_folder_that_never_finishes_is_never_imported(one_worker: tuple[Se
                                                             conn: Connection) -> None:
     service, incoming = one_worker
     make_study(incoming / "forever.tmp", 3)
-    drop(incoming, "marker", 1)
+    drop_study(incoming, "marker", 1)
     wait_until(lambda: final(conn).get("marker", ("",))[0] == "done", what="marker")
     assert set(final(conn)) == {"marker"}

@@ -19,7 +19,7 @@ from sendit_watcher.db import connect
 from tests.fix_dicom import make_study
 from tests.fix_postgres import PrivateCluster
 from tests.fix_service import ServiceProcess, write_config
-from tests.test_service import scalar, wait_until
+from tests.helpers import scalar, wait_until
 
 OUTAGE = float(os.environ.get("SENDIT_FAULT_OUTAGE", "30"))
 
@@ -41,7 +41,9 @@ def test_outage_in_the_middle_of_a_burst(tmp_path: Path, incoming: Path, figures
         service.wait_ready()
         producer = threading.Thread(target=burst, args=(incoming, names, 10))
         producer.start()
-        time.sleep(1.5)  # the burst is under way
+        with connect(database) as conn:
+            wait_until(lambda: int(str(scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'"))) >= 5,
+                       timeout=30, what="the burst under way")
         with psycopg.connect(database.dsn, autocommit=True) as admin:
             terminated = admin.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"

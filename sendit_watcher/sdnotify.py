@@ -1,4 +1,5 @@
-"""sd_notify for the service manager: READY, STATUS, WATCHDOG, STOPPING, RELOADING; a no-op without systemd."""
+"""sd_notify, the service manager's datagram protocol (not PostgreSQL's NOTIFY): READY, STATUS, WATCHDOG,
+STOPPING, RELOADING; a no-op without systemd."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import time
 
 import systemd.daemon as daemon
 
-__all__ = ["Notifier"]
+__all__ = ["SdNotifier"]
 
 
-class Notifier:
+class SdNotifier:
     """Tells systemd about the service; every call is a no-op when NOTIFY_SOCKET is unset."""
 
     def __init__(self) -> None:

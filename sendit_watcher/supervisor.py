@@ -1,4 +1,5 @@
-"""Importer worker processes: each claims queued batches and imports them; the service supervises them.
+"""The worker processes and their supervisor: each worker claims queued batches and imports them; the service's
+Supervisor starts, replaces on reload, restarts and stops them.
 
 A worker wakes on ``NOTIFY sendit_queue`` (sent when a batch is queued) or every second, so it never misses work.
 On SIGTERM it finishes the folder in hand and exits; the service kills it after the drain period, which rolls
@@ -22,12 +23,12 @@ from psycopg import sql
 from sendit_watcher.batches import QUEUE_CHANNEL
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import DatabaseUnavailable
-from sendit_watcher.importer import AdaptiveParser
+from sendit_watcher.errors import DatabaseUnavailable, one_line
 from sendit_watcher.logs import setup as setup_logging
+from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.worker import import_next
 
-__all__ = ["WorkerPool", "worker_main", "QUEUE_CHANNEL"]
+__all__ = ["Supervisor", "worker_main"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def worker_main(config: Config, index: int, parent: int) -> None:
                     _serve_queue(conn, config, parser, parent)
             except (DatabaseUnavailable, psycopg.OperationalError) as exc:
                 log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
-                            config.database.retry_interval, " ".join(str(exc).split()))
+                            config.database.retry_interval, one_line(exc))
                 _sleep(config.database.retry_interval, parent)
     finally:
         parser.close()
@@ -84,7 +85,7 @@ def _sleep(seconds: float, parent: int) -> None:
         time.sleep(0.1)
 
 
-class WorkerPool:
+class Supervisor:
     """Starts, supervises, replaces and stops the worker processes."""
 
     def __init__(self, config: Config) -> None:

@@ -1,0 +1,88 @@
+"""Parsing a folder's files into instances and rejections: in the calling process, or on every core.
+
+A parser takes the files the walk found and yields, in any order, one Instance or Rejection per file.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from functools import partial
+from typing import Protocol
+
+from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.walk import FileEntry, Rejection
+
+__all__ = ["Parser", "InlineParser", "PoolParser", "AdaptiveParser"]
+
+log = logging.getLogger(__name__)
+
+
+class Parser(Protocol):
+    """Turns a folder's files into instances and rejections, in any order."""
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        ...
+
+
+class InlineParser:
+    """Parses in the calling process."""
+
+    def __init__(self) -> None:
+        quiet_pydicom()
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        return _parse_here(folder, entries, full_header)
+
+    def close(self) -> None:
+        pass
+
+
+class PoolParser:
+    """Parses in a pool of processes; small folders stay in the calling process."""
+
+    CHUNK = 16
+
+    def __init__(self, processes: int) -> None:
+        quiet_pydicom()
+        self._pool = multiprocessing.get_context("forkserver").Pool(processes, initializer=quiet_pydicom)
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        if len(entries) < 2 * self.CHUNK:
+            return _parse_here(folder, entries, full_header)
+        read = partial(read_instance, folder, full_header=full_header)
+        return self._pool.imap(read, entries, chunksize=self.CHUNK)
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+class AdaptiveParser:
+    """Parses in the calling process, and a folder of ``threshold`` files or more with a pool of ``processes``
+    (created on first need), so a large study is parsed on every core while bursts of small folders keep
+    one process per worker."""
+
+    def __init__(self, processes: int, threshold: int = 500) -> None:
+        quiet_pydicom()
+        self.processes = processes
+        self.threshold = threshold
+        self._pool: PoolParser | None = None
+
+    def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        if len(entries) < self.threshold or self.processes < 2:
+            return _parse_here(folder, entries, full_header)
+        if self._pool is None:
+            self._pool = PoolParser(self.processes)
+        log.debug("parsing %d files of %s with %d processes", len(entries), folder, self.processes)
+        return self._pool.parse(folder, entries, full_header)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _parse_here(folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+    for entry in entries:
+        yield read_instance(folder, entry, full_header)
