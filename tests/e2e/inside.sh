@@ -1,28 +1,17 @@
 #!/bin/bash
 # Runs inside the booted Debian container as a oneshot unit; its exit status is the container's.
-# Reads /e2e-in (the .deb, env, sample studies); writes its log to /e2e-out/log.
+# Reads /e2e-in (the clean build's .deb, env, sample studies); writes its log to /e2e-out/log.
 set -u
-exec > >(tee /e2e-out/log) 2>&1
-. /e2e-in/env
-failures=0
-ok() { echo "ok - $*"; }
-fail() { echo "FAIL - $*"; failures=$((failures + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else fail "$what"; fi; }
-quietly() { "$@" >/tmp/quietly.log 2>&1 || { cat /tmp/quietly.log; return 1; }; }
-q() { python3 -c 'import sys, psycopg; print(psycopg.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$DSN" "$1" 2>/dev/null; }
-wait_for() { # wait_for SECONDS COMMAND...: true once COMMAND succeeds
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do [ $SECONDS -ge $deadline ] && return 1; sleep 0.5; done
-}
-batch_is() { [ "$(q "select status || ':' || instances from sendit.batch where path = '$1'")" = "$2" ]; }
-drop() { cp -r "/e2e-in/studies/$2" "$1/$2.tmp" && mv "$1/$2.tmp" "$1/$2"; }
-main_pid() { systemctl show -p MainPID --value sendit-watcher; }
-restarts() { systemctl show -p NRestarts --value sendit-watcher; }
+. /e2e-in/lib.sh
 
-echo "== $(. /etc/os-release; echo "$PRETTY_NAME"), $(python3 --version)"
-check "apt install ./sendit-watcher_*.deb" quietly apt-get install -y -q /e2e-in/sendit-watcher_*_all.deb
+check "apt install ./sendit-watcher_${VERSION}_all.deb (the clean build)" quietly apt-get install -y -q "/e2e-in/build/sendit-watcher_${VERSION}_all.deb"
 check "enabled on install" [ "$(systemctl is-enabled sendit-watcher)" = enabled ]
 check "system user exists" id sendit-watcher
+check "KillMode=mixed" [ "$(systemctl show -p KillMode --value sendit-watcher)" = mixed ]
+check "README.md and README.Debian in /usr/share/doc/sendit-watcher" \
+  bash -c 'compgen -G "/usr/share/doc/sendit-watcher/README.md*" && compgen -G "/usr/share/doc/sendit-watcher/README.Debian*"' 
+check "journald catalog updated on install (systemd's trigger): 3 messages" [ "$(catalog_entries)" = 3 ]
+journalctl --list-catalog 5e4d1800a1b24c0e9c3f6b2d8e7a0002 | sed 's/^/   /'
 check "active without a database (READY degraded)" wait_for 30 systemctl is-active -q sendit-watcher
 status=$(systemctl show -p StatusText --value sendit-watcher)
 echo "   StatusText: $status"
@@ -61,6 +50,43 @@ drop /data/incoming C
 check "systemctl start" systemctl start sendit-watcher
 check "stopped, dropped, started: caught up" wait_for 30 batch_is C done:$FILES
 
+# A folder of 500+ files is parsed by a pool of processes; KillMode=mixed sends SIGTERM to the main process only,
+# which stops its workers: the folder in hand commits within the drain instead of being rolled back.
+big_stop() {
+  cp -r /e2e-in/studies/BIG /data/incoming/BIG.tmp && mv /data/incoming/BIG.tmp /data/incoming/BIG || return 1
+  wait_for 60 importing BIG || { echo "   BIG was never seen importing"; return 1; }
+  local committed; committed=$(q "select status from sendit.batch where path = 'BIG'")
+  echo "   stop arrives while a worker imports BIG ($BIG_FILES files); its committed status: $committed"
+  [ "$committed" = queued ] || return 1
+  stop_since=$(date '+%Y-%m-%d %H:%M:%S')
+  unit_procs=$(ps -u sendit-watcher -o pid=,args= | sed 's/^ *//')   # the unit's processes, all of them its user's
+  local t0; t0=$(date +%s.%N)
+  systemctl stop sendit-watcher || return 1
+  stop_seconds=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+  echo "   systemctl stop returned after $stop_seconds s"
+}
+stop_seconds=999 stop_since=now
+check "systemctl stop while a $BIG_FILES-file folder is importing" big_stop
+check "the $BIG_FILES-file folder committed (done, $BIG_FILES instances)" batch_is BIG done:$BIG_FILES
+check "stop took less than drain_seconds (30 s): $stop_seconds s" python3 -c "import sys; sys.exit(not $stop_seconds < 30)"
+# When the main process has exited, KillMode=mixed SIGKILLs what is left of the unit. Only multiprocessing's
+# resource tracker may be left (it exits by itself once the main process is gone); a worker or a parse process
+# left behind would be killed in the middle of its work.
+killed_ok() {
+  local pid line bad=0
+  journalctl -u sendit-watcher --since "$stop_since" | grep -qi 'timed out' && { echo "   stop timed out"; bad=1; }
+  for pid in $(journalctl -u sendit-watcher --since "$stop_since" -o cat | sed -n 's/.*Killing process \([0-9]*\) .*SIGKILL.*/\1/p'); do
+    line=$(grep "^$pid " <<<"$unit_procs")
+    echo "   SIGKILLed after the main process exited: ${line:-$pid (not in the unit before the stop)}"
+    grep -q 'multiprocessing.resource_tracker' <<<"$line" || bad=1
+  done
+  return $bad
+}
+check "stop: nothing but multiprocessing's resource tracker left to SIGKILL" killed_ok
+check "stop result: success" [ "$(systemctl show -p Result --value sendit-watcher)" = success ]
+journalctl -u sendit-watcher --since "$stop_since" -o cat | tail -n 6 | sed 's/^/   /'
+check "systemctl start after the stop" systemctl start sendit-watcher
+
 before=$(restarts)
 drop /data/incoming D
 kill -9 "$(main_pid)"
@@ -86,9 +112,8 @@ check "no PHI in the journal" bash -c "! journalctl -u sendit-watcher | grep -q 
 
 check "apt remove" quietly apt-get remove -y -q sendit-watcher
 check "remove keeps the conffile" [ -f /etc/sendit-watcher/watcher.conf ]
+check "journald catalog updated on remove: no sendit-watcher message left" [ "$(catalog_entries)" = 0 ]
 check "apt purge" quietly apt-get purge -y -q sendit-watcher
 check "purge removes the conffile" [ ! -e /etc/sendit-watcher/watcher.conf ]
 
-echo "== $failures failure(s)"
-echo "$failures" > /e2e-out/failures
-[ "$failures" = 0 ]
+finish
