@@ -16,6 +16,7 @@ from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
+from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "finish", "record_failure",
@@ -48,6 +49,7 @@ class Batch:
     path: str
     fingerprint: str | None
     imports: int
+    finished_seq: int | None = None  # at claim time: a failure is never recorded over a later success
 
 
 @dataclass(frozen=True)
@@ -74,25 +76,27 @@ def locate(config: Config, folder: Path) -> tuple[str, str]:
     folder = Path(os.path.abspath(folder))
     for watch in config.watches:
         if watch.path in folder.parents:
-            return watch.name, folder.relative_to(watch.path).as_posix()
-    return OUTSIDE_ROOTS, folder.relative_to("/").as_posix()
+            return watch.name, to_text(folder.relative_to(watch.path).as_posix())
+    return OUTSIDE_ROOTS, to_text(folder.relative_to("/").as_posix())
 
 
 def resolve(config: Config, root: str, path: str) -> Path:
     """The folder on this host for a batch's (root, path); KeyError when the root is not configured here."""
     if root == OUTSIDE_ROOTS:
-        return Path("/") / path
+        return Path("/") / to_disk(path)
     watch = config.watch_named(root)
     if watch is None:
         raise KeyError(f"watch root {root!r} is not configured on this host")
-    return watch.path / path
+    return watch.path / to_disk(path)
 
 
 def ensure(conn: Connection, root: str, path: str) -> int:
-    """The id of a folder's batch row, creating it (queued) if it was never seen; never waits for a lock."""
+    """The id of a folder's batch row for an ad-hoc import, creating it if it was never seen; never waits for a
+    lock. A new row is 'empty' (seen, nothing imported), never 'queued': no worker may take it from the import
+    that is about to claim it."""
     with conn.transaction():
-        conn.execute("INSERT INTO batch (root, path) VALUES (%s, %s) ON CONFLICT (root, path) DO NOTHING",
-                     (root, path))
+        conn.execute("INSERT INTO batch (root, path, status) VALUES (%s, %s, %s) ON CONFLICT (root, path) DO NOTHING",
+                     (root, path, BatchStatus.EMPTY))
         row = conn.execute("SELECT id FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
     assert row is not None
     return int(row[0])
@@ -116,20 +120,22 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
     return batch_id
 
 
-def claim(conn: Connection, host: str) -> Batch | None:
-    """Lock the oldest queued batch for this transaction (SKIP LOCKED); None when there is none free."""
+def claim(conn: Connection, host: str, roots: list[str]) -> Batch | None:
+    """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
+    this transaction (SKIP LOCKED); None when there is none free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute("SELECT id, root, path, fingerprint, imports FROM batch"
-                               " WHERE status = %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                               (BatchStatus.QUEUED,)).fetchone()
+        batch = cursor.execute(
+            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+            " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
     return _mark_importing(conn, batch, host)
 
 
 def claim_id(conn: Connection, batch_id: int, host: str) -> Batch | None:
-    """Lock one given batch for this transaction, waiting for a worker that holds it."""
+    """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute("SELECT id, root, path, fingerprint, imports FROM batch WHERE id = %s FOR UPDATE",
-                               (batch_id,)).fetchone()
+        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+                               " WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
     return _mark_importing(conn, batch, host)
 
 
@@ -166,7 +172,8 @@ WITH counts AS (
         status = CASE WHEN %(files)s = 0 THEN %(empty)s ELSE %(done)s END,
         fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
         instances = counts.instances, rejected = counts.rejected,
-        imports = imports + %(counted)s, attempts = 0, last_error = NULL,
+        imports = imports + %(counted)s, attempts = 0, last_error = NULL, next_attempt_at = NULL,
+        failed_fingerprint = NULL,
         finished_at = clock_timestamp(), seconds = %(seconds)s,
         finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
     FROM counts WHERE id = %(batch)s
@@ -176,16 +183,32 @@ SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(c
 """
 
 
-def record_failure(conn: Connection, batch_id: int, host: str, error: str) -> None:
-    """Mark a batch failed with its error, in a transaction of its own, and tell listeners."""
+BACKOFF_SECONDS = 5.0  # the first wait after a failure; doubled at each failure in a row
+BACKOFF_CAP_SECONDS = 3600.0
+
+
+def record_failure(conn: Connection, batch: Batch, host: str, error: str, fingerprint: str | None) -> bool:
+    """Mark a batch failed with its error (which must hold no value from any file), in a transaction of its
+    own, with an exponential back-off before it may be claimed again, and tell listeners. Nothing is recorded
+    when another worker finished the batch since it was claimed; returns whether it was recorded."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
-        conn.execute(
-            "UPDATE batch SET status = %s, last_error = %s, attempts = attempts + 1, host = %s,"
-            " finished_at = clock_timestamp(), finished_seq = nextval('batch_finished_seq') WHERE id = %s",
-            (BatchStatus.FAILED, error[:2000], host, batch_id),
-        )
-        conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch_id)))
+        updated = conn.execute(_FAIL, {"failed": BatchStatus.FAILED, "error": error[:2000], "host": host,
+                                       "fingerprint": fingerprint, "base": BACKOFF_SECONDS,
+                                       "cap": BACKOFF_CAP_SECONDS, "batch": batch.id,
+                                       "seq": batch.finished_seq}).rowcount
+        if updated:
+            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch.id)))
+    return bool(updated)
+
+
+_FAIL = """
+UPDATE batch SET status = %(failed)s, last_error = %(error)s, attempts = attempts + 1, host = %(host)s,
+    finished_at = clock_timestamp(), finished_seq = nextval('batch_finished_seq'),
+    failed_fingerprint = %(fingerprint)s,
+    next_attempt_at = clock_timestamp() + make_interval(secs => least(%(cap)s, %(base)s * 2 ^ least(attempts, 30)))
+WHERE id = %(batch)s AND finished_seq IS NOT DISTINCT FROM %(seq)s
+"""
 
 
 def retry(conn: Connection, batch_id: int) -> str | None:
@@ -196,14 +219,17 @@ def retry(conn: Connection, batch_id: int) -> str | None:
             return "missing"
         if row[0] != BatchStatus.FAILED:
             return str(row[0])
-        conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s", (BatchStatus.QUEUED, batch_id))
+        conn.execute("UPDATE batch SET status = %s, queued_at = now(), next_attempt_at = NULL WHERE id = %s",
+                     (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))
     return None
 
 
 def known_folders(conn: Connection, root: str) -> dict[str, tuple[str | None, BatchStatus]]:
-    """Every folder recorded under ``root``: its fingerprint and status (for the catch-up scan)."""
-    rows = conn.execute("SELECT path, fingerprint, status FROM batch WHERE root = %s", (root,)).fetchall()
+    """Every folder recorded under ``root``: its status and the fingerprint it had when it was last imported
+    (or, for a failed one, when it failed), for the catch-up scan."""
+    rows = conn.execute("SELECT path, CASE WHEN status = %s THEN failed_fingerprint ELSE fingerprint END, status"
+                        " FROM batch WHERE root = %s", (BatchStatus.FAILED, root)).fetchall()
     conn.rollback()
     return {path: (stamp, BatchStatus(status)) for path, stamp, status in rows}
 

@@ -18,9 +18,10 @@ from sendit_watcher import batches
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import connect
-from sendit_watcher.errors import one_line
-from sendit_watcher.intake import Folder, newest_change
-from sendit_watcher.walk import fingerprint, walk
+from sendit_watcher.errors import describe
+from sendit_watcher.intake import Folder
+from sendit_watcher.names import to_text
+from sendit_watcher.walk import fingerprint, newest_change, walk
 
 __all__ = ["ScanResult", "scan_roots", "Scanner"]
 
@@ -64,10 +65,20 @@ def _scan_root(name: str, root: Path, known: dict[str, tuple[str | None, BatchSt
         if is_temporary(folder_name) or folder in skip:
             continue
         result.folders += 1
-        if _needs_import(str(root / folder_name), known.get(folder_name)):
-            newest = newest_change(str(root / folder_name))
-            young = newest is not None and time.time() - newest < settle_seconds
-            (result.young if young else result.changed).append(folder)
+        try:
+            _scan_folder(str(root / folder_name), folder, known.get(to_text(folder_name)), settle_seconds, result)
+        except Exception as exc:  # noqa: BLE001 - one folder never stops the scan of the others
+            log.error("catch-up could not examine %s: %s; it is queued to be imported", to_text(str(root /
+                      folder_name)), describe(exc))
+            result.changed.append(folder)
+
+
+def _scan_folder(path: str, folder: Folder, row: tuple[str | None, BatchStatus] | None, settle_seconds: float,
+                 result: ScanResult) -> None:
+    if _needs_import(path, row):
+        newest = newest_change(path)
+        young = newest is not None and time.time() - newest < settle_seconds
+        (result.young if young else result.changed).append(folder)
 
 
 def _needs_import(path: str, row: tuple[str | None, BatchStatus] | None) -> bool:
@@ -99,7 +110,7 @@ class Scanner:
             try:
                 self._result = scan_roots(database, roots, is_temporary, settle_seconds, skip)
             except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
-                self._result = ScanResult(error=one_line(exc))
+                self._result = ScanResult(error=describe(exc))
 
         self._result = None
         self._thread = threading.Thread(target=work, name="catch-up", daemon=True)

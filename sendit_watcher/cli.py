@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from sendit_watcher import __version__, batches, handoff, metrics, report, status
 from sendit_watcher import config as configuration
@@ -34,9 +35,17 @@ configuration: --config PATH, else $SENDIT_WATCHER_CONFIG, else /etc/sendit-watc
 See sendit-watcher(8) for every option."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line exits 64 (EX_USAGE) as documented, not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sendit-watcher", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch incoming directories and import finished DICOM folders into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -124,6 +124,30 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***``, found by parsing it as libpq does (conninfo or URI) and
+    written back as a conninfo string; a DSN that cannot be parsed is not shown at all."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    if not dsn.strip():
+        return ""
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - libpq's parse error would echo a fragment of it
+        return "(a dsn that cannot be parsed; not shown)"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+def _dsn(raw: str) -> str:
+    value = raw.strip()
+    if value and redact_dsn(value).startswith("(a dsn that cannot be parsed"):
+        raise ValueError("is not a valid libpq conninfo string or URI; quote a value that holds spaces, "
+                         "e.g. password='two words', or use a pgpass file")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One configuration option: its key, parser, default (None = required) and help text."""
@@ -137,7 +161,7 @@ class Option:
 
 SCHEMA: dict[str, tuple[Option, ...]] = {
     "database": (
-        Option("dsn", _text, "", "libpq conninfo or URI; empty uses libpq defaults (PG* variables, "
+        Option("dsn", _dsn, "", "libpq conninfo or URI; empty uses libpq defaults (PG* variables, "
                "pgpass, service file)", secret=True),
         Option("schema", _identifier, "sendit", "schema that holds sendit-watcher's tables"),
         Option("migrate_on_start", _boolean, "yes", "apply pending schema migrations when the service starts"),
@@ -366,12 +390,6 @@ def _duplicate_roots(path: Path, watches: list[WatchConfig]) -> Iterator[str]:
             if watch.path == other.path or other.path in watch.path.parents or watch.path in other.path.parents:
                 yield (f"{path}: [watch:{watch.name}] path: {watch.path} overlaps [watch:{other.name}] "
                        f"({other.path}); watch roots must not nest")
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (conninfo or URI form)."""
-    redacted = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", redacted)
 
 
 def describe(config: Config) -> Iterator[str]:

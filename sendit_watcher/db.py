@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from sendit_watcher.config import DatabaseConfig, redact_dsn
 from sendit_watcher.errors import DatabaseUnavailable, one_line
 
-__all__ = ["Connection", "connect", "describe_failure", "use_credential_pgpass"]
+__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass"]
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -24,10 +25,17 @@ def connect(database: DatabaseConfig, *, autocommit: bool = False, application: 
             autocommit=autocommit,
             connect_timeout=max(1, round(database.connect_timeout)),
             application_name=application,
-            options=f"-c search_path={database.schema}",  # schema is a validated plain identifier
+            options=session_options(database),
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(describe_failure(database, exc)) from exc
+
+
+def session_options(database: DatabaseConfig) -> str:
+    """libpq's ``options``: the operator's own (from the DSN), then our search_path (a validated identifier)."""
+    ours = f"-c search_path={database.schema}"
+    theirs = conninfo_to_dict(database.dsn).get("options") if database.dsn.strip() else None
+    return f"{theirs} {ours}" if theirs else ours
 
 
 def use_credential_pgpass() -> None:
@@ -40,4 +48,6 @@ def use_credential_pgpass() -> None:
 def describe_failure(database: DatabaseConfig, exc: BaseException) -> str:
     """A one-line account of a connection failure that never shows the password."""
     where = redact_dsn(database.dsn) or "libpq defaults"
-    return f"cannot connect to PostgreSQL ({where}): {redact_dsn(one_line(exc))}"
+    if where.startswith("(a dsn that cannot be parsed"):
+        return f"cannot connect to PostgreSQL: {where}; quote values that hold spaces, e.g. password='two words'"
+    return f"cannot connect to PostgreSQL ({where}): {one_line(exc)}"

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from typing import Any
 
-from sendit_watcher.elements import Decoder
+from sendit_watcher.elements import (
+    BINARY_VRS,
+    FLOAT_VRS,
+    INT_VRS,
+    SINGLE_VALUED,
+    STRIPPED_VRS,
+    TEXT_VRS,
+    Decoder,
+)
 
-__all__ = ["dataset_to_json", "is_multi_value", "INLINE_BINARY_LIMIT"]
+__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE"]
 
 # Binary values up to this many bytes are kept as InlineBinary; larger ones are bulk data and left out.
 INLINE_BINARY_LIMIT = 256
 
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
-_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+
 # VRs whose fast-path values are already JSON-ready (tags as hex, numbers unpacked from binary)
 _PLAIN_VRS = frozenset({"AT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
@@ -38,7 +45,7 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
             model[key] = _element(dataset[tag], decoder.codec)
         elif vr in _SIMPLE_TEXT_VRS:
             model[key] = _simple_text(vr, raw.value, text_codec)
-        elif vr in _BINARY_VRS:
+        elif vr in BINARY_VRS:
             model[key] = _binary(vr, raw.value)
         else:
             values = decoder.values(vr, raw)
@@ -50,9 +57,7 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
 
 
 _KEYS: dict[int, str] = {}  # tag -> "GGGGEEEE", shared by every file this process reads
-_SIMPLE_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
-_STRIPPED_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
-_SINGLE_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}  # text whose JSON value is the text itself
 
 
 def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:
@@ -60,10 +65,10 @@ def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:
     text = data.decode(codec, "replace").rstrip(" \x00") if data else ""
     if not text:
         return {"vr": vr}
-    if vr in _SINGLE_VRS:
+    if vr in SINGLE_VALUED:
         return {"vr": vr, "Value": [text]}
     pieces = text.split("\\")
-    if vr in _STRIPPED_VRS:
+    if vr in STRIPPED_VRS:
         pieces = [p.strip(" \x00") for p in pieces]
     if "" in pieces:
         return {"vr": vr, "Value": [p or None for p in pieces]}
@@ -82,8 +87,8 @@ def _element(element: Any, codec: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"vr": vr}
     if vr == "SQ":
         if value:
-            entry["Value"] = [dataset_to_json(item, codec) for item in value]
-    elif vr in _BINARY_VRS:
+            entry["Value"] = [dataset_to_json(item, _item_codec(item, codec)) for item in value]
+    elif vr in BINARY_VRS:
         if value and len(value) <= INLINE_BINARY_LIMIT:
             entry["InlineBinary"] = base64.b64encode(bytes(value)).decode("ascii")
     elif value is not None and value != "" and value != b"":
@@ -111,9 +116,9 @@ def _scalar(vr: str, value: Any) -> Any:
         return _person_name(str(value))
     if vr == "AT":
         return value if isinstance(value, str) else f"{int(value):08X}"
-    if vr in _INT_VRS:
+    if vr in INT_VRS:
         return _number(value, int)
-    if vr in _FLOAT_VRS:
+    if vr in FLOAT_VRS:
         return _number(value, float)
     if isinstance(value, bytes):
         return value.decode("latin-1")
@@ -130,7 +135,7 @@ def _number(value: Any, kind: type) -> Any:
         except (TypeError, ValueError, OverflowError):
             return str(value)
     if isinstance(number, float) and not math.isfinite(number):
-        return str(value)
+        return NON_FINITE[repr(number)]
     return number
 
 
@@ -138,3 +143,38 @@ def _person_name(text: str) -> dict[str, str]:
     groups = text.split("=")
     keys = ("Alphabetic", "Ideographic", "Phonetic")
     return {key: group for key, group in zip(keys, groups, strict=False) if group}
+
+
+def _item_codec(item: Any, codec: str | None) -> str | None:
+    """A sequence item's own SpecificCharacterSet wins over its parent's ("" = read it from the item)."""
+    return "" if _CHARSET in item else codec
+
+
+_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
+
+# How values JSON and jsonb cannot hold are stored (the DICOM JSON model's string form for special numbers).
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL can hold: lone surrogates replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def jsonb_safe(value: Any) -> Any:
+    """``value`` with every non-finite number as "NaN"/"Infinity"/"-Infinity", every NUL character removed and
+    every lone surrogate replaced by U+FFFD, so that json.dumps(allow_nan=False) and jsonb accept it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(value)]
+    if isinstance(value, str):
+        return storable(value.replace("\x00", ""))
+    if isinstance(value, dict):
+        return {jsonb_safe(key): jsonb_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonb_safe(item) for item in value]
+    return value

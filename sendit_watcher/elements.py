@@ -5,22 +5,31 @@ ambiguous VRs, multi-byte character sets, elements pydicom already converted) fa
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Any
 
+from pydicom import valuerep
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
-__all__ = ["Decoder", "FALLBACK", "TEXT_VRS", "BINARY_VRS"]
+__all__ = ["Decoder", "FALLBACK", "TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "SINGLE_VALUED", "STRIPPED_VRS"]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT",
-                      "IS", "DS"})
-BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
-_CHARSET_AFFECTED = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+def _names(vrs: Iterable[Any]) -> frozenset[str]:
+    """pydicom's VR set (of its VR enum, pydicom >= 2.3) as plain strings."""
+    return frozenset(str(getattr(vr, "value", vr)) for vr in vrs)
+
+
+# The VR classes, from pydicom's own tables wherever it has one; every module takes them from here.
+TEXT_VRS = _names(valuerep.STR_VR)  # text, including IS and DS
+BINARY_VRS = _names(valuerep.BYTES_VR)  # OB OD OF OL OV OW UN
+INT_VRS = _names(valuerep.INT_VR) - {"AT"}  # IS and the binary integers
+FLOAT_VRS = _names(valuerep.FLOAT_VR)  # DS FL FD
+_CHARSET_AFFECTED = _names(valuerep.CUSTOMIZABLE_CHARSET_VR)  # text decoded with SpecificCharacterSet
+SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is part of the value (PS3.5 6.2)
+STRIPPED_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "IS", "DS"})  # leading spaces not significant
 _STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _UNPACKERS = {(vr, little): struct.Struct(("<" if little else ">") + code)
               for vr, code in _STRUCT.items() for little in (True, False)}
@@ -118,6 +127,6 @@ def _text_values(vr: str, text: str) -> list[Any]:
     if not text:
         return []
     pieces = [text] if vr in SINGLE_VALUED else text.split("\\")
-    if vr in ("AE", "AS", "CS", "DA", "DT", "TM", "UI", "IS", "DS"):
+    if vr in STRIPPED_VRS:
         pieces = [p.strip(" \x00") for p in pieces]
     return [p if p != "" else None for p in pieces]

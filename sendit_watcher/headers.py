@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
@@ -14,10 +15,10 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from sendit_watcher.dicomjson import dataset_to_json, is_multi_value
+from sendit_watcher.dicomjson import dataset_to_json, is_multi_value, jsonb_safe, storable
 from sendit_watcher.elements import FALLBACK, Decoder
 from sendit_watcher.errors import one_line
-from sendit_watcher.walk import FileEntry, Rejection
+from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
 
@@ -108,13 +109,19 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     if entry.size == 0:
         return reject("empty-file", "zero bytes")
     try:
-        dataset, forced = _read(os.path.join(folder, entry.path), None if full_header else MAIN_TAGS)
+        dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
         return reject("not-a-regular-file", str(exc))
     except FileNotFoundError:
         return reject("vanished", "deleted before it could be read")
     except PermissionError as exc:
         return reject("unreadable", exc.strerror or str(exc))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return reject("symlink", "replaced by a symbolic link before it was read; not followed")
+        if exc.errno == errno.ENOTDIR:
+            return reject("vanished", "a folder above it was replaced before it could be read")
+        return reject(*_classify_failure(exc))
     except EOFError as exc:
         return reject("truncated", one_line(exc) if str(exc).strip() else "file ends inside the header")
     except InvalidDicomError as exc:
@@ -123,18 +130,23 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         return reject(*_classify_failure(exc))
     try:
         fields = Decoder(dataset)
-        return _instance(entry, fields, full_header) or reject(*_missing(fields, forced))
+        instance = _instance(entry, fields, full_header)
     except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
         return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
+    if instance is None:
+        return reject(*_missing(fields, forced))
+    oversized = _oversized_key(instance)
+    return reject("oversized-value", oversized) if oversized else instance
 
 
 class _NotRegular(Exception):
     """The path no longer names a regular file (swapped for a FIFO, a device or a link)."""
 
 
-def _read(path: str, tags: list[int] | None) -> tuple[Any, bool]:
-    """The dataset, and whether it had to be forced (no 'DICM' preamble)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _read(folder: str, path: str, tags: list[int] | None) -> tuple[Any, bool]:
+    """The dataset of the file at ``path`` below ``folder`` (no link followed on the way), and whether it had to
+    be forced (no 'DICM' preamble)."""
+    fd = open_beneath(folder, path)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _NotRegular("not a regular file when opened")
@@ -224,21 +236,17 @@ def _text(fields: Decoder, tag: int) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """Text PostgreSQL can store: no NUL characters, no lone surrogates."""
+    """Text PostgreSQL can store: NUL characters removed, lone surrogates replaced by U+FFFD."""
     if "\x00" in text:
         text = text.replace("\x00", "")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    return storable(text)
 
 
 def _integer(fields: Decoder, tag: int) -> int | None:
     text = _text(fields, tag)
     try:
         number = int(float(text.split("\\")[0])) if text else None
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or NaN/Infinity (1e999 reads as infinity)
         return None
     return number if number is not None and -2**31 <= number < 2**31 else None
 
@@ -266,5 +274,31 @@ def _transfer_syntax(dataset: Any) -> str | None:
 
 
 def _header_json(dataset: Any) -> str:
-    text = json.dumps(dataset_to_json(dataset), ensure_ascii=False, separators=(",", ":"))
-    return _clean(text.replace("\\u0000", ""))
+    """The DICOM JSON text PostgreSQL's jsonb takes: checked once, and only in the rare case that it holds a
+    non-finite number, a NUL or a lone surrogate, written again in their documented representation."""
+    model = dataset_to_json(dataset)
+    try:
+        text = json.dumps(model, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if "\\u0000" not in text:
+            text.encode("utf-8")
+            return text
+    except (ValueError, UnicodeEncodeError):
+        pass
+    return json.dumps(jsonb_safe(model), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# Main-tag values that go into a unique index: PostgreSQL cannot index a row of more than about 2.7 kB.
+KEY_LIMIT_BYTES = 512
+_KEYS = (("patient_id", "PatientID (0010,0020)"), ("issuer_of_patient_id", "IssuerOfPatientID (0010,0021)"),
+         ("study_instance_uid", "StudyInstanceUID (0020,000D)"), ("series_instance_uid",
+                                                                  "SeriesInstanceUID (0020,000E)"),
+         ("sop_instance_uid", "SOPInstanceUID (0008,0018)"))
+
+
+def _oversized_key(instance: Instance) -> str | None:
+    """Why a main-tag value cannot be a database key (too long to index), naming the tag, never the value."""
+    for field, name in _KEYS:
+        size = len(getattr(instance, field).encode("utf-8"))
+        if size > KEY_LIMIT_BYTES:
+            return f"{name} is {size:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
+    return None

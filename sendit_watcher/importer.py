@@ -15,6 +15,7 @@ from typing import Any
 from sendit_watcher import batches
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
+from sendit_watcher.dicomjson import storable
 from sendit_watcher.headers import Instance
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
@@ -50,7 +51,7 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     started = time.monotonic()
     entries = list(walk(folder))
     stamp = fingerprint(entries)
-    if stamp == batch.fingerprint:  # the last successful import saw exactly this
+    if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
         return _finish(conn, batch, stamp, len(entries), 0, started, unchanged=True)
     todo = _pending(conn, batch.id, entries)
     staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
@@ -58,11 +59,23 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     return _finish(conn, batch, stamp, len(entries), new_instances, started)
 
 
+# Rejections that say nothing about the file's content: the file is read again at every import of its folder.
+RETRYABLE = ("unreadable", "unreadable-directory", "vanished")
+
+
+def _has_retryable(conn: Connection, batch_id: int) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM rejected_file WHERE batch = %s AND reason = ANY(%s))",
+                       (batch_id, list(RETRYABLE))).fetchone()
+    return bool(row and row[0])
+
+
 def _pending(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]) -> list[FileEntry | Rejection]:
-    """Entries not yet recorded as they are now; records of files that changed since are dropped."""
+    """Entries not yet recorded as they are now; records of files that changed since, and rejections worth
+    another try (unreadable, vanished), are dropped."""
     known = {path: (size, mtime) for path, size, mtime in conn.execute(
-        "SELECT path, size, mtime_ns FROM instance WHERE batch = %s"
-        " UNION ALL SELECT path, size, mtime_ns FROM rejected_file WHERE batch = %s", (batch_id, batch_id))}
+        "SELECT path, size, mtime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size, mtime_ns"
+        " FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)", (batch_id, batch_id, list(RETRYABLE)))}
+    conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
     changed = [e.path for e in entries if e.path in known and known[e.path] != (e.size, e.mtime_ns)]
     if changed:
         conn.execute("DELETE FROM instance WHERE batch = %s AND path = ANY(%s)", (batch_id, changed))
@@ -102,12 +115,17 @@ def _chain(first: Iterable[Rejection], second: Iterable[Instance | Rejection]) -
     yield from second
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
 
 
-def _copy_line(row: tuple[Any, ...]) -> str:
-    """One line of COPY's text format (psycopg's generic write_row costs several times more per row)."""
-    return "\t".join("\\N" if v is None else str(v).translate(_COPY_ESCAPES) for v in row) + "\n"
+def _copy_line(row: tuple[Any, ...]) -> bytes:
+    """One line of COPY's text format (psycopg's generic write_row costs several times more per row), in UTF-8:
+    NUL characters, which no text column can hold, are dropped, and lone surrogates become U+FFFD."""
+    line = "\t".join("\\N" if v is None else str(v).translate(_COPY_ESCAPES) for v in row) + "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:
+        return storable(line).encode("utf-8")
 
 
 def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:
@@ -123,6 +141,7 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
         conn.execute(_MERGE_PATIENTS)
         conn.execute(_MERGE_STUDIES)
         conn.execute(_MERGE_SERIES)
+        conn.execute(_RECORD_CONFLICTS, {"batch": batch_id})
     inserted = max(conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount, 0) if staged else 0
     if inserted < staged:  # some staged instances already existed: they are duplicates
         conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
@@ -162,13 +181,15 @@ COPY staging (path, size, mtime_ns, reason, detail,
 """
 
 # Each merge takes the first file (by path) for a key and leaves existing rows alone: first writer wins.
+# A patient without a PatientID is one per study (study_key), never one row shared by different people.
 _MERGE_PATIENTS = """
-INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex)
-SELECT DISTINCT ON (patient_id, issuer_of_patient_id)
-       patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex
-FROM staging WHERE reason IS NULL
-ORDER BY patient_id, issuer_of_patient_id, path
-ON CONFLICT (patient_id, issuer_of_patient_id) DO NOTHING
+INSERT INTO patient (patient_id, issuer_of_patient_id, study_key, patient_name, patient_birth_date, patient_sex)
+SELECT DISTINCT ON (patient_id, issuer_of_patient_id, study_key)
+       patient_id, issuer_of_patient_id, study_key, patient_name, patient_birth_date, patient_sex
+FROM (SELECT *, CASE WHEN patient_id = '' THEN study_instance_uid ELSE '' END AS study_key
+      FROM staging WHERE reason IS NULL) s
+ORDER BY patient_id, issuer_of_patient_id, study_key, path
+ON CONFLICT (patient_id, issuer_of_patient_id, study_key) DO NOTHING
 """
 
 _MERGE_STUDIES = """
@@ -177,7 +198,8 @@ INSERT INTO study (study_instance_uid, patient, study_date, study_time, accessio
 SELECT DISTINCT ON (s.study_instance_uid)
        s.study_instance_uid, p.id, s.study_date, s.study_time, s.accession_number, s.study_id,
        s.study_description, s.referring_physician_name
-FROM staging s JOIN patient p USING (patient_id, issuer_of_patient_id)
+FROM staging s JOIN patient p ON p.patient_id = s.patient_id AND p.issuer_of_patient_id = s.issuer_of_patient_id
+     AND p.study_key = CASE WHEN s.patient_id = '' THEN s.study_instance_uid ELSE '' END
 WHERE s.reason IS NULL
 ORDER BY s.study_instance_uid, s.path
 ON CONFLICT (study_instance_uid) DO NOTHING
@@ -222,4 +244,19 @@ _MERGE_REJECTED = """
 INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail)
 SELECT %(batch)s, path, size, mtime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
 ON CONFLICT (batch, path) DO NOTHING
+"""
+
+# Files filed under a study or series whose stored main tags they contradict: which file, which tag.
+_RECORD_CONFLICTS = """
+INSERT INTO main_tag_conflict (batch, path, sop_instance_uid, level, tag, stored_id)
+SELECT %(batch)s, s.path, s.sop_instance_uid, 'study',
+       CASE WHEN p.patient_id <> s.patient_id THEN 'PatientID (0010,0020)'
+            ELSE 'IssuerOfPatientID (0010,0021)' END, st.id
+FROM staging s JOIN study st USING (study_instance_uid) JOIN patient p ON p.id = st.patient
+WHERE s.reason IS NULL AND (p.patient_id <> s.patient_id OR p.issuer_of_patient_id <> s.issuer_of_patient_id)
+UNION ALL
+SELECT %(batch)s, s.path, s.sop_instance_uid, 'series', 'StudyInstanceUID (0020,000D)', se.id
+FROM staging s JOIN series se USING (series_instance_uid) JOIN study st ON st.id = se.study
+WHERE s.reason IS NULL AND st.study_instance_uid <> s.study_instance_uid
+ON CONFLICT (batch, path, tag) DO NOTHING
 """

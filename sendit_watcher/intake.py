@@ -1,33 +1,19 @@
 """Folders the processors noticed, on their way to the queue: settling ones, finished ones, retries.
 
 Only the main loop touches an Intake; processors report to it and the service drains it into the database.
+It never touches the disk: the service checks a settling folder's newest change off the main loop and reports
+the answer back (``due_to_check`` / ``checked``).
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Folder", "Intake", "newest_change"]
+__all__ = ["Folder", "Intake"]
 
 Folder = tuple[str, str]  # (watch name, folder name directly under the root)
-
-
-def newest_change(path: str) -> float | None:
-    """The newest ctime (seconds) of anything under ``path``, by stat alone; None when it is gone."""
-    try:
-        newest = os.stat(path, follow_symlinks=False).st_ctime
-    except OSError:
-        return None
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                newest = max(newest, os.stat(os.path.join(top, name), follow_symlinks=False).st_ctime)
-            except OSError:
-                continue
-    return newest
 
 
 @dataclass
@@ -39,6 +25,7 @@ class Intake:
     settling: dict[Folder, float] = field(default_factory=dict)
     ready: dict[Folder, float] = field(default_factory=dict)  # folder -> time of the next enqueue attempt
     failures: dict[Folder, int] = field(default_factory=dict)
+    checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
     rescan_requested: bool = True  # a catch-up scan is due at start
 
     def reconfigure(self, settle_seconds: float) -> None:
@@ -60,27 +47,39 @@ class Intake:
         self.settling.pop(folder, None)
         self.ready.pop(folder, None)
         self.failures.pop(folder, None)
+        self.checking.pop(folder, None)
+
+    def forget_root(self, name: str) -> None:
+        """The root is no longer watched: drop every folder of it."""
+        for folder in [f for f in (*self.settling, *self.ready, *self.checking) if f[0] == name]:
+            self.forget(folder)
 
     def overflow(self) -> None:
         """Events were lost: the next loop turn reconciles every root with the database."""
         self.rescan_requested = True
 
-    def settled(self, path_of: Callable[[Folder], str]) -> Iterator[Folder]:
-        """Settling folders whose quiet period is over and whose files confirm it (newest ctime)."""
+    def due_to_check(self) -> list[Folder]:
+        """Settling folders whose quiet period is over: their newest change is to be checked (by stat)."""
         now = self.clock()
-        for folder, due in list(self.settling.items()):
-            if due > now:
-                continue
-            newest = newest_change(path_of(folder))
-            if newest is None:
-                self.forget(folder)
-                continue
-            quiet_for = time.time() - newest
-            if quiet_for < self.settle_seconds:
-                self.settling[folder] = now + self.settle_seconds - quiet_for
-                continue
-            del self.settling[folder]
-            yield folder
+        due = [f for f, when in self.settling.items() if when <= now and f not in self.checking]
+        for folder in due:
+            self.checking[folder] = self.settling[folder]
+        return due
+
+    def checked(self, folder: Folder, newest: float | None, wall_clock: float) -> bool:
+        """The newest ctime found under a folder (None: it is gone); True when the folder has settled."""
+        began = self.checking.pop(folder, None)
+        if began is None or self.settling.get(folder) != began:
+            return False  # forgotten, finished, or active again while it was being checked
+        if newest is None:
+            self.forget(folder)
+            return False
+        quiet_for = wall_clock - newest
+        if quiet_for < self.settle_seconds:
+            self.settling[folder] = self.clock() + self.settle_seconds - quiet_for
+            return False
+        del self.settling[folder]
+        return True
 
     def due_for_enqueue(self) -> list[Folder]:
         now = self.clock()
@@ -98,7 +97,7 @@ class Intake:
 
     def next_deadline(self) -> float | None:
         """When the loop next has timed work to do here, if ever."""
-        times = list(self.settling.values()) + list(self.ready.values())
+        times = [due for f, due in self.settling.items() if f not in self.checking] + list(self.ready.values())
         return min(times) if times else None
 
     @property

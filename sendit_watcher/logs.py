@@ -6,9 +6,14 @@ import logging
 import os
 import sys
 
-__all__ = ["setup", "under_journal", "batch_fields", "IDENTIFIER"]
+__all__ = ["setup", "under_journal", "batch_fields", "IDENTIFIER", "MESSAGE_BATCH_FAILED",
+           "MESSAGE_DATABASE_UNAVAILABLE", "MESSAGE_ROOT_LOST"]
 
 IDENTIFIER = "sendit-watcher"
+# MESSAGE_ID journal fields, explained by the journald catalog the package installs (journalctl -x).
+MESSAGE_BATCH_FAILED = "5e4d1800a1b24c0e9c3f6b2d8e7a0001"
+MESSAGE_DATABASE_UNAVAILABLE = "5e4d1800a1b24c0e9c3f6b2d8e7a0002"
+MESSAGE_ROOT_LOST = "5e4d1800a1b24c0e9c3f6b2d8e7a0003"
 _LIBRARIES = ("pydicom", "psycopg", "pyinotify")
 
 

@@ -5,6 +5,8 @@ A parser takes the files the walk found and yields, in any order, one Instance o
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -40,19 +42,31 @@ class InlineParser:
 
 
 class PoolParser:
-    """Parses in a pool of processes; small folders stay in the calling process."""
+    """Parses in a pool of processes; small folders stay in the calling process. At most ``window`` chunks of
+    CHUNK files are in flight, so memory stays bounded however slowly the results are consumed."""
 
     CHUNK = 16
 
     def __init__(self, processes: int) -> None:
         quiet_pydicom()
+        self.window = processes + 1
         self._pool = multiprocessing.get_context("forkserver").Pool(processes, initializer=quiet_pydicom)
 
     def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
         if len(entries) < 2 * self.CHUNK:
             return _parse_here(folder, entries, full_header)
-        read = partial(read_instance, folder, full_header=full_header)
-        return self._pool.imap(read, entries, chunksize=self.CHUNK)
+        return self._in_pool(folder, entries, full_header)
+
+    def _in_pool(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
+        read = partial(_read_chunk, folder, full_header=full_header)
+        chunks = (entries[start:start + self.CHUNK] for start in range(0, len(entries), self.CHUNK))
+        in_flight = collections.deque(self._pool.apply_async(read, (chunk,))
+                                      for chunk in itertools.islice(chunks, self.window))
+        while in_flight:
+            results = in_flight.popleft().get()
+            for chunk in itertools.islice(chunks, 1):
+                in_flight.append(self._pool.apply_async(read, (chunk,)))
+            yield from results
 
     def close(self) -> None:
         self._pool.terminate()
@@ -81,6 +95,10 @@ class AdaptiveParser:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+
+
+def _read_chunk(folder: str, chunk: list[FileEntry], full_header: bool) -> list[Instance | Rejection]:
+    return [read_instance(folder, entry, full_header) for entry in chunk]
 
 
 def _parse_here(folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:

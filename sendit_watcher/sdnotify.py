@@ -4,7 +4,10 @@ STOPPING, RELOADING; a no-op without systemd."""
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import systemd.daemon as daemon
 
@@ -40,6 +43,33 @@ class SdNotifier:
     def stopping(self, status: str) -> None:
         self._status = status
         self._send(f"STOPPING=1\nSTATUS={status}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """EXTEND_TIMEOUT_USEC: the start-up or stop timeout is extended to ``seconds`` from now."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    @contextmanager
+    def extending(self, seconds: float = 60.0) -> Iterator[None]:
+        """Keep the current start-up or stop timeout from expiring while the block runs (a long migration or
+        drain): EXTEND_TIMEOUT_USEC now and every third of ``seconds``, and WATCHDOG=1 with it."""
+        done = threading.Event()
+
+        def keep_extending() -> None:
+            while not done.is_set():
+                self.extend_timeout(seconds)
+                if self.watchdog_interval is not None:
+                    self._send("WATCHDOG=1")
+                done.wait(seconds / 3)
+
+        pinger = threading.Thread(target=keep_extending, name="extend-timeout", daemon=True)
+        if self.enabled:
+            pinger.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if pinger.is_alive():
+                pinger.join()
 
     def watchdog(self) -> None:
         """WATCHDOG=1 at most every half of WATCHDOG_USEC; call it from the main loop."""

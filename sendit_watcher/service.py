@@ -12,6 +12,8 @@ import collections
 import logging
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
 import psycopg
@@ -21,11 +23,14 @@ from sendit_watcher import config as configuration
 from sendit_watcher.catchup import Scanner, ScanResult
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import EXIT_OK, ConfigError, DatabaseUnavailable, SenditError, one_line
-from sendit_watcher.intake import Intake
+from sendit_watcher.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, DatabaseUnavailable, SenditError, describe
+from sendit_watcher.intake import Folder, Intake
+from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.migrate import migrate
+from sendit_watcher.names import to_text
 from sendit_watcher.sdnotify import SdNotifier
 from sendit_watcher.supervisor import Supervisor
+from sendit_watcher.walk import newest_change
 from sendit_watcher.watcher import Watcher
 
 __all__ = ["serve", "Service"]
@@ -51,6 +56,34 @@ class SignalQueue:
         drained = list(self.received)
         self.received.clear()
         return drained
+
+
+class Guard:
+    """Runs one step of the main loop: an exception is logged (at most once a minute per step, with a count of
+    the repeats) and the loop carries on."""
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def call(self, what: str, step: Callable[..., object], *args: object) -> None:
+        try:
+            step(*args)
+        except Exception:  # noqa: BLE001 - the firewall of the main loop
+            self.failed(what)
+
+    def failed(self, what: str) -> None:
+        """Count and log the exception being handled."""
+        self.errors += 1
+        logged, repeats = self._last.get(what, (-self.EVERY, 0))
+        if time.monotonic() - logged < self.EVERY:
+            self._last[what] = (logged, repeats + 1)
+            return
+        self._last[what] = (time.monotonic(), 0)
+        again = f" (and {repeats} more times since the last report)" if repeats else ""
+        log.error("%s failed%s; carrying on", what, again, exc_info=True)
 
 
 class DatabaseLink:
@@ -86,10 +119,10 @@ class DatabaseLink:
         return conn
 
     def failed(self, exc: BaseException) -> None:
-        message = one_line(exc)
+        message = describe(exc)
         if message != self.error:
             log.error("database unavailable: %s (retrying every %.0f s)", message,
-                      self.config.database.retry_interval)
+                      self.config.database.retry_interval, extra={"MESSAGE_ID": MESSAGE_DATABASE_UNAVAILABLE})
         self.error = message
         self.next_attempt = time.monotonic() + self.config.database.retry_interval
         if self.conn is not None:
@@ -112,7 +145,12 @@ class Service:
         self.link = DatabaseLink(config)
         self.workers = Supervisor(config)
         self.scanner = Scanner()
+        self.guard = Guard()
+        self.stat_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settle-check")
+        self.settle_checks: dict[Folder, Future[float | None]] = {}
         self.last_scan = 0.0
+        self.scan_failures = 0
+        self.scan_not_before = 0.0  # back-off after a failed catch-up scan
         self.last_status = 0.0
         self.stopping = False
 
@@ -120,8 +158,9 @@ class Service:
         """Watch every root, reach for the database once, start the workers, then READY=1."""
         if self.config.watcher.runs_watcher:
             for watch in self.config.watches:
-                self.watcher.add_root(watch)
-        self.link.get()
+                self.watcher.add_root(watch, missing_ok=True)  # a mount not there yet is picked up later
+        with self.notify.extending():  # the first connection runs the migrations, however long they take
+            self.link.get()
         if self.config.watcher.runs_workers:
             self.workers.start()
         status = self.status_line()
@@ -129,30 +168,58 @@ class Service:
         log.info("ready: %s", status)
 
     def run(self) -> int:
+        """The main loop until SIGTERM/SIGINT; a loop that dies anyway stops the service with EXIT_SOFTWARE, so
+        systemd restarts it, rather than leaving it half alive."""
         signals = SignalQueue()
         self.start()
-        while not self.stopping:
-            self.watcher.poll(self._timeout())
-            for signum in signals.drain():
-                self._on_signal(signum)
-            if not self.stopping:
-                self.turn()
+        try:
+            while not self.stopping:
+                self.guard.call("reading inotify events", self.watcher.poll, self._timeout())
+                for signum in signals.drain():
+                    self.guard.call("handling a signal", self._on_signal, signum)
+                if not self.stopping:
+                    self.turn()
+        except BaseException as exc:  # noqa: BLE001 - the loop itself failed: end the process, never hang
+            log.critical("the main loop died (%s); stopping so that the service manager restarts it",
+                         type(exc).__name__, exc_info=True)
+            self.stop()
+            return EXIT_SOFTWARE
         return self.stop()
 
     def turn(self) -> None:
-        """One pass of timed work between event batches."""
-        for folder in self.intake.settled(self.watcher.path_of):
-            self.watcher.unwatch(self.watcher.path_of(folder))
-            self.intake.finished(folder)
-        self._flush()
-        self._catch_up()
-        if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
-            self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
-        self.workers.supervise()
+        """One pass of timed work between event batches; each step behind the guard, so the worst a step can
+        do is log and be retried at the next turn."""
+        self.guard.call("checking settling folders", self._settle)
+        self.guard.call("queueing finished folders", self._flush)
+        self.guard.call("the catch-up scan", self._catch_up)
+        self.guard.call("watching lost roots again", self._rewatch)
+        self.guard.call("supervising the workers", self.workers.supervise)
         self.notify.watchdog()
         if time.monotonic() - self.last_status >= _STATUS_EVERY:
             self.last_status = time.monotonic()
-            self.notify.status(self.status_line())
+            self.guard.call("sending STATUS", lambda: self.notify.status(self.status_line()))
+
+    def _settle(self) -> None:
+        """Start a stat check (off the main loop) of each folder whose quiet period is over; act on finished ones."""
+        for folder in self.intake.due_to_check():
+            path = self.watcher.path_of(folder)
+            if path is None:
+                self.intake.forget(folder)
+            else:
+                self.settle_checks[folder] = self.stat_pool.submit(newest_change, path)
+        for folder, check in list(self.settle_checks.items()):
+            if not check.done():
+                continue
+            del self.settle_checks[folder]
+            if self.intake.checked(folder, check.result(), time.time()):
+                path = self.watcher.path_of(folder)
+                if path is not None:
+                    self.watcher.unwatch(path)
+                self.intake.finished(folder)
+
+    def _rewatch(self) -> None:
+        if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
+            self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
 
     def _timeout(self) -> float:
         deadline = self.intake.next_deadline()
@@ -167,9 +234,13 @@ class Service:
                 self.intake.retry_later(folder)
                 continue
             try:
-                batch_id = batches.enqueue(conn, folder[0], folder[1])
+                batch_id = batches.enqueue(conn, folder[0], to_text(folder[1]))
             except psycopg.Error as exc:
                 self.link.failed(exc)
+                self.intake.retry_later(folder)
+                continue
+            except Exception:  # noqa: BLE001 - kept and retried with back-off; never lost, never fatal
+                self.guard.failed(f"queueing {folder[0]}:{to_text(folder[1])}")
                 self.intake.retry_later(folder)
                 continue
             if batch_id is None:
@@ -185,6 +256,7 @@ class Service:
         interval = self.config.watcher.rescan_interval
         due = self.intake.rescan_requested or self.link.reconnected or (
             interval > 0 and time.monotonic() - self.last_scan >= interval)
+        due = due and time.monotonic() >= self.scan_not_before
         if due and self.config.watcher.runs_watcher and not self.scanner.running and self.link.get() is not None:
             self.intake.rescan_requested = self.link.reconnected = False
             self.last_scan = time.monotonic()
@@ -195,9 +267,13 @@ class Service:
 
     def _absorb(self, result: ScanResult) -> None:
         if result.error is not None:
-            log.error("catch-up scan failed: %s; retrying", result.error)
+            self.scan_failures += 1
+            wait = min(300.0, 2.0 ** self.scan_failures)
+            self.scan_not_before = time.monotonic() + wait
+            log.error("catch-up scan failed: %s; retrying in %.0f s", result.error, wait)
             self.intake.overflow()
             return
+        self.scan_failures = 0
         for folder in result.changed:
             self.intake.finished(folder)
         for folder in result.young:
@@ -237,9 +313,10 @@ class Service:
             return
         for name in [n for n in old if old[n] != wanted.get(n)]:
             self.watcher.remove_root(name)
+            self.intake.forget_root(name)
         for name in [n for n in wanted if old.get(n) != wanted[n]]:
             try:
-                self.watcher.add_root(wanted[name])
+                self.watcher.add_root(wanted[name], missing_ok=True)
             except SenditError as exc:
                 log.error("reload: %s", exc)
         self.intake.overflow()
@@ -249,8 +326,10 @@ class Service:
         """STOPPING=1, then a bounded drain: a folder in hand commits or rolls back whole."""
         self.notify.stopping(f"stopping: letting in-flight folders finish (up to "
                              f"{self.config.watcher.drain_seconds:.0f} s)")
-        self._flush()
-        killed = self.workers.stop(self.config.watcher.drain_seconds)
+        self.guard.call("queueing finished folders", self._flush)
+        with self.notify.extending():  # systemd waits for the drain, however long drain_seconds is
+            killed = self.workers.stop(self.config.watcher.drain_seconds)
+        self.stat_pool.shutdown(wait=False, cancel_futures=True)
         self.watcher.close()
         self.link.close()
         log.info("stopped%s", f"; {killed} worker(s) killed after the drain period" if killed else "")

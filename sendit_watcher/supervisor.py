@@ -23,7 +23,8 @@ from psycopg import sql
 from sendit_watcher.batches import QUEUE_CHANNEL
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import DatabaseUnavailable, one_line
+from sendit_watcher.errors import DatabaseUnavailable, describe
+from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.worker import import_next
@@ -56,9 +57,10 @@ def worker_main(config: Config, index: int, parent: int) -> None:
                 application = f"sendit-watcher worker {index} on {config.watcher.host_name}"
                 with connect(config.database, application=application) as conn:
                     _serve_queue(conn, config, parser, parent)
-            except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            except (DatabaseUnavailable, psycopg.Error) as exc:
                 log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
-                            config.database.retry_interval, one_line(exc))
+                            config.database.retry_interval, describe(exc),
+                            extra={"MESSAGE_ID": MESSAGE_DATABASE_UNAVAILABLE})
                 _sleep(config.database.retry_interval, parent)
     finally:
         parser.close()

@@ -1,23 +1,39 @@
-"""Walking a folder's subtree by stat alone: the files to read, the entries to reject, the fingerprint."""
+"""Walking a folder's subtree by directory file descriptors, by stat alone: the files to read, the entries to
+reject, the fingerprint, the newest change.
+
+Every directory is opened relative to its parent with ``O_NOFOLLOW``, so a symbolic link (even one swapped in
+during the walk) is never followed and nothing outside the folder is ever listed. The walk is iterative: a tree
+of any depth costs one open directory per level, down to ``MAX_DEPTH`` levels; deeper ones are recorded as
+rejections. Paths are relative to the folder, in stored form (see ``names``).
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["FileEntry", "Rejection", "walk", "fingerprint", "display_path"]
+from sendit_watcher.names import to_disk, to_text
+
+__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "fingerprint", "newest_change", "open_folder",
+           "open_beneath", "MAX_DEPTH"]
+
+MAX_DEPTH = 512  # levels of sub-folders walked below a folder; deeper ones become 'too-deep' rejections
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A regular file found in a folder; ``path`` is relative to the folder."""
+    """A regular file found in a folder; ``path`` is relative to the folder, in stored form."""
 
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -31,19 +47,6 @@ class Rejection:
     mtime_ns: int | None = None
 
 
-def display_path(raw: str) -> str:
-    """A path safe to store as text: undecodable bytes shown as \\xNN escapes."""
-    return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _is_decodable(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 _KINDS = {
     stat.S_IFIFO: "FIFO",
     stat.S_IFSOCK: "socket",
@@ -52,51 +55,127 @@ _KINDS = {
 }
 
 
+def open_folder(folder: str) -> int:
+    """A descriptor of ``folder`` itself, refusing a symbolic link in its last component (OSError)."""
+    return os.open(folder, _DIRECTORY_FLAGS)
+
+
+def open_beneath(folder: str, path: str) -> int:
+    """Open the file at stored ``path`` below ``folder`` for reading, following no symbolic link on the way."""
+    parts = to_disk(path).split("/")
+    fd = open_folder(folder)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Level:
+    fd: int
+    prefix: str  # disk form, ending in '/' below the top
+    names: Iterator[str]
+
+
+def walk_stats(folder: str) -> Iterator[tuple[str, os.stat_result | Rejection]]:
+    """(disk path relative to ``folder``, its lstat) for every entry below it, directories included, sorted by
+    name, depth first; a Rejection instead where an entry cannot be examined. OSError when ``folder`` itself
+    cannot be opened."""
+    top = open_folder(folder)
+    levels = [_Level(top, "", iter(sorted(os.listdir(top))))]
+    try:
+        while levels:
+            level = levels[-1]
+            name = next(level.names, None)
+            if name is None:
+                os.close(levels.pop().fd)
+                continue
+            found = _examine(level, name, len(levels))
+            if found is None:
+                continue
+            if isinstance(found, _Level):
+                levels.append(found)
+                found = os.fstat(found.fd)
+            yield level.prefix + name, found
+    finally:
+        for level in levels:
+            os.close(level.fd)
+
+
+def _examine(level: _Level, name: str, depth: int) -> os.stat_result | Rejection | _Level | None:
+    """An entry's lstat, a Rejection, the opened level of a sub-folder, or None when it vanished."""
+    path = level.prefix + name
+    try:
+        info = os.stat(name, dir_fd=level.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Rejection(to_text(path), "unreadable", exc.strerror or str(exc))
+    if not stat.S_ISDIR(info.st_mode):
+        return info
+    if depth >= MAX_DEPTH:
+        return Rejection(to_text(path), "too-deep", f"nested more than {MAX_DEPTH} folders deep; not walked")
+    try:
+        fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=level.fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _unopenable(path, exc)
+    try:
+        names = sorted(os.listdir(fd))
+    except OSError as exc:
+        os.close(fd)
+        return _unopenable(path, exc)
+    return _Level(fd, path + "/", iter(names))
+
+
+def _unopenable(path: str, exc: OSError) -> Rejection:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file since the stat
+        return Rejection(to_text(path), "symlink", "replaced by a symbolic link while walking; not followed")
+    return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
+
+
 def walk(folder: str) -> Iterator[FileEntry | Rejection]:
     """Every non-directory entry under ``folder``, sorted, never following symbolic links."""
-    yield from _walk(folder, "")
+    for path, found in walk_stats(folder):
+        if isinstance(found, Rejection):
+            yield found
+        elif not stat.S_ISDIR(found.st_mode):
+            yield _classify(to_text(path), found)
 
 
-def _walk(top: str, prefix: str) -> Iterator[FileEntry | Rejection]:
+def _classify(path: str, info: os.stat_result) -> FileEntry | Rejection:
+    if stat.S_ISREG(info.st_mode):
+        return FileEntry(path, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if stat.S_ISLNK(info.st_mode):
+        return Rejection(path, "symlink", "symbolic links are not followed", info.st_size, info.st_mtime_ns)
+    kind = _KINDS.get(stat.S_IFMT(info.st_mode), "special file")
+    return Rejection(path, "not-a-regular-file", f"{kind}, not a regular file", None, info.st_mtime_ns)
+
+
+def newest_change(folder: str) -> float | None:
+    """The newest ctime (seconds) of the folder or anything under it, by stat alone; None when it is gone."""
     try:
-        with os.scandir(top) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-    except OSError as exc:
-        if prefix:
-            yield Rejection(display_path(prefix.rstrip("/")), "unreadable-directory", exc.strerror or str(exc))
-            return
-        raise
-    for entry in entries:
-        yield from _classify(entry, prefix + entry.name)
-
-
-def _classify(entry: os.DirEntry[str], rel: str) -> Iterator[FileEntry | Rejection]:
-    try:
-        info = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return  # gone between readdir and stat: nothing to record
-    except OSError as exc:
-        yield Rejection(display_path(rel), "unreadable", exc.strerror or str(exc))
-        return
-    if not _is_decodable(rel):
-        yield Rejection(display_path(rel), "undecodable-name", "file name is not valid UTF-8",
-                        info.st_size, info.st_mtime_ns)
-    elif stat.S_ISDIR(info.st_mode):
-        yield from _walk(entry.path, rel + "/")
-    elif stat.S_ISLNK(info.st_mode):
-        yield Rejection(rel, "symlink", "symbolic links are not followed", info.st_size, info.st_mtime_ns)
-    elif stat.S_ISREG(info.st_mode):
-        yield FileEntry(rel, info.st_size, info.st_mtime_ns)
-    else:
-        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "special file")
-        yield Rejection(rel, "not-a-regular-file", f"{kind}, not a regular file", None, info.st_mtime_ns)
+        newest = os.stat(folder, follow_symlinks=False).st_ctime
+        for _, found in walk_stats(folder):
+            if not isinstance(found, Rejection):
+                newest = max(newest, found.st_ctime)
+    except OSError:
+        return None
+    return newest
 
 
 def fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
-    """A digest of every entry's name, size and mtime: equal fingerprints mean an unchanged folder."""
+    """A digest of every entry's name, size, mtime and ctime (a chmod or chown counts): equal fingerprints mean
+    an unchanged folder."""
     digest = hashlib.blake2b(digest_size=16)
     count = 0
     for entry in entries:
-        digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        ctime = entry.ctime_ns if isinstance(entry, FileEntry) else entry.reason
+        digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\0{ctime}\n".encode())
         count += 1
     return f"{count}:{digest.hexdigest()}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,15 +15,18 @@ import pyinotify
 from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
+from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, load_processor
+from sendit_watcher.walk import Rejection, walk_stats
 
-__all__ = ["Watcher", "INSIDE_EVENTS"]
+__all__ = ["Watcher", "INSIDE_EVENTS", "INSIDE_WATCH_LIMIT"]
 
 log = logging.getLogger(__name__)
 
 # What a folder that is still being written reports; any of these restarts its quiet period.
 INSIDE_EVENTS = (pyinotify.IN_CREATE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
                  | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE | pyinotify.IN_ATTRIB)
+INSIDE_WATCH_LIMIT = 1000  # directories watched inside one settling folder; the rest settles by stat alone
 
 
 class Firewall:
@@ -95,20 +99,27 @@ class Watcher:
         for root in self.roots.values():
             root.context.settings = settings
 
-    def add_root(self, watch: WatchConfig) -> None:
-        """Start watching a root; WatchError says why it cannot be watched."""
+    def add_root(self, watch: WatchConfig, *, missing_ok: bool = False) -> None:
+        """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
+        does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
         processor_class = load_processor(watch.processor)
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside)
         wanted = watch.events | getattr(processor_class, "required_events", 0)
         firewall = Firewall(processor_class(context=context), watch.name, wanted, self._root_lost)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
+        if missing_ok and not os.path.lexists(watch.path):
+            self.roots[watch.name] = root
+            self.lost_roots.add(watch.name)
+            log.error("watch root %s ([watch:%s]) does not exist (yet); watching it once it appears",
+                      watch.path, watch.name, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+            return
         self._attach(root)
         self.roots[watch.name] = root
         log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
 
     def _root_lost(self, name: str, event: Any) -> None:
         log.error("watch root %s ([watch:%s]) is gone (%s); waiting for it to come back",
-                  self.roots[name].watch.path, name, event.maskname)
+                  self.roots[name].watch.path, name, event.maskname, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
         self.lost_roots.add(name)
 
     def _attach(self, root: _Root) -> None:
@@ -130,24 +141,33 @@ class Watcher:
         log.info("stopped watching %s ([watch:%s])", root.watch.path, name)
 
     def watch_inside(self, path: str) -> None:
-        """Watch a settling folder and everything created in it, until it is settled."""
+        """Watch a settling folder, the sub-folders it already holds (up to INSIDE_WATCH_LIMIT), and every
+        sub-folder created in it later (pyinotify's auto_add), until it is settled."""
         root = self._root_of(path)
         if root is None:
             return
         try:
-            self.manager.add_watch(path, INSIDE_EVENTS, proc_fun=root.firewall, rec=True, auto_add=True, quiet=False)
-        except pyinotify.WatchManagerError as exc:
+            for directory in _directories(path, INSIDE_WATCH_LIMIT):
+                self.manager.add_watch(directory, INSIDE_EVENTS, proc_fun=root.firewall, auto_add=True,
+                                       quiet=False)
+        except (pyinotify.WatchManagerError, OSError, UnicodeError) as exc:
             # The folder still settles by stat (newest ctime); only the early wake-ups are lost.
             log.warning("cannot watch inside %s (%s); it settles by stat alone", path, _first_error(exc))
 
     def unwatch(self, path: str) -> None:
-        """Stop watching a folder and its subtree (EINVAL from watches the kernel already dropped is fine)."""
-        wd = self.manager.get_wd(path)
-        if wd is not None:
-            self.manager.rm_watch(wd, rec=True, quiet=True)
+        """Stop watching a folder and its subtree (EINVAL from watches the kernel already dropped is fine).
 
-    def path_of(self, folder: tuple[str, str]) -> str:
-        return os.path.join(self.roots[folder[0]].watch.path, folder[1])
+        The descriptors are listed first: pyinotify's own recursive removal edits its watch table while it
+        iterates over it, which raises as soon as a folder has sub-folders."""
+        inside = path + os.sep
+        wds = [wd for wd, watch in self.manager.watches.items() if watch.path == path or watch.path.startswith(inside)]
+        if wds:
+            self.manager.rm_watch(wds, quiet=True)
+
+    def path_of(self, folder: tuple[str, str]) -> str | None:
+        """The folder's path on disk; None when its root is no longer watched."""
+        root = self.roots.get(folder[0])
+        return None if root is None else os.path.join(root.watch.path, folder[1])
 
     def poll(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for events and dispatch them."""
@@ -187,6 +207,19 @@ class Watcher:
 
     def _root_of(self, path: str) -> _Root | None:
         return next((r for r in self.roots.values() if _is_inside(path, r.watch.path)), None)
+
+
+def _directories(path: str, limit: int) -> Iterator[str]:
+    """``path`` and up to ``limit`` - 1 directories below it, by file descriptor, never through a link."""
+    yield path
+    count = 1
+    for relative, found in walk_stats(path):
+        if count >= limit:
+            log.warning("%s holds more than %d folders; the rest settles by stat alone", path, limit)
+            return
+        if not isinstance(found, Rejection) and stat.S_ISDIR(found.st_mode):
+            count += 1
+            yield os.path.join(path, relative)
 
 
 def _is_inside(path: str, root: Any) -> bool:

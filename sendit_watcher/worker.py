@@ -5,8 +5,10 @@ Shared by ``sendit-watcher import`` and the service's worker processes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +19,12 @@ from sendit_watcher import batches
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
-from sendit_watcher.errors import ImportFailed, one_line
+from sendit_watcher.errors import ImportFailed, connection_trouble, describe
 from sendit_watcher.importer import Result, import_claimed
-from sendit_watcher.logs import batch_fields
+from sendit_watcher.logs import MESSAGE_BATCH_FAILED, batch_fields
+from sendit_watcher.names import to_text
 from sendit_watcher.parsers import InlineParser, Parser
+from sendit_watcher.walk import fingerprint, open_folder, walk
 
 __all__ = ["Failure", "Outcome", "import_next", "import_batch", "FolderPool"]
 
@@ -43,8 +47,9 @@ Progress = Callable[[int, int], None]
 
 
 def import_next(conn: Connection, config: Config, parser: Parser) -> Outcome | None:
-    """Claim the oldest free queued batch and import it; None when the queue has nothing free."""
-    return _run(conn, config, parser, lambda: batches.claim(conn, config.watcher.host_name), None)
+    """Claim the oldest free queued batch of a root this host has and import it; None when there is none."""
+    roots = [watch.name for watch in config.watches]
+    return _run(conn, config, parser, lambda: batches.claim(conn, config.watcher.host_name, roots), None)
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
@@ -63,11 +68,9 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
                 return None
             result = import_claimed(conn, claimed, _folder(config, claimed), parser,
                                     full_header=config.importer.full_header, progress=progress)
-    except psycopg.OperationalError:
-        raise  # connection lost or deadlock: the claim is released and the batch stays queued
-    except Exception as exc:  # noqa: BLE001 - any other failure is this batch's, recorded on it
-        if claimed is None:
-            raise
+    except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
+        if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
+            raise  # the claim is released with the transaction and the batch stays queued
         return _fail(conn, config, claimed, exc)
     _log_result(result)
     return result
@@ -75,20 +78,37 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
 
 def _folder(config: Config, batch: Batch) -> str:
     try:
-        folder = batches.resolve(config, batch.root, batch.path)
+        folder = str(batches.resolve(config, batch.root, batch.path))
     except KeyError as exc:
         raise ImportFailed(str(exc.args[0])) from None
-    if not folder.is_dir():
-        raise ImportFailed(f"folder {folder} no longer exists or is not a directory")
-    return str(folder)
+    try:
+        os.close(open_folder(folder))
+    except OSError as exc:
+        why = {errno.ELOOP: "is a symbolic link now (never followed)", errno.ENOENT: "no longer exists",
+               errno.ENOTDIR: "is not a directory"}.get(exc.errno or 0, exc.strerror or "cannot be opened")
+        raise ImportFailed(f"folder {to_text(folder)} {why}; nothing was read") from None
+    return folder
 
 
 def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Failure:
-    error = str(exc) if isinstance(exc, ImportFailed) else f"{type(exc).__name__}: {one_line(exc, 2000)}"
-    batches.record_failure(conn, batch.id, config.watcher.host_name, error)
+    error = describe(exc)
+    if not batches.record_failure(conn, batch, config.watcher.host_name, error, _fingerprint_now(config, batch)):
+        log.info("batch %d (%s:%s) failed here (%s), but another worker has finished it since", batch.id,
+                 batch.root, batch.path, error)
+        return Failure(batch.id, batch.root, batch.path, error)
     log.error("batch %d (%s:%s) failed: %s", batch.id, batch.root, batch.path, error,
-              extra=batch_fields(batch_id=batch.id, folder=batch.path, status=BatchStatus.FAILED))
+              extra={**batch_fields(batch_id=batch.id, folder=batch.path, status=BatchStatus.FAILED),
+                     "MESSAGE_ID": MESSAGE_BATCH_FAILED})
     return Failure(batch.id, batch.root, batch.path, error)
+
+
+def _fingerprint_now(config: Config, batch: Batch) -> str | None:
+    """The folder's fingerprint as it is after a failure (None when it cannot be walked): a catch-up scan
+    queues the batch again only once this has changed."""
+    try:
+        return fingerprint(walk(str(batches.resolve(config, batch.root, batch.path))))
+    except (KeyError, OSError):
+        return None
 
 
 def _log_result(result: Result) -> None:

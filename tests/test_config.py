@@ -109,9 +109,17 @@ def test_check_config_prints_effective_config_without_password(tmp_path: Path,
 
 
 def test_redact_dsn_forms() -> None:
-    assert configuration.redact_dsn("host=a password=x dbname=b") == "host=a password=*** dbname=b"
-    assert configuration.redact_dsn("postgresql://me:pw@h:5/d") == "postgresql://me:***@h:5/d"
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert conninfo_to_dict(configuration.redact_dsn("host=a password=x dbname=b")) == {
+        "host": "a", "password": "***", "dbname": "b"}
+    assert conninfo_to_dict(configuration.redact_dsn("postgresql://me:pw@h:5/d")) == {
+        "user": "me", "password": "***", "host": "h", "port": "5", "dbname": "d"}
     assert configuration.redact_dsn("dbname=x") == "dbname=x"
+    assert conninfo_to_dict(configuration.redact_dsn("password='Tr0ub4dor horse' dbname=x")) == {
+        "password": "***", "dbname": "x"}
+    unparsable = configuration.redact_dsn("password=Tr0ub4dor horse-battery-staple")
+    assert "horse" not in unparsable and "Tr0ub4dor" not in unparsable
 
 
 def test_every_schema_option_has_help_and_a_parsable_default() -> None:

@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from sendit_watcher.intake import Intake, newest_change
+from sendit_watcher.intake import Intake
+from sendit_watcher.walk import newest_change
 
 
 class FakeClock:
@@ -22,27 +23,20 @@ class FakeClock:
         self.now += seconds
 
 
-def folder_with_file(tmp_path: Path, name: str = "A") -> Path:
-    """A folder holding one file written now (a ctime cannot be set back: tests wait where they need it older)."""
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "f").write_bytes(b"x")
-    return folder
-
-
-def test_activity_settles_after_the_quiet_period_and_not_before(tmp_path: Path) -> None:
+def test_activity_is_due_for_a_check_after_the_quiet_period_and_not_before() -> None:
     clock = FakeClock()
-    intake = Intake(settle_seconds=0.05, clock=clock)
-    folder = folder_with_file(tmp_path)
-    time.sleep(0.06)  # the file's real ctime must be older than the settle period too
+    intake = Intake(settle_seconds=5, clock=clock)
     intake.activity(("in", "A"))
-    assert list(intake.settled(lambda f: str(folder))) == []
-    clock.advance(0.05)
-    assert list(intake.settled(lambda f: str(folder))) == [("in", "A")]
+    assert intake.due_to_check() == []
+    clock.advance(5)
+    assert intake.due_to_check() == [("in", "A")]
+    assert intake.due_to_check() == []  # being checked: not handed out twice
+    assert intake.next_deadline() is None  # nothing timed while the check runs
+    assert intake.checked(("in", "A"), newest=time.time() - 60, wall_clock=time.time())
     assert intake.pending == 0
 
 
-def test_new_activity_restarts_the_quiet_period(tmp_path: Path) -> None:
+def test_new_activity_restarts_the_quiet_period() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=10, clock=clock)
     intake.activity(("in", "A"))
@@ -51,24 +45,48 @@ def test_new_activity_restarts_the_quiet_period(tmp_path: Path) -> None:
     assert intake.next_deadline() == clock.now + 10
 
 
-def test_a_recent_ctime_postpones_settling_even_when_the_clock_says_quiet(tmp_path: Path) -> None:
+def test_a_recent_ctime_postpones_settling_by_what_is_left_of_the_quiet_period() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=30, clock=clock)
-    folder = folder_with_file(tmp_path)  # its files changed just now
     intake.activity(("in", "A"))
     clock.advance(31)
-    assert list(intake.settled(lambda f: str(folder))) == []
-    due = intake.next_deadline()
-    assert due is not None and clock.now < due <= clock.now + 30
+    assert intake.due_to_check() == [("in", "A")]
+    assert not intake.checked(("in", "A"), newest=1000.0 - 10, wall_clock=1000.0)  # changed 10 s ago
+    assert intake.next_deadline() == clock.now + 20
 
 
-def test_a_vanished_settling_folder_is_forgotten(tmp_path: Path) -> None:
+def test_activity_during_the_check_wins_over_its_answer() -> None:
+    clock = FakeClock()
+    intake = Intake(settle_seconds=5, clock=clock)
+    intake.activity(("in", "A"))
+    clock.advance(5)
+    assert intake.due_to_check() == [("in", "A")]
+    clock.advance(1)
+    intake.activity(("in", "A"))  # a file arrived while the stat walk ran
+    assert not intake.checked(("in", "A"), newest=0.0, wall_clock=1e9)
+    assert intake.next_deadline() == clock.now + 5
+
+
+def test_a_vanished_settling_folder_is_forgotten() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=1, clock=clock)
     intake.activity(("in", "gone"))
     clock.advance(2)
-    assert list(intake.settled(lambda f: str(tmp_path / "gone"))) == []
+    assert intake.due_to_check() == [("in", "gone")]
+    assert not intake.checked(("in", "gone"), newest=None, wall_clock=time.time())
     assert intake.pending == 0
+
+
+def test_forget_root_drops_every_folder_of_that_root_only() -> None:
+    clock = FakeClock()
+    intake = Intake(settle_seconds=1, clock=clock)
+    intake.activity(("old", "A"))
+    intake.finished(("old", "B"))
+    intake.activity(("kept", "C"))
+    clock.advance(1)
+    intake.due_to_check()
+    intake.forget_root("old")
+    assert set(intake.settling) | set(intake.ready) | set(intake.checking) == {("kept", "C")}
 
 
 def test_finished_wins_over_settling_and_is_due_at_once() -> None:

@@ -23,12 +23,13 @@ from pydicom.uid import generate_uid
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
+from sendit_watcher.names import to_text
 from tests.fix_service import REPO, write_config
 from tests.helpers import pydicom_test_files
 
 KNOWN_REASONS = {"not-dicom", "dicomdir", "no-sop-instance-uid", "missing-uid", "duplicate", "truncated",
-                 "invalid-dicom", "empty-file", "symlink", "not-a-regular-file", "unreadable", "undecodable-name",
-                 "vanished", "unreadable-directory"}
+                 "invalid-dicom", "empty-file", "symlink", "not-a-regular-file", "unreadable", "too-deep",
+                 "oversized-value", "vanished", "unreadable-directory"}
 HOSTILE_VALUES = ["O'Brien\"; DROP TABLE sendit.batch; --", "Robert'); DELETE FROM instance;--", "a\\b\\c",
                   "tab\there", "new\nline", "esc\x1b[31mred", "bell\x07", "$$dollar$$", "%s %(name)s {0}",
                   "ünïcödé^名前"]
@@ -127,12 +128,14 @@ def build_tree(root: Path, outside: Path) -> dict[str, str]:
     (root / "locked-dir" / "inside.dcm").write_bytes(ct_bytes())
     (root / "locked-dir").chmod(0)
     expected["locked-dir"] = "unreadable-directory"
-    for n in range(5):
-        os.close(os.open(os.fsencode(root) + b"/latin1-\xe9\xff-" + str(n).encode(), os.O_CREAT | os.O_WRONLY))
+    for n in range(5):  # names that are not UTF-8: stored escaped, and read like any other file
+        name = b"latin1-\xe9\xff-" + str(n).encode()
+        os.close(os.open(os.fsencode(root) + b"/" + name, os.O_CREAT | os.O_WRONLY))
+        expected[to_text(os.fsdecode(name))] = "empty-file"
     for name in ("new\nline.dcm", "tab\tname.dcm", "-dash.dcm", " spaces .dcm", "quote'\"name.dcm",
                  "x" * 250 + ".dcm", "back\\slash.dcm", "semi;colon $(id).dcm"):
         (root / name).write_bytes(ct_bytes())
-        expected[name] = "instance"
+        expected[to_text(name)] = "instance"  # a backslash is stored doubled
     deep = root
     for level in range(15):  # a path of some 3,800 characters
         deep = deep / (f"{level:02d}" + "d" * 240)
