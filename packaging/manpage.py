@@ -14,13 +14,14 @@ from sendit_watcher import __version__  # noqa: E402
 from sendit_watcher.config import SCHEMA  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "sendit-watcher.8"
+DATE = "2026-11-29"  # of the text below; change it with the text
 
 
 def escape(text: str) -> str:
     return text.replace("\\", "\\e").replace("-", "\\-").replace("'", "\\(aq")
 
 
-HEAD = r""".TH SENDIT\-WATCHER 8 "" "sendit\-watcher {version}" "System Administration"
+HEAD = r""".TH SENDIT\-WATCHER 8 "{date}" "sendit\-watcher {version}" "System Administration"
 .SH NAME
 sendit\-watcher \- import finished DICOM folders from watched directories into PostgreSQL
 .SH SYNOPSIS
@@ -84,8 +85,26 @@ bad command line
 .B 69
 PostgreSQL cannot be reached
 .TP
+.B 70
+the service's main loop died (a bug, logged); systemd restarts the service
+.TP
 .B 78
 invalid configuration; systemd does not restart the service (RestartPreventExitStatus=78)
+.SH ENVIRONMENT
+.TP
+.B SENDIT_WATCHER_CONFIG
+the configuration file, when \fB\-\-config\fR is not given
+.TP
+.B CREDENTIALS_DIRECTORY
+set by systemd for \fBLoadCredential=\fR; a credential named \fBpgpass\fR there becomes libpq's
+\fBPGPASSFILE\fR (unless that is set)
+.TP
+.BR PGHOST ", " PGPORT ", " PGDATABASE ", " PGUSER ", " PGPASSFILE ", " PGSERVICE ", ..."
+libpq's own variables, used for whatever the \fBdsn\fR leaves out
+.TP
+.BR NOTIFY_SOCKET ", " WATCHDOG_USEC ", " JOURNAL_STREAM
+set by systemd: sd_notify (READY, STATUS, WATCHDOG, EXTEND_TIMEOUT_USEC, STOPPING, RELOADING) and journald
+logging
 .SH FILES
 .TP
 /etc/sendit\-watcher/watcher.conf
@@ -93,6 +112,27 @@ the configuration
 .TP
 /var/lib/sendit\-watcher/incoming
 the default watch root (group sendit\-watcher may write)
+.TP
+/lib/systemd/system/sendit\-watcher.service
+the unit; add drop\-ins (\fBRequiresMountsFor=\fR, \fBProtectHome=\fR, \fBLoadCredential=\fR) in
+/etc/systemd/system/sendit\-watcher.service.d/
+.SH JOURNAL FIELDS
+Under systemd every line goes to the journal with \fBSYSLOG_IDENTIFIER=sendit\-watcher\fR; a batch line also
+carries \fBSENDIT_BATCH_ID\fR, \fBSENDIT_FOLDER\fR, \fBSENDIT_FILES\fR, \fBSENDIT_INSTANCES\fR,
+\fBSENDIT_REJECTED\fR, \fBSENDIT_SECONDS\fR and \fBSENDIT_STATUS\fR. \fBjournalctl \-x\fR explains these
+\fBMESSAGE_ID\fRs from the package's catalog:
+.TP
+.B 5e4d1800a1b24c0e9c3f6b2d8e7a0001
+a batch failed (its folder is kept; \fBsendit\-watcher retry\fR)
+.TP
+.B 5e4d1800a1b24c0e9c3f6b2d8e7a0002
+the database is unavailable (nothing is lost; retried)
+.TP
+.B 5e4d1800a1b24c0e9c3f6b2d8e7a0003
+a watch root is lost or missing (watched again once it is back)
+.PP
+Patient names, IDs, birth dates and any other value read from a file are never logged; database errors are
+logged by SQLSTATE and the names of the constraint, table or column.
 .SH SEE ALSO
 .BR systemctl (1),
 .BR journalctl (1),
@@ -101,7 +141,7 @@ the default watch root (group sendit\-watcher may write)
 
 
 def render() -> str:
-    lines = [HEAD.format(version=__version__)]
+    lines = [HEAD.format(version=__version__, date=DATE)]
     for section, options in SCHEMA.items():
         lines.append(f".SS [{escape(section)}]")
         for option in options:

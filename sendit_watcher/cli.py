@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
+def _add(commands: argparse._SubParsersAction[_Parser], name: str, help_text: str,
          options: Callable[[argparse.ArgumentParser], None] | None) -> None:
     sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)

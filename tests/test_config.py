@@ -10,7 +10,7 @@ import pytest
 
 from sendit_watcher import config as configuration
 from sendit_watcher.cli import main
-from sendit_watcher.errors import EXIT_CONFIG, ConfigError
+from sendit_watcher.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -106,6 +106,24 @@ def test_check_config_prints_effective_config_without_password(tmp_path: Path,
     assert f"[watch:in]\npath = {tmp_path}\nevents = IN_CLOSE_WRITE|IN_CREATE|IN_MOVED_TO" in out
     assert main(["--config", str(path), "--dsn", "postgresql://u:hunter2@db/x", "check-config"]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+def test_a_bad_command_line_exits_64_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["no-such-command"], ["import"], ["status", "--limit", "many"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == EXIT_USAGE, argv
+        assert "usage: sendit-watcher" in capsys.readouterr().err
+
+
+def test_an_unparsable_dsn_is_a_config_error_that_shows_no_fragment(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.conf"
+    path.write_text("[database]\ndsn = host=db password=Tr0ub4dor horse-battery-staple\n")
+    assert main(["--config", str(path), "check-config"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "[database] dsn" in err and "quote" in err
+    assert "horse" not in err and "Tr0ub4dor" not in err
 
 
 def test_redact_dsn_forms() -> None:

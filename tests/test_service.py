@@ -15,7 +15,7 @@ import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
-from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, make_study
+from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, drop_study, make_study
 from tests.fix_postgres import PrivateCluster
 from tests.fix_service import ServiceProcess, write_config
 from tests.helpers import batch_rows, done, scalar, wait_until
@@ -107,6 +107,25 @@ def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path, database: Data
         process.signal(signal.SIGTERM)
         assert process.process.wait(30) == 0
         process.notify.wait_for(lambda line: line == "STOPPING=1", 5)
+        stopping = process.notify.fields().index("STOPPING=1")  # the drain extends systemd's stop timeout
+        assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in process.notify.fields()[stopping:])
+    finally:
+        process.kill()
+
+
+def test_a_root_missing_at_start_is_reported_lost_and_watched_once_it_appears(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    later = tmp_path / "not-mounted-yet"
+    config = write_config(tmp_path / "watcher.conf", database, {"late": later})
+    process = ServiceProcess(config, tmp_path)
+    try:
+        process.wait_ready()
+        process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT late" in line)
+        later.mkdir()
+        process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 15)
+        drop_study(later, "M", 2)
+        wait_until(done(conn, "M", 2), what="M imported from the root that appeared")
+        assert process.process.poll() is None
     finally:
         process.kill()
 
