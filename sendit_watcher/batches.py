@@ -20,7 +20,7 @@ from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "finish", "record_failure",
-           "retry", "known_folders", "queue_counts", "finished_after", "latest_seq"]
+           "retry", "requeue", "known_folders", "queue_counts", "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
@@ -149,14 +149,15 @@ def _mark_importing(conn: Connection, batch: Batch | None, host: str) -> Batch |
     return batch
 
 
-def finish(conn: Connection, batch: Batch, *, fingerprint: str, files: int, new_instances: int, seconds: float,
-           unchanged: bool) -> Finished:
+def finish(conn: Connection, batch: Batch, *, fingerprint: str, files: int, new_instances: int, removed: int,
+           seconds: float, unchanged: bool) -> Finished:
     """Record a successful import in the claiming transaction: counts, fingerprint, and unless nothing changed,
     the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
     if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
     row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
-                                 "new": new_instances, "seconds": seconds, "channel": NOTIFY_CHANNEL,
+                                 "new": new_instances, "removed": removed, "seconds": seconds,
+                                 "channel": NOTIFY_CHANNEL,
                                  "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
                                  "done": BatchStatus.DONE}).fetchone()
     assert row is not None
@@ -170,7 +171,7 @@ WITH counts AS (
 ), done AS (
     UPDATE batch SET
         status = CASE WHEN %(files)s = 0 THEN %(empty)s ELSE %(done)s END,
-        fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s,
+        fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s, removed = %(removed)s,
         instances = counts.instances, rejected = counts.rejected,
         imports = imports + %(counted)s, attempts = 0, last_error = NULL, next_attempt_at = NULL,
         failed_fingerprint = NULL,
@@ -185,6 +186,15 @@ SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(c
 
 BACKOFF_SECONDS = 5.0  # the first wait after a failure; doubled at each failure in a row
 BACKOFF_CAP_SECONDS = 3600.0
+
+
+def requeue(conn: Connection, batch_ids: list[int]) -> None:
+    """Queue finished batches again, to be read again from scratch (their fingerprint is forgotten): their
+    folders hold duplicates that are now the only copy of an instance."""
+    if batch_ids:
+        conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL, next_attempt_at = NULL"
+                     " WHERE id = ANY(%s)", (BatchStatus.QUEUED, batch_ids))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
 
 
 def record_failure(conn: Connection, batch: Batch, host: str, error: str, fingerprint: str | None) -> bool:
@@ -247,7 +257,8 @@ def queue_counts(conn: Connection) -> QueueCounts:
 
 _FINISHED_AFTER = """
 SELECT finished_seq AS seq, id, root, path AS folder, status, files, instances, new_instances, rejected,
-       seconds, files_per_second, host, finished_at, last_error
+       removed, imports > 1 AND new_instances > 0 AS grew, seconds, files_per_second, host, finished_at,
+       last_error
 FROM batch WHERE finished_seq > %s ORDER BY finished_seq
 """
 

@@ -12,11 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sendit_watcher import batches
 from sendit_watcher.batches import BatchStatus
-from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.config import DatabaseConfig, WatchConfig
 from sendit_watcher.db import connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
@@ -34,27 +33,29 @@ class ScanResult:
 
     changed: list[Folder] = field(default_factory=list)
     young: list[Folder] = field(default_factory=list)
+    waiting: list[Folder] = field(default_factory=list)  # no finished_marker yet
     folders: int = 0
     seconds: float = 0.0
     error: str | None = None
 
 
-def scan_roots(database: DatabaseConfig, roots: dict[str, Path], is_temporary: Callable[[str], bool],
+def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
                settle_seconds: float, skip: set[Folder]) -> ScanResult:
     """Compare every finished folder under each root with its batch row's fingerprint."""
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
-        for name, root in roots.items():
+        for name, watch in roots.items():
             known = batches.known_folders(conn, name)
-            _scan_root(name, root, known, is_temporary, settle_seconds, skip, result)
+            _scan_root(watch, known, is_temporary, settle_seconds, skip, result)
     result.seconds = time.monotonic() - started
     return result
 
 
-def _scan_root(name: str, root: Path, known: dict[str, tuple[str | None, BatchStatus]],
+def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatus]],
                is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
+    name, root = watch.name, watch.path
     try:
         entries = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
     except OSError as exc:
@@ -65,30 +66,34 @@ def _scan_root(name: str, root: Path, known: dict[str, tuple[str | None, BatchSt
         if is_temporary(folder_name) or folder in skip:
             continue
         result.folders += 1
+        if watch.finished_marker and not os.path.lexists(root / folder_name / watch.finished_marker):
+            result.waiting.append(folder)
+            continue
         try:
-            _scan_folder(str(root / folder_name), folder, known.get(to_text(folder_name)), settle_seconds, result)
+            _scan_folder(str(root / folder_name), watch.finished_marker, folder, known.get(to_text(folder_name)),
+                         settle_seconds if not watch.finished_marker else 0.0, result)
         except Exception as exc:  # noqa: BLE001 - one folder never stops the scan of the others
             log.error("catch-up could not examine %s: %s; it is queued to be imported", to_text(str(root /
                       folder_name)), describe(exc))
             result.changed.append(folder)
 
 
-def _scan_folder(path: str, folder: Folder, row: tuple[str | None, BatchStatus] | None, settle_seconds: float,
-                 result: ScanResult) -> None:
-    if _needs_import(path, row):
+def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus] | None,
+                 settle_seconds: float, result: ScanResult) -> None:
+    if _needs_import(path, marker, row):
         newest = newest_change(path)
         young = newest is not None and time.time() - newest < settle_seconds
         (result.young if young else result.changed).append(folder)
 
 
-def _needs_import(path: str, row: tuple[str | None, BatchStatus] | None) -> bool:
+def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus] | None) -> bool:
     if row is None:
         return True
     stored, status = row
     if status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
         return False
     try:
-        return fingerprint(walk(path)) != stored
+        return fingerprint(walk(path, leave_out=marker)) != stored
     except OSError:
         return False  # vanished since the listing
 
@@ -104,7 +109,7 @@ class Scanner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, database: DatabaseConfig, roots: dict[str, Path], is_temporary: Callable[[str], bool],
+    def start(self, database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
               settle_seconds: float, skip: set[Folder]) -> None:
         def work() -> None:
             try:

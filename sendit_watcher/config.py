@@ -110,6 +110,13 @@ def _dotted_path(raw: str) -> str:
     return value
 
 
+def _file_name(raw: str) -> str:
+    value = raw.strip()
+    if "/" in value or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a plain file name")
+    return value
+
+
 def _role(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("all", "watcher", "worker"):
@@ -187,6 +194,11 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
         Option("host", _text, "", "name recorded on the batches this host imports; empty = the hostname"),
         Option("role", _role, "all", "what `run` does on this host: all (watch and import), watcher (watch and "
                "queue only) or worker (import queued batches only; watches nothing)"),
+        Option("linger_seconds", _seconds, "600", "a folder created under its final name stays watched this long "
+               "after it settled, so files that arrive late (a modality pausing) are imported within "
+               "settle_seconds, each time as a new finished batch; 0 = stop watching once it settled"),
+        Option("linger_folders", _count, "1000", "at most this many folders linger at once (the oldest stop "
+               "first), so inotify watches stay bounded"),
         Option("log_level", _log_level, "info", "debug, info, warning or error"),
     ),
     WATCH_SECTION_PREFIX + "NAME": (
@@ -195,6 +207,9 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
                "pyinotify event names joined by |, or ALL_EVENTS"),
         Option("processor", _dotted_path, DEFAULT_PROCESSOR,
                "dotted path of the pyinotify.ProcessEvent subclass that handles the events"),
+        Option("finished_marker", _file_name, "", "for producers that can neither rename nor use a temporary "
+               "suffix: a folder is finished when a file of this name appears directly in it (e.g. DONE); the "
+               "marker is not imported; empty = the rename and settle rules"),
     ),
 }
 
@@ -242,6 +257,8 @@ class WatcherConfig:
     settle_seconds: float = _default("watcher", "settle_seconds")
     rescan_interval: float = _default("watcher", "rescan_interval")
     drain_seconds: float = _default("watcher", "drain_seconds")
+    linger_seconds: float = _default("watcher", "linger_seconds")
+    linger_folders: int = _default("watcher", "linger_folders")
     host: str = _default("watcher", "host")
     role: str = _default("watcher", "role")
     log_level: str = _default("watcher", "log_level")
@@ -274,6 +291,7 @@ class WatchConfig:
     path: Path
     events: int
     processor: str
+    finished_marker: str = ""
 
 
 @dataclass(frozen=True)
@@ -408,6 +426,8 @@ def describe(config: Config) -> Iterator[str]:
         yield f"path = {watch.path}"
         yield f"events = {_mask_names(watch.events)}"
         yield f"processor = {watch.processor}"
+        if watch.finished_marker:
+            yield f"finished_marker = {watch.finished_marker}"
         yield ""
 
 

@@ -39,6 +39,7 @@ class Result:
     rejected: int
     seconds: float
     unchanged: bool = False
+    removed: int = 0  # rows of files that were gone since the last import
 
     @property
     def files_per_second(self) -> float:
@@ -46,17 +47,24 @@ class Result:
 
 
 def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, *, full_header: bool,
-                   progress: Callable[[int, int], None] | None = None) -> Result:
-    """Import a batch claimed in the current transaction; the caller commits or rolls back."""
+                   progress: Callable[[int, int], None] | None = None, leave_out: str = "") -> Result:
+    """Import a batch claimed in the current transaction; the caller commits or rolls back. The batch's rows
+    end up mirroring the folder as it is now: rows of files that are gone are removed, and a duplicate whose
+    original went with them becomes the instance."""
     started = time.monotonic()
-    entries = list(walk(folder))
+    entries = list(walk(folder, leave_out))
     stamp = fingerprint(entries)
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
-        return _finish(conn, batch, stamp, len(entries), 0, started, unchanged=True)
-    todo = _pending(conn, batch.id, entries)
+        return _finish(conn, batch, stamp, len(entries), 0, 0, started, unchanged=True)
+    todo, gone, freed = _reconcile(conn, batch.id, entries)
     staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
     new_instances = _merge(conn, batch.id, staged)
-    return _finish(conn, batch, stamp, len(entries), new_instances, started)
+    promoted = _promote_duplicates(conn, batch.id, freed)
+    if promoted:  # duplicates in this folder whose original is gone: read again, now as the instance
+        conn.execute("DELETE FROM staging")
+        again = [e for e in entries if e.path in promoted]
+        new_instances += _merge(conn, batch.id, _stage(conn, batch.id, folder, again, parser, full_header, None))
+    return _finish(conn, batch, stamp, len(entries), new_instances, gone, started)
 
 
 # Rejections that say nothing about the file's content: the file is read again at every import of its folder.
@@ -69,18 +77,36 @@ def _has_retryable(conn: Connection, batch_id: int) -> bool:
     return bool(row and row[0])
 
 
-def _pending(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]) -> list[FileEntry | Rejection]:
-    """Entries not yet recorded as they are now; records of files that changed since, and rejections worth
-    another try (unreadable, vanished), are dropped."""
+def _reconcile(conn: Connection, batch_id: int,
+               entries: list[FileEntry | Rejection]) -> tuple[list[FileEntry | Rejection], int, list[str]]:
+    """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
+    vanished); returns the entries to read, how many recorded files are gone, and the SOPInstanceUIDs whose
+    instance row was dropped."""
     known = {path: (size, mtime) for path, size, mtime in conn.execute(
         "SELECT path, size, mtime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size, mtime_ns"
         " FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)", (batch_id, batch_id, list(RETRYABLE)))}
     conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
-    changed = [e.path for e in entries if e.path in known and known[e.path] != (e.size, e.mtime_ns)]
-    if changed:
-        conn.execute("DELETE FROM instance WHERE batch = %s AND path = ANY(%s)", (batch_id, changed))
-        conn.execute("DELETE FROM rejected_file WHERE batch = %s AND path = ANY(%s)", (batch_id, changed))
-    return [e for e in entries if e.path not in known or e.path in changed]
+    present = {e.path: (e.size, e.mtime_ns) for e in entries}
+    gone = [path for path in known if path not in present]
+    stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
+    freed: list[str] = []
+    if stale:
+        freed = [row[0] for row in conn.execute(
+            "DELETE FROM instance WHERE batch = %s AND path = ANY(%s) RETURNING sop_instance_uid", (batch_id, stale))]
+        conn.execute("DELETE FROM rejected_file WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
+        conn.execute("DELETE FROM main_tag_conflict WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
+    stale_set = set(stale)
+    return [e for e in entries if e.path not in known or e.path in stale_set], len(gone), freed
+
+
+def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str]) -> set[str]:
+    """Duplicates of SOPInstanceUIDs that lost their instance row and did not get a new one: their rejection
+    rows go, folders elsewhere are queued to read them again; returns the paths of this folder's."""
+    if not freed:
+        return set()
+    rows = conn.execute(_FREE_DUPLICATES, {"sops": freed}).fetchall()
+    batches.requeue(conn, sorted({batch for batch, _ in rows if batch != batch_id}))
+    return {path for batch, path in rows if batch == batch_id}
 
 
 _STAGING_COLUMNS = (
@@ -149,13 +175,13 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
     return inserted
 
 
-def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, started: float,
-            *, unchanged: bool = False) -> Result:
+def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, removed: int,
+            started: float, *, unchanged: bool = False) -> Result:
     seconds = time.monotonic() - started
     finished = batches.finish(conn, batch, fingerprint=stamp, files=files, new_instances=new_instances,
-                              seconds=seconds, unchanged=unchanged)
+                              removed=removed, seconds=seconds, unchanged=unchanged)
     return Result(batch.id, batch.root, batch.path, finished.status, files, finished.instances, new_instances,
-                  finished.rejected, seconds, unchanged)
+                  finished.rejected, seconds, unchanged, removed)
 
 
 _CREATE_STAGING = """
@@ -259,4 +285,11 @@ SELECT %(batch)s, s.path, s.sop_instance_uid, 'series', 'StudyInstanceUID (0020,
 FROM staging s JOIN series se USING (series_instance_uid) JOIN study st ON st.id = se.study
 WHERE s.reason IS NULL AND st.study_instance_uid <> s.study_instance_uid
 ON CONFLICT (batch, path, tag) DO NOTHING
+"""
+
+_FREE_DUPLICATES = """
+DELETE FROM rejected_file r
+WHERE r.reason = 'duplicate' AND r.duplicate_of = ANY(%(sops)s)
+  AND NOT EXISTS (SELECT 1 FROM instance i WHERE i.sop_instance_uid = r.duplicate_of)
+RETURNING r.batch, r.path
 """

@@ -22,15 +22,19 @@ class Intake:
 
     settle_seconds: float
     clock: Callable[[], float] = time.monotonic
+    linger_seconds: float = 0.0
+    linger_folders: int = 1000
     settling: dict[Folder, float] = field(default_factory=dict)
     ready: dict[Folder, float] = field(default_factory=dict)  # folder -> time of the next enqueue attempt
     failures: dict[Folder, int] = field(default_factory=dict)
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
+    lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
     rescan_requested: bool = True  # a catch-up scan is due at start
 
-    def reconfigure(self, settle_seconds: float) -> None:
-        """A new settle period, for folders that settle from now on."""
+    def reconfigure(self, settle_seconds: float, linger_seconds: float = 0.0, linger_folders: int = 1000) -> None:
+        """New settle and linger periods, for folders that settle from now on."""
         self.settle_seconds = settle_seconds
+        self.linger_seconds, self.linger_folders = linger_seconds, linger_folders
 
     def finished(self, folder: Folder) -> None:
         """The folder is complete now (renamed to its final name)."""
@@ -38,9 +42,31 @@ class Intake:
         self.ready.setdefault(folder, 0.0)
 
     def activity(self, folder: Folder) -> None:
-        """Something changed in a folder that is still being written: restart its quiet period."""
+        """Something changed in a folder that is still being written (or lingering after it settled, when a
+        late file arrives): restart its quiet period."""
         if folder not in self.ready:
+            self.lingering.pop(folder, None)
             self.settling[folder] = self.clock() + self.settle_seconds
+
+    def linger(self, folder: Folder) -> list[Folder]:
+        """A folder settled: keep it watched for late files for ``linger_seconds``. Returns the folders to stop
+        watching now: this one when lingering is off, the oldest ones beyond ``linger_folders``."""
+        if self.linger_seconds <= 0 or self.linger_folders <= 0:
+            return [folder]
+        self.lingering[folder] = self.clock() + self.linger_seconds
+        excess = len(self.lingering) - self.linger_folders
+        oldest = sorted(self.lingering, key=self.lingering.__getitem__)[:max(0, excess)]
+        for done in oldest:
+            del self.lingering[done]
+        return oldest
+
+    def linger_over(self) -> list[Folder]:
+        """Lingering folders whose period is over (and forgotten here): stop watching them."""
+        now = self.clock()
+        over = [folder for folder, until in self.lingering.items() if until <= now]
+        for folder in over:
+            del self.lingering[folder]
+        return over
 
     def forget(self, folder: Folder) -> None:
         """The folder was moved away or deleted before it was queued."""
@@ -48,10 +74,11 @@ class Intake:
         self.ready.pop(folder, None)
         self.failures.pop(folder, None)
         self.checking.pop(folder, None)
+        self.lingering.pop(folder, None)
 
     def forget_root(self, name: str) -> None:
         """The root is no longer watched: drop every folder of it."""
-        for folder in [f for f in (*self.settling, *self.ready, *self.checking) if f[0] == name]:
+        for folder in [f for f in (*self.settling, *self.ready, *self.checking, *self.lingering) if f[0] == name]:
             self.forget(folder)
 
     def overflow(self) -> None:

@@ -36,6 +36,7 @@ class WatchContext:
     settings: WatcherConfig
     intake: Intake
     watch_inside: Callable[[str], None]
+    unwatch_inside: Callable[[str], None] = lambda path: None
 
     def folder_of(self, path: str) -> str | None:
         """The folder directly under the root that ``path`` lies in (None for the root itself)."""
@@ -78,6 +79,8 @@ class DicomFolderImporter(_ContextProcessor):
             log.debug("ignoring %s: files directly in a watch root are not batches", event.pathname)
         elif self.context.settings.is_temporary(name):
             log.debug("not yet: %s has a temporary name", event.pathname)
+        elif self.context.watch.finished_marker:
+            self._waiting_for_marker(folder, event.pathname)
         elif event.mask & pyinotify.IN_MOVED_TO:
             log.debug("finished by rename: %s", event.pathname)
             intake.finished(folder)
@@ -86,10 +89,26 @@ class DicomFolderImporter(_ContextProcessor):
             intake.activity(folder)
             self.context.watch_inside(event.pathname)
 
+    def _waiting_for_marker(self, folder: tuple[str, str], path: str) -> None:
+        if os.path.lexists(os.path.join(path, self.context.watch.finished_marker)):
+            log.debug("finished by its marker: %s", path)
+            self.context.intake.finished(folder)
+        else:
+            log.debug("waiting for %s in %s", self.context.watch.finished_marker, path)
+            self.context.watch_inside(path)
+
     def _inside(self, event: Any) -> None:
         name = self.context.folder_of(event.path)
-        if name is not None and not self.context.settings.is_temporary(name):
-            self.context.intake.activity((self.context.watch.name, name))
+        if name is None or self.context.settings.is_temporary(name):
+            return
+        folder = (self.context.watch.name, name)
+        marker = self.context.watch.finished_marker
+        if not marker:
+            self.context.intake.activity(folder)
+        elif event.name == marker and event.path == os.path.join(self.context.watch.path, name):
+            log.debug("finished by its marker: %s", event.path)
+            self.context.intake.finished(folder)
+            self.context.unwatch_inside(event.path)
 
 
 class AllEventsSignaler(_ContextProcessor):

@@ -50,8 +50,9 @@ def summary_line(folder: str, outcome: Outcome) -> str:
         return f"{folder}: failed (batch {outcome.batch_id}): {outcome.error}"
     if outcome.unchanged:
         return f"{folder}: unchanged since its last import (batch {outcome.batch_id}, {outcome.files} files)"
+    removed = f", {outcome.removed:,} removed (gone from disk)" if outcome.removed else ""
     return (f"{folder}: {outcome.status}, {outcome.files:,} files, {outcome.instances:,} instances "
-            f"({outcome.new_instances:,} new), {outcome.rejected:,} rejected, {outcome.seconds:.2f} s, "
+            f"({outcome.new_instances:,} new), {outcome.rejected:,} rejected{removed}, {outcome.seconds:.2f} s, "
             f"{outcome.files_per_second:,.0f} files/s (batch {outcome.batch_id})")
 
 

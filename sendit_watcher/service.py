@@ -140,7 +140,8 @@ class Service:
     def __init__(self, config: Config, notifier: SdNotifier | None = None) -> None:
         self.config = config
         self.notify = notifier or SdNotifier()
-        self.intake = Intake(config.watcher.settle_seconds)
+        self.intake = Intake(config.watcher.settle_seconds, linger_seconds=config.watcher.linger_seconds,
+                             linger_folders=config.watcher.linger_folders)
         self.watcher = Watcher(config.watcher, self.intake)
         self.link = DatabaseLink(config)
         self.workers = Supervisor(config)
@@ -212,10 +213,15 @@ class Service:
                 continue
             del self.settle_checks[folder]
             if self.intake.checked(folder, check.result(), time.time()):
-                path = self.watcher.path_of(folder)
-                if path is not None:
-                    self.watcher.unwatch(path)
                 self.intake.finished(folder)
+                self._stop_watching(self.intake.linger(folder))  # late files keep coming to a lingering one
+        self._stop_watching(self.intake.linger_over())
+
+    def _stop_watching(self, folders: list[Folder]) -> None:
+        for folder in folders:
+            path = self.watcher.path_of(folder)
+            if path is not None:
+                self.watcher.unwatch(path)
 
     def _rewatch(self) -> None:
         if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
@@ -260,7 +266,7 @@ class Service:
         if due and self.config.watcher.runs_watcher and not self.scanner.running and self.link.get() is not None:
             self.intake.rescan_requested = self.link.reconnected = False
             self.last_scan = time.monotonic()
-            roots = {name: root.watch.path for name, root in self.watcher.roots.items()}
+            roots = {name: root.watch for name, root in self.watcher.roots.items()}
             skip = set(self.intake.settling) | set(self.intake.ready)
             self.scanner.start(self.config.database, roots, self.config.watcher.is_temporary,
                                self.config.watcher.settle_seconds, skip)
@@ -278,6 +284,10 @@ class Service:
             self.intake.finished(folder)
         for folder in result.young:
             self.intake.activity(folder)
+        for folder in result.young + result.waiting:  # still being written: watched inside, like a new one
+            path = self.watcher.path_of(folder)
+            if path is not None:
+                self.watcher.watch_inside(path)
         log.info("catch-up scan: %d folders in %.2f s; %d to import, %d still being written",
                  result.folders, result.seconds, len(result.changed), len(result.young))
 
@@ -304,7 +314,7 @@ class Service:
         old = {w.name: w for w in self.config.watches}
         wanted = {w.name: w for w in new.watches}
         self.config = new
-        self.intake.reconfigure(new.watcher.settle_seconds)
+        self.intake.reconfigure(new.watcher.settle_seconds, new.watcher.linger_seconds, new.watcher.linger_folders)
         self.watcher.reconfigure(new.watcher)
         self.link.reconfigure(new)
         if new.watcher.runs_workers:

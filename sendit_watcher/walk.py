@@ -139,9 +139,12 @@ def _unopenable(path: str, exc: OSError) -> Rejection:
     return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
 
 
-def walk(folder: str) -> Iterator[FileEntry | Rejection]:
-    """Every non-directory entry under ``folder``, sorted, never following symbolic links."""
+def walk(folder: str, leave_out: str = "") -> Iterator[FileEntry | Rejection]:
+    """Every non-directory entry under ``folder``, sorted, never following symbolic links; ``leave_out`` names
+    a file directly in the folder that is not part of it (the finished marker)."""
     for path, found in walk_stats(folder):
+        if leave_out and path == leave_out:
+            continue
         if isinstance(found, Rejection):
             yield found
         elif not stat.S_ISDIR(found.st_mode):

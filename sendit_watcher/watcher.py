@@ -103,7 +103,7 @@ class Watcher:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
         does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
         processor_class = load_processor(watch.processor)
-        context = WatchContext(watch, self.settings, self.intake, self.watch_inside)
+        context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
         wanted = watch.events | getattr(processor_class, "required_events", 0)
         firewall = Firewall(processor_class(context=context), watch.name, wanted, self._root_lost)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)

@@ -66,8 +66,10 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             claimed = claim()
             if claimed is None:
                 return None
+            watch = config.watch_named(claimed.root)
             result = import_claimed(conn, claimed, _folder(config, claimed), parser,
-                                    full_header=config.importer.full_header, progress=progress)
+                                    full_header=config.importer.full_header, progress=progress,
+                                    leave_out=watch.finished_marker if watch else "")
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
@@ -119,9 +121,10 @@ def _log_result(result: Result) -> None:
         log.debug("batch %d (%s:%s) unchanged since its last import", result.batch_id, result.root, result.path,
                   extra=fields)
         return
-    log.info("batch %d (%s:%s) %s: %d files, %d instances (%d new), %d rejected, %.2f s, %.0f files/s",
+    log.info("batch %d (%s:%s) %s: %d files, %d instances (%d new), %d rejected, %d removed, %.2f s, %.0f files/s",
              result.batch_id, result.root, result.path, result.status, result.files, result.instances,
-             result.new_instances, result.rejected, result.seconds, result.files_per_second, extra=fields)
+             result.new_instances, result.rejected, result.removed, result.seconds, result.files_per_second,
+             extra=fields)
 
 
 class FolderPool:

@@ -1,9 +1,12 @@
--- sendit-watcher schema, version 3: the failure policy, main-tag conflicts, and patients without an ID.
+-- sendit-watcher schema, version 3: the failure policy, the mirror, main-tag conflicts, patients without an ID.
 
 -- A failed batch is not claimed again before next_attempt_at (exponential back-off); failed_fingerprint is the
 -- folder as it was when it failed, so a catch-up scan queues it again only once it has changed.
 ALTER TABLE batch ADD COLUMN next_attempt_at timestamptz;
 ALTER TABLE batch ADD COLUMN failed_fingerprint text;
+
+-- Each import mirrors the folder as it is now: rows of files that are gone are removed, and counted here.
+ALTER TABLE batch ADD COLUMN removed integer NOT NULL DEFAULT 0;
 
 -- Instances without a PatientID get a patient row per study (study_key = its StudyInstanceUID), never one
 -- patient shared by different people; study_key is '' for every patient with an ID.
