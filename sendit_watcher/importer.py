@@ -57,6 +57,8 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
         return _finish(conn, batch, stamp, len(entries), 0, 0, started, unchanged=True)
     todo, gone, freed = _reconcile(conn, batch.id, entries)
+    if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
+        return _finish(conn, batch, stamp, len(entries), 0, 0, started, unchanged=True)
     staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
     new_instances = _merge(conn, batch.id, staged)
     promoted = _promote_duplicates(conn, batch.id, freed)

@@ -212,7 +212,12 @@ class Service:
             if not check.done():
                 continue
             del self.settle_checks[folder]
-            if self.intake.checked(folder, check.result(), time.time()):
+            try:
+                newest = check.result()
+            except Exception:  # noqa: BLE001 - counted as a change now: the folder is checked again later
+                self.guard.failed(f"checking {to_text(folder[1])}")
+                newest = time.time()
+            if self.intake.checked(folder, newest, time.time()):
                 self.intake.finished(folder)
                 self._stop_watching(self.intake.linger(folder))  # late files keep coming to a lingering one
         self._stop_watching(self.intake.linger_over())
