@@ -183,7 +183,11 @@ class Service:
         except BaseException as exc:  # noqa: BLE001 - the loop itself failed: end the process, never hang
             log.critical("the main loop died (%s); stopping so that the service manager restarts it",
                          type(exc).__name__, exc_info=True)
-            self.stop()
+            try:
+                self.stop()
+            except BaseException:  # noqa: BLE001 - whatever happens, no worker may keep the process alive
+                log.exception("stopping in order failed; killing the workers")
+                self.workers.stop(0.0)
             return EXIT_SOFTWARE
         return self.stop()
 

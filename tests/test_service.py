@@ -339,3 +339,38 @@ def test_a_large_folder_is_parsed_by_every_core(service: ServiceProcess, conn: C
     wait_until(done(conn, "LARGE", 1200), what="LARGE imported")
     assert batch_rows(conn)["LARGE"] == ("done", 1200, 1)
     assert f"parsing 1200 files of {incoming / 'LARGE'} with {os.cpu_count()} processes" in service.log
+
+
+class _LoopBug(BaseException):
+    """Stands for whatever could still escape every guard of the loop (a BaseException)."""
+
+
+def test_a_main_loop_that_dies_ends_the_process_with_exit_70_and_no_worker_left(
+        database: DatabaseConfig, incoming: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sendit_watcher.errors import EXIT_SOFTWARE
+    from sendit_watcher.service import Service
+    from tests.helpers import make_config
+
+    service = Service(make_config(database, {"incoming": incoming}, workers=2))
+    turns = 0
+    workers: list[int] = []
+
+    def dying_turn() -> None:
+        nonlocal turns
+        turns += 1
+        workers.extend(p.pid for p in service.workers.processes if p.pid and turns == 1)
+        if turns == 3:
+            raise _LoopBug("a bug nothing catches")
+
+    monkeypatch.setattr(service, "turn", dying_turn)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert service.run() == EXIT_SOFTWARE
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert turns == 3 and len(workers) == 2
+    assert service.workers.processes == [] and service.workers.retiring == []
+    for pid in workers:  # reaped, not left running to keep the process alive
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
