@@ -1,0 +1,317 @@
+"""Values, errors, the failure policy and retries (issue 11, items 1, 2, 3, 4, 9): one odd value never fails a
+folder, no error text carries a value, a failed folder is not failed again while unchanged, a poison batch never
+blocks the queue, and a file unreadable once is read when it becomes readable."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import Connection
+from tests.fix_dicom import drop_study, make_study
+from tests.fix_service import REPO, ServiceProcess, write_config
+from tests.helpers import batch_rows, done, pydicom_test_files, scalar, wait_until
+
+MARKER = "PHIMARKER7731"  # inside the long PatientID: must never leave the process
+
+
+def ct_file(path: Path, replace: tuple[bytes, bytes] | None = None,
+            elements: tuple[tuple[int, str, object], ...] = (), **values: object) -> str:
+    """pydicom's CT_small.dcm with a new SOPInstanceUID, extra ``elements`` (tag, VR, value) and keyword
+    ``values``; ``replace`` patches the written bytes (same length). Returns the SOPInstanceUID."""
+    ds = pydicom.dcmread(pydicom_test_files() / "CT_small.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # over-long values are the point
+        for tag, vr, value in elements:
+            ds.add_new(tag, vr, value)
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+    data = buffer.getvalue()
+    if replace is not None:
+        assert data.count(replace[0]) == 1 and len(replace[0]) == len(replace[1])
+        data = data.replace(*replace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(ds.SOPInstanceUID)
+
+
+def long_patient_id() -> str:
+    """12,000 incompressible characters (an index entry cannot hold them) with MARKER inside."""
+    noise = "".join(random.Random(11).choices(string.ascii_letters + string.digits, k=12000 - len(MARKER)))
+    return noise[:6000] + MARKER + noise[6000:]
+
+
+def drop_poison(root: Path, name: str) -> None:
+    """A folder of two good files and one whose PatientID is 12,000 characters long, renamed in from .tmp."""
+    make_study(root / f"{name}.tmp", 2)
+    ct_file(root / f"{name}.tmp" / "poison.dcm", PatientID=long_patient_id())
+    (root / f"{name}.tmp").rename(root / name)
+
+
+def cli(config: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sendit_watcher", "--config", str(config), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+class Listener:
+    """`sendit-watcher listen` as a process; every JSON line it prints, collected by a thread."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "sendit_watcher", "--config", str(config), "listen"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def records(self, folder: str) -> list[dict[str, object]]:
+        found = []
+        for line in list(self.lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("folder") == folder:
+                found.append(record)
+        return found
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+_LISTENER_WAITING = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                     " AND application_name = 'sendit-watcher' AND pid <> pg_backend_pid() AND state = 'idle'"
+                     " AND now() - state_change > interval '0.5 s'")
+
+
+@pytest.fixture
+def service_and_listener(tmp_path: Path, database: DatabaseConfig, incoming: Path,
+                         conn: Connection) -> Iterator[Callable[..., tuple[ServiceProcess, Listener]]]:
+    made: list[ServiceProcess | Listener] = []
+
+    def start(**options: object) -> tuple[ServiceProcess, Listener]:
+        config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, **options)
+        service = ServiceProcess(config, tmp_path)
+        made.append(service)
+        service.wait_ready()
+        listener = Listener(config)
+        made.append(listener)
+        wait_until(lambda: int(str(scalar(conn, _LISTENER_WAITING))) >= 1, timeout=20,
+                   what="the listener waiting for NOTIFY")
+        return service, listener
+
+    yield start
+    for thing in made:
+        if isinstance(thing, ServiceProcess):
+            thing.kill()
+        else:
+            thing.close()
+
+
+# --- item 1: one odd value never fails the folder ---------------------------------------------------------------
+
+
+def test_non_finite_floats_nul_characters_and_huge_numbers_are_instances(tmp_path: Path, database: DatabaseConfig,
+                                                                         conn: Connection) -> None:
+    """Issue 11 item 1: FD/FL NaN and ±Inf, U+0000 inside LT/ST/UT, InstanceNumber 1e999."""
+    folder = tmp_path / "ODD"
+    make_study(folder, 1)
+    ct_file(folder / "fd-nan.dcm", elements=((0x00082134, "FD", float("nan")),))  # EventTimeOffset
+    ct_file(folder / "fl-inf.dcm", elements=((0x00180013, "FL", float("inf")),))  # ContrastBolusT1Relaxivity
+    ct_file(folder / "fd-minus-inf.dcm", elements=((0x00082134, "FD", float("-inf")),))
+    ct_file(folder / "lt-nul.dcm", ImageComments="before\x00after")
+    ct_file(folder / "st-nul.dcm", InstitutionAddress="street\x00 1")
+    ct_file(folder / "ut-nul.dcm", elements=((0x0040A160, "UT", "text\x00value"),))  # TextValue
+    ct_file(folder / "is-1e999.dcm", replace=(b"918273", b"1e999 "), InstanceNumber="918273")
+    config = write_config(tmp_path / "watcher.conf", database, {}, full_header="yes")
+    result = cli(config, "import", "--json", folder)
+    rejected = dict(conn.execute("SELECT path, reason FROM rejected_file").fetchall())
+    conn.rollback()
+    assert rejected == {}, rejected
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = json.loads(result.stdout)
+    assert (outcome["status"], outcome["files"], outcome["instances"], outcome["rejected"]) == ("done", 8, 8, 0)
+
+    def value(path: str, tag: str) -> object:
+        return scalar(conn, "SELECT header->%s->'Value'->0 FROM instance WHERE path = %s", tag, path)
+
+    assert value("fd-nan.dcm", "00082134") == "NaN"
+    assert value("fl-inf.dcm", "00180013") == "Infinity"
+    assert value("fd-minus-inf.dcm", "00082134") == "-Infinity"
+    assert scalar(conn, "SELECT count(*) FROM instance WHERE path = 'is-1e999.dcm' AND instance_number IS NULL") == 1
+
+
+# --- item 2: no value in any error text -------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``check`` holds within ``timeout`` seconds (for tests that check something else either way)."""
+    try:
+        wait_until(check, timeout=timeout)
+    except AssertionError:
+        return False
+    return True
+
+
+def leaks(service: ServiceProcess, listener: Listener, conn: Connection, config: Path, markers: list[str]) -> list[str]:
+    """Where any of ``markers`` (or PostgreSQL's DETAIL/CONTEXT) shows: last_error, log, STATUS, status, listen."""
+    errors = "\n".join(str(e) for (e,) in conn.execute("SELECT last_error FROM batch WHERE last_error IS NOT NULL"))
+    conn.rollback()
+    outputs = {"batch.last_error": errors, "the log": service.log, "STATUS": "\n".join(service.notify.fields()),
+               "listen": "".join(listener.lines)}
+    for args in (("status",), ("status", "--json")):
+        result = cli(config, *args)
+        outputs[" ".join(args)] = result.stdout + result.stderr
+    found = [f"{marker!r} in {where}" for where, text in outputs.items() for marker in markers if marker in text]
+    found += [f"{word} in batch.last_error" for word in ("DETAIL", "CONTEXT", "Failing row") if word in errors]
+    return found
+
+
+def test_a_program_limit_error_stores_its_sqlstate_and_no_value(service_and_listener: Callable[..., tuple[
+        ServiceProcess, Listener]], conn: Connection, incoming: Path, tmp_path: Path) -> None:
+    """Issue 11 item 2: a 12,000-character PatientID (SQLSTATE 54000): the marker inside it goes nowhere."""
+    service, listener = service_and_listener(workers=1)
+    drop_poison(incoming, "POISON")
+    failed = eventually(lambda: batch_rows(conn).get("POISON", ("",))[0] == "failed", timeout=30)
+    found = leaks(service, listener, conn, tmp_path / "watcher.conf", [MARKER])
+    assert found == [], found
+    assert failed, f"POISON not failed after 30 s: {batch_rows(conn)}"
+    error = str(scalar(conn, "SELECT last_error FROM batch WHERE path = 'POISON'"))
+    assert "54000" in error, error
+    wait_until(lambda: len(listener.records("POISON")) == 1, timeout=10, what="listen reporting POISON")
+
+
+def test_a_constraint_violation_stores_the_constraint_and_no_row(service_and_listener: Callable[..., tuple[
+        ServiceProcess, Listener]], conn: Connection, incoming: Path, tmp_path: Path) -> None:
+    """Issue 11 item 2: a CHECK violation's DETAIL ("Failing row contains (...)" with every value of the row)
+    never leaves the process; the stored error names SQLSTATE 23514 and the constraint."""
+    conn.execute("ALTER TABLE patient ADD CONSTRAINT provoked_by_test CHECK (patient_id <> 'CHECKME-PHI-4242')")
+    conn.commit()
+    service, listener = service_and_listener(workers=1)
+    make_study(incoming / "CHECKED.tmp", 1)
+    ct_file(incoming / "CHECKED.tmp" / "x.dcm", PatientID="CHECKME-PHI-4242", PatientName="Leaky^Lucy",
+            PatientBirthDate="19470203")
+    (incoming / "CHECKED.tmp").rename(incoming / "CHECKED")
+    failed = eventually(lambda: batch_rows(conn).get("CHECKED", ("",))[0] == "failed", timeout=30)
+    found = leaks(service, listener, conn, tmp_path / "watcher.conf",
+                  ["CHECKME-PHI-4242", "Leaky", "19470203", "1947-02-03"])
+    assert found == [], found
+    assert failed, f"CHECKED not failed after 30 s: {batch_rows(conn)}"
+    error = str(scalar(conn, "SELECT last_error FROM batch WHERE path = 'CHECKED'"))
+    assert "23514" in error and "provoked_by_test" in error, error
+
+
+# --- item 3: a failed folder is not failed again while it is unchanged ------------------------------------------
+
+
+def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_and_listener: Callable[..., tuple[
+        ServiceProcess, Listener]], conn: Connection, incoming: Path) -> None:
+    """Issue 11 item 3: rescan_interval = 1 s; the failed batch keeps its finished_seq and attempts for 5 s and
+    listen gets one line; a file added to the folder queues it again."""
+    conn.execute("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (instance_number IS NULL)")
+    conn.commit()
+    service, listener = service_and_listener(workers=1, rescan_interval=1)
+    drop_study(incoming, "R", 3)
+    wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", timeout=30, what="R failed")
+
+    def state() -> object:
+        row = conn.execute("SELECT status, finished_seq, attempts FROM batch WHERE path = 'R'").fetchone()
+        conn.rollback()
+        return row
+
+    before = state()
+    time.sleep(5)  # five catch-up scans in which nothing may happen to R
+    after = state()
+    assert after == before, f"R was imported again by a catch-up scan: {before} -> {after}"
+    assert len(listener.records("R")) == 1, listener.records("R")
+    make_study(incoming / "R" / "more", 1)  # the folder changes: queued (and, with the constraint, failed) again
+    wait_until(lambda: state() != before, timeout=30, what="R imported again after it changed")
+    assert service.process.poll() is None
+
+
+# --- item 4: a poison batch never blocks the queue --------------------------------------------------------------
+
+
+def test_a_poison_batch_fails_and_later_folders_still_import(service_and_listener: Callable[..., tuple[
+        ServiceProcess, Listener]], conn: Connection, incoming: Path, figures: Callable[[str], None]) -> None:
+    """Issue 11 item 4: the 12,000-character PatientID folder fails with a reason; three folders dropped after it
+    are imported within 30 s by the one worker."""
+    service, _ = service_and_listener(workers=1)
+    drop_poison(incoming, "POISON")
+    wait_until(lambda: "POISON" in batch_rows(conn), timeout=10, what="POISON queued")
+    started = time.monotonic()
+    for n in range(3):
+        drop_study(incoming, f"AFTER{n}", 2)
+    try:
+        wait_until(lambda: all(done(conn, f"AFTER{n}", 2)() for n in range(3)), timeout=30,
+                   what=f"the folders after POISON imported; batches {batch_rows(conn)}")
+    finally:
+        figures(f"poison batch: later folders {batch_rows(conn)} after {time.monotonic() - started:.1f} s")
+    wait_until(lambda: batch_rows(conn).get("POISON", ("",))[0] == "failed", timeout=30, what="POISON failed")
+    assert str(scalar(conn, "SELECT coalesce(last_error, '') FROM batch WHERE path = 'POISON'")).strip() != ""
+    assert service.process.poll() is None
+
+
+# --- item 9: unreadable files are retried ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """A directory under /var/tmp that 'nobody' can traverse (pytest's tmp_path is root's)."""
+    top = Path(tempfile.mkdtemp(prefix="sendit-unreadable-", dir="/var/tmp"))
+    top.chmod(0o755)
+    yield top
+    subprocess.run(["chmod", "-R", "u+rwx", str(top)], check=False)
+    subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def test_a_file_unreadable_once_is_read_after_chmod(world_readable_dir: Path, database: DatabaseConfig,
+                                                    conn: Connection) -> None:
+    """Issue 11 item 9: mode 000 at the first import (as 'nobody': root ignores modes) -> rejected unreadable;
+    after chmod 644 the same command makes it an instance."""
+    folder = world_readable_dir / "U"
+    make_study(folder, 3)
+    victim = sorted(folder.iterdir())[1]
+    victim.chmod(0)
+    config = write_config(world_readable_dir / "watcher.conf", database, {})
+    config.chmod(0o644)
+    command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-m",
+               "sendit_watcher", "--config", str(config), "import", "--json", str(folder)]
+    environment = {"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rejected = dict(conn.execute("SELECT path, reason FROM rejected_file").fetchall())
+    conn.rollback()
+    assert rejected == {victim.name: "unreadable"}
+    victim.chmod(0o644)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert second.returncode == 0, second.stdout + second.stderr
+    outcome = json.loads(second.stdout)
+    assert (outcome["instances"], outcome["rejected"]) == (3, 0), outcome
+    assert scalar(conn, "SELECT count(*) FROM instance") == 3
+    assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
