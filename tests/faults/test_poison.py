@@ -194,16 +194,54 @@ def leaks(service: ServiceProcess, listener: Listener, conn: Connection, config:
 
 def test_a_program_limit_error_stores_its_sqlstate_and_no_value(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path, tmp_path: Path) -> None:
-    """Issue 11 item 2: a 12,000-character PatientID (SQLSTATE 54000): the marker inside it goes nowhere."""
+    """Issue 11 item 2: a 12,000-character PatientID (more than an index entry holds: SQLSTATE 54000 unless the
+    file is rejected on its own) and an operator's trigger raising 54000 with the PatientID in its DETAIL: the
+    markers go nowhere, and a stored error names SQLSTATE 54000."""
+    add_program_limit_trigger(conn)
     service, listener = service_and_listener(workers=1)
     drop_poison(incoming, "POISON")
-    failed = eventually(lambda: batch_rows(conn).get("POISON", ("",))[0] == "failed", timeout=30)
-    found = leaks(service, listener, conn, tmp_path / "watcher.conf", [MARKER])
+    drop_triggered(incoming, "TRIGGERED")
+    finished = eventually(lambda: batch_rows(conn).get("TRIGGERED", ("",))[0] == "failed"
+                          and batch_rows(conn).get("POISON", ("queued",))[0] != "queued", timeout=30)
+    found = leaks(service, listener, conn, tmp_path / "watcher.conf", [MARKER, TRIGGER_MARKER])
     assert found == [], found
-    assert failed, f"POISON not failed after 30 s: {batch_rows(conn)}"
-    error = str(scalar(conn, "SELECT last_error FROM batch WHERE path = 'POISON'"))
-    assert "54000" in error, error
-    wait_until(lambda: len(listener.records("POISON")) == 1, timeout=10, what="listen reporting POISON")
+    assert finished, f"TRIGGERED not failed or POISON not finished after 30 s: {batch_rows(conn)}"
+    assert "54000" in str(scalar(conn, "SELECT last_error FROM batch WHERE path = 'TRIGGERED'"))
+    assert_poison_handled(conn)
+    wait_until(lambda: len(listener.records("TRIGGERED")) == 1, timeout=10, what="listen reporting TRIGGERED")
+
+
+TRIGGER_MARKER = "TRIGGER-PHI-5150"
+
+
+def add_program_limit_trigger(conn: Connection) -> None:
+    """An operator's trigger: a new patient whose PatientID starts with TRIGGER- raises SQLSTATE 54000
+    (psycopg's OperationalError, as a connection failure is) with the PatientID in its DETAIL."""
+    conn.execute("""CREATE FUNCTION refuse_patient() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'refused by policy' USING ERRCODE = '54000', DETAIL = 'patient ' || NEW.patient_id;
+        END $$""")
+    conn.execute("CREATE TRIGGER refuse_patient BEFORE INSERT ON patient FOR EACH ROW"
+                 " WHEN (NEW.patient_id LIKE 'TRIGGER-%') EXECUTE FUNCTION refuse_patient()")
+    conn.commit()
+
+
+def drop_triggered(root: Path, name: str) -> None:
+    make_study(root / f"{name}.tmp", 1)
+    ct_file(root / f"{name}.tmp" / "refused.dcm", PatientID=TRIGGER_MARKER)
+    (root / f"{name}.tmp").rename(root / name)
+
+
+def assert_poison_handled(conn: Connection) -> None:
+    """POISON failed with SQLSTATE 54000, or (per-file isolation) its poison file is a rejection with a reason
+    and its two good files are instances."""
+    status, instances, error = conn.execute(
+        "SELECT status, instances, coalesce(last_error, '') FROM batch WHERE path = 'POISON'").fetchone() or ("", 0, "")
+    reason = scalar(conn, "SELECT reason FROM rejected_file WHERE path = 'poison.dcm'")
+    if status == "failed":
+        assert "54000" in str(error), error
+    else:
+        assert (status, instances) == ("done", 2) and reason, (status, instances, reason)
 
 
 def test_a_constraint_violation_stores_the_constraint_and_no_row(service_and_listener: Callable[..., tuple[
@@ -259,21 +297,27 @@ def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_an
 
 def test_a_poison_batch_fails_and_later_folders_still_import(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path, figures: Callable[[str], None]) -> None:
-    """Issue 11 item 4: the 12,000-character PatientID folder fails with a reason; three folders dropped after it
-    are imported within 30 s by the one worker."""
+    """Issue 11 item 4: a batch whose import raises SQLSTATE 54000 (an operator's trigger) fails with a reason
+    and so does the 12,000-character PatientID folder (or its file is rejected alone); three folders dropped after
+    them are imported within 30 s by the one worker."""
+    add_program_limit_trigger(conn)
     service, _ = service_and_listener(workers=1)
+    drop_triggered(incoming, "TRIGGERED")
     drop_poison(incoming, "POISON")
-    wait_until(lambda: "POISON" in batch_rows(conn), timeout=10, what="POISON queued")
+    wait_until(lambda: {"POISON", "TRIGGERED"} <= set(batch_rows(conn)), timeout=10, what="both queued")
     started = time.monotonic()
     for n in range(3):
         drop_study(incoming, f"AFTER{n}", 2)
     try:
         wait_until(lambda: all(done(conn, f"AFTER{n}", 2)() for n in range(3)), timeout=30,
-                   what=f"the folders after POISON imported; batches {batch_rows(conn)}")
+                   what=f"the folders after TRIGGERED and POISON imported; batches {batch_rows(conn)}")
     finally:
-        figures(f"poison batch: later folders {batch_rows(conn)} after {time.monotonic() - started:.1f} s")
-    wait_until(lambda: batch_rows(conn).get("POISON", ("",))[0] == "failed", timeout=30, what="POISON failed")
-    assert str(scalar(conn, "SELECT coalesce(last_error, '') FROM batch WHERE path = 'POISON'")).strip() != ""
+        figures(f"poison batches: {batch_rows(conn)} after {time.monotonic() - started:.1f} s")
+    wait_until(lambda: batch_rows(conn).get("TRIGGERED", ("",))[0] == "failed"
+               and batch_rows(conn).get("POISON", ("queued",))[0] != "queued", timeout=30,
+               what=f"TRIGGERED failed and POISON finished: {batch_rows(conn)}")
+    assert str(scalar(conn, "SELECT coalesce(last_error, '') FROM batch WHERE path = 'TRIGGERED'")).strip() != ""
+    assert_poison_handled(conn)
     assert service.process.poll() is None
 
 
