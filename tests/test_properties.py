@@ -814,11 +814,40 @@ def test_generated_trees_one_row_per_entry_and_nothing_outside_read(
     tree_property(conn, tree_conffile, tmp_path, spec, chain)
 
 
-def test_a_1200_level_chain_is_walked_to_its_bottom(conn: Connection, tree_conffile: Path, tmp_path: Path) -> None:
-    """Issue 11 (6): 1,200 nested folders, a non-UTF-8 name every 7 levels, an instance and a link out at the
-    bottom: the instance is imported, the link rejected, nothing outside read, the folder not failed."""
+def test_a_500_level_chain_is_walked_to_its_bottom(conn: Connection, tree_conffile: Path, tmp_path: Path) -> None:
+    """Issue 11 (6): 500 nested folders (a recursive walk dies near 1,000), a non-UTF-8 name every 7 levels, an
+    instance and a link out at the bottom: instance imported, link rejected, nothing outside read."""
     tree_property(conn, tree_conffile, tmp_path, [(b"sub", [(b"\xff\xfe", "dicom"), (b"a\nb", "link-outside-dir")])],
-                  1200)
+                  500)
+
+
+def test_a_1200_level_chain_is_one_too_deep_row_and_nothing_else_fails(conn: Connection, tree_conffile: Path,
+                                                                       tmp_path: Path) -> None:
+    """1,200 nested folders: beyond the README's limit (512 levels) the rest of the chain is one `too-deep`
+    rejection; the folder is not failed, everything above the limit is imported, nothing outside is read."""
+    outside = make_outside(tmp_path)
+    folder = tmp_path / "chain-1200"
+    folder.mkdir()
+    tree = Tree()
+    build_tree(os.fsencode(folder), [(b"top.dcm", "dicom"), (b"\xff", "link-outside-file")], outside, tree)
+    try:
+        build_chain(os.fsencode(folder), 1200, outside, tree)
+        before = atimes(outside)
+        with FifoSentry([os.fsencode(outside.fifo)]) as sentry:
+            outcome, rows = import_folder(tree_conffile, folder, conn)
+        assert not sentry.opened and atimes(outside) == before, "something outside the folder was read"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=True)
+    deep = {path: reason for path, reason in rows.rejected.items() if reason == "too-deep"}
+    assert len(deep) == 1, f"expected one too-deep row, got {short(set(deep))}"
+    (cut,) = deep
+    levels = cut.count("/") + 1
+    assert 500 <= levels <= 520 and os.fsencode(names.to_disk(cut)) in {d for d in tree.dirs}, (levels, cut[-80:])
+    below = os.fsencode(names.to_disk(cut)) + b"/"
+    expected = expected_rows(Tree(entries={p: k for p, k in tree.entries.items() if not p.startswith(below)}))
+    assert set(rows.instances) | set(rows.rejected) == set(expected) | {cut}
+    assert "top.dcm" in rows.instances and rows.rejected.get(names.to_text(os.fsdecode(b"\xff"))) == "symlink"
+    check_accounting(outcome, rows, len(expected) + 1)
 
 
 @examples(200)
