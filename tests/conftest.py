@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-pytest_plugins = ["tests.fix_database", "tests.fix_dicom", "tests.fix_postgres", "tests.fix_service"]
+pytest_plugins = [
+    "tests.fix_database", "tests.fix_dicom", "tests.fix_postgres", "tests.fix_service", "tests.fix_canary",
+]
 
 _FIGURES: list[str] = []
 

@@ -44,6 +44,9 @@ def _section_of(key: str) -> str:
     return found[0]
 
 
+STARTED: list[ServiceProcess] = []
+
+
 class NotifySocket:
     """A datagram socket bound like systemd's; collects every message the service sends."""
 
@@ -82,9 +85,11 @@ class NotifySocket:
 
 
 class ServiceProcess:
-    """``python -m sendit_watcher --config FILE run`` with a NOTIFY_SOCKET of the test's."""
+    """``python -m sendit_watcher --config FILE run`` with a NOTIFY_SOCKET of the test's. Every one started in
+    a session is kept in STARTED, for the PHI canary (fix_canary) to read their logs and STATUS lines at the end."""
 
     def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+        STARTED.append(self)
         self.notify = NotifySocket(workdir / f"notify-{time.monotonic_ns()}.sock")
         self.log_path = workdir / f"service-{time.monotonic_ns()}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), "PYTHONPATH": str(REPO),
