@@ -226,9 +226,11 @@ def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn
                                 "--processes", "2", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     status = Path(f"/proc/{process.pid}/status")
-    peak_kb, paused, resumed = 0, 0, None
-    backend = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-               " AND application_name LIKE 'sendit-watcher%%' AND state <> 'idle' LIMIT 1")
+    peak_kb, paused, resumed = 0, [], None
+    busy = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name LIKE 'sendit-watcher%%' AND state <> 'idle'")
+    backends = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name LIKE 'sendit-watcher%%'")
     try:
         while process.poll() is None:
             try:
@@ -237,18 +239,20 @@ def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn
                         peak_kb = max(peak_kb, int(line.split()[1]))
             except (OSError, ValueError):
                 pass
-            if not paused and resumed is None:
-                pid = scalar(conn, backend)
-                if pid is not None:
-                    paused, resumed = int(str(pid)), time.monotonic() + 6
-                    os.kill(paused, signal.SIGSTOP)
+            if resumed is None and int(str(scalar(conn, busy))) > 0:  # the import's backends: every one paused
+                paused = [int(pid) for (pid,) in conn.execute(backends).fetchall()]
+                conn.rollback()
+                resumed = time.monotonic() + 6
+                for pid in paused:
+                    os.kill(pid, signal.SIGSTOP)
             if paused and resumed is not None and time.monotonic() > resumed:
-                os.kill(paused, signal.SIGCONT)
-                paused = 0
+                for pid in paused:
+                    os.kill(pid, signal.SIGCONT)
+                paused = []
             time.sleep(0.05)
     finally:
-        if paused:
-            os.kill(paused, signal.SIGCONT)
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     out, err = process.communicate()
     peak = peak_kb / 1024
     figures(f"import of 200 files with 1 MB headers, --processes 2, COPY paused 6 s: peak RSS {peak:.0f} MB "
