@@ -124,18 +124,24 @@ def _examine(level: _Level, name: str, depth: int) -> os.stat_result | Rejection
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return _unopenable(path, exc)
+        return _unopenable(level.fd, name, path, exc)
     try:
         names = sorted(os.listdir(fd))
     except OSError as exc:
         os.close(fd)
-        return _unopenable(path, exc)
+        return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
     return _Level(fd, path + "/", iter(names))
 
 
-def _unopenable(path: str, exc: OSError) -> Rejection:
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file since the stat
-        return Rejection(to_text(path), "symlink", "replaced by a symbolic link while walking; not followed")
+def _unopenable(parent: int, name: str, path: str, exc: OSError) -> Rejection:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped since the stat: for a link or for a file
+        try:
+            swapped = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            swapped = None
+        if swapped is not None and stat.S_ISLNK(swapped.st_mode):
+            return Rejection(to_text(path), "symlink", "replaced by a symbolic link while walking; not followed")
+        return Rejection(to_text(path), "vanished", "replaced while walking; examined again at the next import")
     return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
 
 

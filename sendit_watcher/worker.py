@@ -86,8 +86,11 @@ def _folder(config: Config, batch: Batch) -> str:
     try:
         os.close(open_folder(folder))
     except OSError as exc:
-        why = {errno.ELOOP: "is a symbolic link now (never followed)", errno.ENOENT: "no longer exists",
-               errno.ENOTDIR: "is not a directory"}.get(exc.errno or 0, exc.strerror or "cannot be opened")
+        if os.path.islink(folder):  # O_NOFOLLOW|O_DIRECTORY says ENOTDIR or ELOOP for a link
+            why = "is a symbolic link now (never followed)"
+        else:
+            why = {errno.ENOENT: "no longer exists", errno.ENOTDIR: "is not a directory"}.get(
+                exc.errno or 0, exc.strerror or "cannot be opened")
         raise ImportFailed(f"folder {to_text(folder)} {why}; nothing was read") from None
     return folder
 
