@@ -6,6 +6,7 @@ import datetime
 import errno
 import json
 import logging
+import math
 import os
 import stat
 import warnings
@@ -15,6 +16,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from sendit_watcher import lean
 from sendit_watcher.dicomjson import dataset_to_json, is_multi_value, jsonb_safe, storable
 from sendit_watcher.elements import FALLBACK, Decoder
 from sendit_watcher.errors import one_line
@@ -108,6 +110,11 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
 
     if entry.size == 0:
         return reject("empty-file", "zero bytes")
+    fast = lean.read_fields(folder, entry.path, full_header) if lean.ENABLED else None
+    if fast is not None:  # the lean reader only ever answers for an importable instance
+        read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
+        oversized = _oversized_key(read)
+        return reject("oversized-value", oversized) if oversized else read
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
@@ -134,7 +141,10 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
         return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
     if instance is None:
-        return reject(*_missing(fields, forced))
+        try:
+            return reject(*_missing(fields, forced))
+        except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
+            return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
     oversized = _oversized_key(instance)
     return reject("oversized-value", oversized) if oversized else instance
 
@@ -243,12 +253,21 @@ def _clean(text: str) -> str:
 
 
 def _integer(fields: Decoder, tag: int) -> int | None:
+    """The first value of an IS element as an int4 column: None when it is not a whole number that fits
+    ("1.5", "1e999", "NaN", "99999999999"); "12", "+12" and "12.0" are 12."""
     text = _text(fields, tag)
+    first = text.split("\\")[0].strip() if text else ""
     try:
-        number = int(float(text.split("\\")[0])) if text else None
-    except (ValueError, OverflowError):  # not a number, or NaN/Infinity (1e999 reads as infinity)
-        return None
-    return number if number is not None and -2**31 <= number < 2**31 else None
+        number = int(first)
+    except ValueError:
+        try:
+            real = float(first)
+        except ValueError:
+            return None
+        if not (math.isfinite(real) and real.is_integer()):
+            return None
+        number = int(real)
+    return number if -2**31 <= number < 2**31 else None
 
 
 def _date(fields: Decoder, tag: int) -> str | None:

@@ -1,0 +1,448 @@
+"""A lean, single-pass DICOM header reader for explicit and implicit VR little endian (and the encapsulated
+syntaxes, whose header is explicit VR little endian), proven identical to the pydicom path of
+``headers.read_instance`` by differential tests (tests/test_lean.py).
+
+Each file is read with one ``os.read`` of its first 64 KiB (more, in doubling steps, only when its header is
+longer) and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its
+own (0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
+``stop_before_pixels`` does. The main tags are decoded and the DICOM JSON text is written directly, by the value
+rules of ``elements`` and ``dicomjson`` (whose helpers it calls) and ``headers._header_json`` (non-finite numbers
+as "NaN"/"Infinity"/"-Infinity", NULs dropped). Implicit VR takes pydicom's data dictionary, private creators and
+private dictionary as pydicom does (unknown private elements are UN), and resolves 'US or SS' from (0028,0103).
+
+It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
+and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
+unknown transfer syntax, an unknown or ambiguous VR, a private element the private dictionary knows (implicit VR),
+a character set other than the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192, elements out of order, a length
+that does not fit, a truncated file, any exception. Correctness never depends on this reader being complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import math
+import os
+import stat
+import struct
+from functools import cache
+from json.encoder import encode_basestring
+from typing import Any
+
+from pydicom import valuerep
+from pydicom.datadict import private_dictionary_VR
+
+from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, _scalar, storable
+from sendit_watcher.elements import (
+    _CHARSET_AFFECTED,
+    _CODECS,
+    BINARY_VRS,
+    SINGLE_VALUED,
+    STRIPPED_VRS,
+    TEXT_VRS,
+    _dictionary_vr,
+    _names,
+    _text_values,
+)
+from sendit_watcher.walk import open_beneath
+
+__all__ = ["ENABLED", "COUNTS", "read_fields", "reset_counts"]
+
+ENABLED = True  # the module-level switch: False makes headers.read_instance use the pydicom path for every file
+COUNTS = {"lean": 0, "fallback": 0}  # files this process read with the lean reader, and files it handed back
+
+FIRST_READ = 65536  # bytes of the first read; a longer header is read on in doubling steps
+_PREAMBLE = 128
+_SYNTAXES = {b"1.2.840.10008.1.2": ("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
+             b"1.2.840.10008.1.2\x00": ("1.2.840.10008.1.2", True),
+             b"1.2.840.10008.1.2.1": ("1.2.840.10008.1.2.1", False),  # Explicit VR Little Endian
+             b"1.2.840.10008.1.2.1\x00": ("1.2.840.10008.1.2.1", False)}
+_ENCAPSULATED = ["1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81", "90", "91", "92", "93",
+                                                     "100", "101", "102", "103", "104", "105", "106", "107",
+                                                     "108", "201", "202", "203")] + ["1.2.840.10008.1.2.5"]
+_SYNTAXES.update({uid.encode() + pad: (uid, False) for uid in _ENCAPSULATED for pad in (b"", b"\x00")})
+_DICOMDIR_SOP_CLASS = b"1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+_TRANSFER_SYNTAX_UID = 0x00020010  # (0002,0010)
+_MEDIA_SOP_CLASS_UID = 0x00020002  # (0002,0002) MediaStorageSOPClassUID
+_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
+_FIRST_DATASET_TAG = 0x00080000  # top-level elements below group 0008 (command, DICOMDIR) are left to pydicom
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # (7FE0,0008) (7FE0,0009) (7FE0,0010)
+_PIXEL_REPRESENTATION = 0x00280103  # (0028,0103)
+# 'US or SS' elements read in implicit VR whose VR pydicom takes from (0028,0103) of their dataset:
+# (0028,0104) to (0028,0111), (0028,0120) and (0028,0121); the LUT descriptors it treats otherwise are left to it.
+_US_OR_SS = frozenset({0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280110,
+                       0x00280111, 0x00280120, 0x00280121})
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # (FFFE,E000) (FFFE,E00D) (FFFE,E0DD)
+_UNDEFINED = 0xFFFFFFFF
+_TAG_LENGTH = struct.Struct("<HHL")  # implicit VR element header; item and delimiter headers
+_LONG_LENGTH = struct.Struct("<L")
+
+_STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_UNPACKERS = {vr: struct.Struct("<" + code) for vr, code in _STRUCT.items()}
+_STANDARD = _names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}))
+_KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}) & _STANDARD
+_VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
+_LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
+_SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}
+
+# Main-column tags and the Instance field each fills (names from the standard).
+_MAIN_TEXT = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x00080030: "study_time",
+              0x00080050: "accession_number", 0x00080060: "modality", 0x00080090: "referring_physician_name",
+              0x00081030: "study_description", 0x0008103E: "series_description", 0x00100010: "patient_name",
+              0x00100020: "patient_id", 0x00100021: "issuer_of_patient_id", 0x00100040: "patient_sex",
+              0x00180015: "body_part_examined", 0x0020000D: "study_instance_uid",
+              0x0020000E: "series_instance_uid", 0x00200010: "study_id"}
+_MAIN_DATE = {0x00080020: "study_date", 0x00080021: "series_date", 0x00080023: "content_date",
+              0x00100030: "patient_birth_date"}
+_MAIN_INTEGER = {0x00200011: "series_number", 0x00200013: "instance_number"}
+_MAIN_TAGS = frozenset(_MAIN_TEXT) | frozenset(_MAIN_DATE) | frozenset(_MAIN_INTEGER)
+
+
+class _Fallback(Exception):
+    """The reader is not sure of this file: pydicom reads it."""
+
+
+def reset_counts() -> None:
+    COUNTS["lean"] = COUNTS["fallback"] = 0
+
+
+def read_fields(folder: str, path: str, full_header: bool) -> dict[str, Any] | None:
+    """The Instance fields (all but path, size and mtime_ns) of the file at ``path`` below ``folder``, or None
+    when pydicom must read it. Never raises."""
+    try:
+        fields = _read_file(folder, path, full_header)
+    except Exception:  # noqa: BLE001 - whatever went wrong, the pydicom path decides
+        fields = None
+    COUNTS["lean" if fields is not None else "fallback"] += 1
+    return fields
+
+
+def _read_file(folder: str, path: str, full_header: bool) -> dict[str, Any] | None:
+    fd = open_beneath(folder, path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return parse(os.read(fd, FIRST_READ), False, full_header, fd)
+    finally:
+        os.close(fd)
+
+
+def parse(data: bytes, eof: bool, full_header: bool, fd: int | None = None) -> dict[str, Any] | None:
+    """The Instance fields of the file whose first bytes are ``data`` (all of it when ``eof``; ``fd`` reads on
+    from there), or None."""
+    try:
+        return _parse(_Reader(data, eof, full_header, fd))
+    except _Fallback:
+        return None
+
+
+def _parse(reader: _Reader) -> dict[str, Any]:
+    reader.need(_PREAMBLE + 4)
+    data = reader.data
+    if data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+        raise _Fallback
+    meta, start = reader.file_meta(_PREAMBLE + 4)
+    syntax = _SYNTAXES.get(meta.get(_TRANSFER_SYNTAX_UID, b""))
+    if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(_MEDIA_SOP_CLASS_UID, b""):
+        raise _Fallback
+    transfer_syntax_uid, reader.implicit = syntax
+    reader.need(start + 6)
+    data = reader.data
+    looks_explicit = 0x40 < data[start + 4] < 0x5B and 0x40 < data[start + 5] < 0x5B
+    if looks_explicit == reader.implicit:  # pydicom would switch VR encoding: leave it to pydicom
+        raise _Fallback
+    header, _ = reader.dataset(start, None, "latin-1", True)
+    return _fields(reader.main, transfer_syntax_uid, header if reader.json else None)
+
+
+class _Reader:
+    """Walks one file's bytes: the file meta group, then the dataset with its sequences."""
+
+    def __init__(self, data: bytes, eof: bool, full_header: bool, fd: int | None) -> None:
+        self.data = data
+        self.eof = eof  # the file ends where data does
+        self.fd = fd
+        self.json = full_header
+        self.implicit = False
+        self.main: dict[int, str | None] = {}
+        self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
+
+    def need(self, end: int) -> None:
+        """Read on when the bytes so far end before ``end``; fall back when the file does."""
+        while end > len(self.data):
+            if not self.more(max(len(self.data), end - len(self.data))):
+                raise _Fallback
+
+    def more(self, size: int) -> bool:
+        """Read up to ``size`` more bytes; False at the end of the file (seen, not assumed from a short read)."""
+        chunk = os.read(self.fd, size) if self.fd is not None and not self.eof else b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.data += chunk
+        return True
+
+    def file_meta(self, pos: int) -> tuple[dict[int, bytes], int]:
+        """Group 0002 (explicit VR little endian, defined lengths, each element with its dictionary VR): its
+        values by tag, and where it ends."""
+        meta: dict[int, bytes] = {}
+        last = 0
+        while True:
+            self.need(pos + 8)
+            group, element = struct.unpack_from("<HH", self.data, pos)
+            if group != 0x0002:
+                return meta, pos
+            tag, vr, length, pos = self._explicit_header(pos)
+            if tag <= last or vr != _dictionary_vr(tag) or vr == "SQ" or length == _UNDEFINED:
+                raise _Fallback  # out of order, unknown, or a VR pydicom would convert otherwise
+            if vr in _UNPACKERS and length != _UNPACKERS[vr].size:  # pydicom converts (0002,0000) on reading
+                raise _Fallback
+            last = tag
+            self.need(pos + length)
+            meta[tag] = self.data[pos:pos + length]
+            pos += length
+
+    def _explicit_header(self, pos: int) -> tuple[int, str, int, int]:
+        """(tag, VR, length, value position) of the explicit VR element header at ``pos``."""
+        group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
+        vr = _VR_BYTES.get(self.data[pos + 4:pos + 6])
+        if vr is None:
+            raise _Fallback
+        if vr in _LONG_VRS:
+            self.need(pos + 12)
+            return group << 16 | element, vr, _LONG_LENGTH.unpack_from(self.data, pos + 8)[0], pos + 12
+        return group << 16 | element, vr, length >> 16, pos + 8
+
+    def _header(self, pos: int, top: bool) -> tuple[int, str, int, int]:
+        if not self.implicit:
+            return self._explicit_header(pos)
+        group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
+        tag = group << 16 | element
+        if top and tag in _PIXEL_TAGS:  # the end of the header: its VR does not matter
+            return tag, "", length, pos + 8
+        vr = _dictionary_vr(tag) if group != 0xFFFE else None
+        if vr is None and group & 1:
+            return tag, "", length, pos + 8  # private: its VR comes from its creator (_private_vr)
+        if vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
+            vr = "US" if self.pixel_representation == 0 else "SS"  # as pydicom's correct_ambiguous_vr_element
+            if length % 2:
+                raise _Fallback
+        if vr is None or vr not in _KNOWN_VRS:  # unknown or ambiguous ('US or SS', 'OB or OW')
+            raise _Fallback
+        return tag, vr, length, pos + 8
+
+    def dataset(self, pos: int, end: int | None, codec: str, top: bool) -> tuple[str, int]:
+        """The JSON object of the dataset at ``pos``: up to ``end`` (a defined length), else up to its item
+        delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it."""
+        parts: list[str] = []
+        creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
+        last = -1
+        sequences = odd_pixel_representation = False
+        while pos != end:
+            if top and pos == len(self.data) and not self.more(FIRST_READ):
+                break  # the end of the file, and of the dataset
+            self.need(pos + 8)
+            if end is None and not top and _TAG_LENGTH.unpack_from(self.data, pos) == (0xFFFE, 0xE00D, 0):
+                return "{" + ",".join(parts) + "}", pos + 8
+            tag, vr, length, pos = self._header(pos, top)
+            if top and tag in _PIXEL_TAGS:
+                break
+            if tag <= last or tag >> 16 == 0xFFFE or (top and tag < _FIRST_DATASET_TAG):
+                raise _Fallback
+            last = tag
+            if not vr:
+                vr = _private_vr(tag, creators)
+            sequences = sequences or vr == "SQ"
+            if tag == _PIXEL_REPRESENTATION:
+                odd_pixel_representation = vr != "US" or length != 2
+            if sequences and odd_pixel_representation:  # pydicom converts (0028,0103) when it reads a sequence
+                raise _Fallback
+            entry, pos, codec = self._element(tag, vr, length, pos, codec, top)
+            if vr == "LO" and self.implicit and tag >> 16 & 1:
+                creators[tag] = _creator(self.data[pos - length:pos])
+            if end is not None and pos > end:
+                raise _Fallback
+            if self.json:
+                parts.append(f'"{tag:08X}":{entry}')
+        return "{" + ",".join(parts) + "}", pos
+
+    def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
+        """The JSON of one element whose value is at ``pos``, the position after it, and the dataset's codec
+        from here on (changed by (0008,0005))."""
+        if tag < _CHARSET and (vr == "SQ" or vr in _CHARSET_AFFECTED):
+            raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
+        if vr == "SQ":
+            entry, pos = self._sequence(pos, length, codec)
+            return entry, pos, codec
+        if length == _UNDEFINED:
+            raise _Fallback
+        self.need(pos + length)
+        value = self.data[pos:pos + length]
+        if tag == _CHARSET:
+            codec = _charset_codec(vr, value)
+        if top and tag in _MAIN_TAGS:
+            self.main[tag] = _main_text(vr, value, codec)
+        elif top and tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
+            self.pixel_representation = value[0] | value[1] << 8
+        return (_entry(vr, value, codec) if self.json else ""), pos + length, codec
+
+    def _sequence(self, pos: int, length: int, codec: str) -> tuple[str, int]:
+        items: list[str] = []
+        end = None if length == _UNDEFINED else pos + length
+        if end is not None:
+            self.need(end)
+        while pos != end:
+            self.need(pos + 8)
+            group, element, item_length = _TAG_LENGTH.unpack_from(self.data, pos)
+            tag = group << 16 | element
+            if end is None and tag == _SEQUENCE_END and item_length == 0:
+                return _sequence_entry(items), pos + 8
+            if tag != _ITEM:
+                raise _Fallback
+            item_end = None if item_length == _UNDEFINED else pos + 8 + item_length
+            item, pos = self.dataset(pos + 8, item_end, codec, False)
+            if end is not None and pos > end:
+                raise _Fallback
+            items.append(item)
+        return _sequence_entry(items), pos
+
+
+def _private_vr(tag: int, creators: dict[int, str]) -> str:
+    """The VR pydicom gives a private element read in implicit VR (its _private_vr_for_tag): LO for a private
+    creator, UN when the private dictionary does not know the element; fall back when it does."""
+    element = tag & 0xFFFF
+    if 0x0010 <= element <= 0x00FF:
+        return "LO"
+    if element < 0x1000:  # private group length, reserved elements: leave them to pydicom
+        raise _Fallback
+    creator = creators.get(tag >> 16 << 16 | element >> 8)
+    if creator is not None and _in_private_dictionary(tag, creator):
+        raise _Fallback
+    return "UN"
+
+
+@cache
+def _in_private_dictionary(tag: int, creator: str) -> bool:
+    try:
+        private_dictionary_VR(tag, creator)
+    except KeyError:
+        return False
+    return True
+
+
+def _creator(value: bytes) -> str:
+    """A private creator's name, when pydicom and the fast path read it alike: printable ASCII, one value, no
+    leading space; trailing spaces and NULs are padding. Else fall back."""
+    name = value.rstrip(b" \x00")
+    if not name or name[0] == 0x20 or b"\\" in name or any(b < 0x20 or b > 0x7E for b in name):
+        raise _Fallback
+    return name.decode("ascii")
+
+
+def _sequence_entry(items: list[str]) -> str:
+    return '{"vr":"SQ","Value":[' + ",".join(items) + "]}" if items else '{"vr":"SQ"}'
+
+
+def _charset_codec(vr: str, value: bytes) -> str:
+    """The Python codec of a (0008,0005) SpecificCharacterSet the fast path decodes itself, else fall back."""
+    codec = _CODECS.get(value.decode("ascii", "replace").strip(" \x00")) if vr == "CS" else None
+    if codec is None:
+        raise _Fallback
+    return codec
+
+
+def _main_text(vr: str, value: bytes, codec: str) -> str | None:
+    """A main tag as text as DICOM writes it (headers._text): values joined by backslash, no NULs, stripped."""
+    if vr not in TEXT_VRS:
+        raise _Fallback
+    text = "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
+    return storable(text.replace("\x00", "")).strip() or None
+
+
+def _entry(vr: str, value: bytes, codec: str) -> str:
+    """One element's DICOM JSON object (dicomjson.dataset_to_json + headers._header_json)."""
+    if vr in _SIMPLE_TEXT_VRS:
+        return _text_entry(vr, value, codec)
+    if vr in BINARY_VRS:
+        if value and len(value) <= INLINE_BINARY_LIMIT:
+            return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(value).decode("ascii")}"}}'
+        return f'{{"vr":"{vr}"}}'
+    if vr in TEXT_VRS:  # PN, IS, DS
+        values = [_json(_scalar(vr, v)) for v in _text_values(vr, value.decode(codec, "replace"))]
+    elif vr == "AT":
+        values = [f'"{g:04X}{e:04X}"' for g, e in struct.iter_unpack("<HH", value[:len(value) - len(value) % 4])]
+    else:
+        unpacker = _UNPACKERS[vr]
+        usable = value[:len(value) - len(value) % unpacker.size]
+        values = [_json(v[0]) for v in unpacker.iter_unpack(usable)]
+    if not values:
+        return f'{{"vr":"{vr}"}}'
+    return f'{{"vr":"{vr}","Value":[{",".join(values)}]}}'
+
+
+def _text_entry(vr: str, value: bytes, codec: str) -> str:
+    """dicomjson._simple_text, written as JSON: values split on backslash, padding removed, '' as null."""
+    text = value.decode(codec, "replace").rstrip(" \x00") if value else ""
+    if not text:
+        return f'{{"vr":"{vr}"}}'
+    if vr in SINGLE_VALUED:
+        pieces = [text]
+    else:
+        pieces = text.split("\\")
+        if vr in STRIPPED_VRS:
+            pieces = [p.strip(" \x00") for p in pieces]
+    return f'{{"vr":"{vr}","Value":[{",".join(_string(p) if p else "null" for p in pieces)}]}}'
+
+
+def _string(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return str(encode_basestring(storable(text)))
+
+
+def _json(value: Any) -> str:
+    """A JSON value as jsonb takes it: non-finite numbers as "NaN"/"Infinity"/"-Infinity", no NULs."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, float):
+        return float.__repr__(value) if math.isfinite(value) else f'"{NON_FINITE[repr(value)]}"'
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, dict):  # a person name's component groups
+        return "{" + ",".join(f"{_string(k)}:{_json(v)}" for k, v in value.items()) + "}"
+    raise _Fallback
+
+
+def _fields(main: dict[int, str | None], transfer_syntax_uid: str, header: str | None) -> dict[str, Any]:
+    """The Instance fields, or fall back when the file is a rejection (pydicom gives the reason)."""
+    fields: dict[str, Any] = {name: main.get(tag) for tag, name in _MAIN_TEXT.items()}
+    if not (fields["sop_instance_uid"] and fields["study_instance_uid"] and fields["series_instance_uid"]):
+        raise _Fallback
+    fields.update({name: _date(main.get(tag)) for tag, name in _MAIN_DATE.items()})
+    fields.update({name: _integer(main.get(tag)) for tag, name in _MAIN_INTEGER.items()})
+    fields["patient_id"] = fields["patient_id"] or ""
+    fields["issuer_of_patient_id"] = fields["issuer_of_patient_id"] or ""
+    fields["transfer_syntax_uid"] = transfer_syntax_uid
+    fields["header"] = header
+    return fields
+
+
+def _integer(text: str | None) -> int | None:
+    """headers._integer: the first value as an integer that fits a column, else None."""
+    try:
+        number = int(float(text.split("\\")[0])) if text else None
+    except (ValueError, OverflowError):
+        return None
+    return number if number is not None and -2**31 <= number < 2**31 else None
+
+
+def _date(text: str | None) -> str | None:
+    """headers._date: an ISO date from the first eight characters, else None."""
+    if not text or len(text) < 8:
+        return None
+    try:
+        return datetime.date(int(text[0:4]), int(text[4:6]), int(text[6:8])).isoformat()
+    except ValueError:
+        return None
