@@ -152,13 +152,16 @@ def test_storescp_spool_and_move_on_end_of_study(start: Callable[..., ServicePro
     spool.mkdir()
     sent = studies(tmp_path / "src", 2)
     port = free_port()
-    with receiver(["storescp", "-od", str(spool), "--sort-on-study-uid", "st", "--eostudy-timeout", "2",
+    with receiver(["storescp", "-od", str(spool), "--sort-conc-studies", "st", "--eostudy-timeout", "2",
                    "--exec-on-eostudy", f"mv #p {incoming}/", str(port)], port, tmp_path / "storescp.log"):
-        for folder, _ in sent:
+        for folder, _ in sent + sent[:1]:  # the first study is sent twice: a folder of its own, all duplicates
             storescu(port, sorted(folder.iterdir()))
-        verify(conn, {"incoming": incoming}, [uids for _, uids in sent], "storescp spool + --exec-on-eostudy mv",
-               figures, lambda n: n == 1, "one per study")
-    assert not list(spool.iterdir())  # every study moved out of the spool
+        wait_until(lambda: len(list(incoming.iterdir())) == 3, timeout=30, what="three receptions moved")
+        verify(conn, {"incoming": incoming}, [uids for _, uids in sent], "storescp spool (--sort-conc-studies) + "
+               "--exec-on-eostudy mv", figures, lambda n: n == 1, "one per study")
+    assert not list(spool.iterdir())  # every reception moved out of the spool
+    assert scalar(conn, "SELECT count(*) FROM rejected_file WHERE reason = 'duplicate'") == FILES
+    assert scalar(conn, "SELECT count(*) FROM batch WHERE imports = 1") == 3
 
 
 def test_storescp_straight_into_the_root_with_a_pause(start: Callable[..., ServiceProcess], conn: Connection,
