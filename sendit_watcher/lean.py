@@ -20,14 +20,13 @@ that does not fit, a truncated file, any exception. Correctness never depends on
 from __future__ import annotations
 
 import base64
-import datetime
 import math
 import os
 import stat
 import struct
 from functools import cache
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, cast
 
 from pydicom import valuerep
 from pydicom.datadict import private_dictionary_VR
@@ -164,7 +163,7 @@ class _Reader:
         self.fd = fd
         self.json = full_header
         self.implicit = False
-        self.main: dict[int, str | None] = {}
+        self.main: dict[int, str] = {}
         self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
 
     def need(self, end: int) -> None:
@@ -351,12 +350,12 @@ def _charset_codec(vr: str, value: bytes) -> str:
     return codec
 
 
-def _main_text(vr: str, value: bytes, codec: str) -> str | None:
-    """A main tag as text as DICOM writes it (headers._text): values joined by backslash, no NULs, stripped."""
+def _main_text(vr: str, value: bytes, codec: str) -> str:
+    """A main tag's values joined by backslash, as ``elements.Decoder.text`` gives them; fall back when it is
+    not text (pydicom converts it)."""
     if vr not in TEXT_VRS:
         raise _Fallback
-    text = "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
-    return storable(text.replace("\x00", "")).strip() or None
+    return "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
 
 
 def _entry(vr: str, value: bytes, codec: str) -> str:
@@ -415,34 +414,29 @@ def _json(value: Any) -> str:
     raise _Fallback
 
 
-def _fields(main: dict[int, str | None], transfer_syntax_uid: str, header: str | None) -> dict[str, Any]:
+class _MainTags:
+    """The top-level main tags as ``elements.Decoder.text`` gives them, so that headers' own ``_text``,
+    ``_integer`` and ``_date`` turn them into columns: one definition of each column, whatever it becomes."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def text(self, tag: int) -> str | None:
+        return self.texts.get(tag)
+
+
+def _fields(main: dict[int, str], transfer_syntax_uid: str, header: str | None) -> dict[str, Any]:
     """The Instance fields, or fall back when the file is a rejection (pydicom gives the reason)."""
-    fields: dict[str, Any] = {name: main.get(tag) for tag, name in _MAIN_TEXT.items()}
+    from sendit_watcher import headers  # imported here: headers imports this module
+
+    tags = cast(Any, _MainTags(main))
+    fields: dict[str, Any] = {name: headers._text(tags, tag) for tag, name in _MAIN_TEXT.items()}
     if not (fields["sop_instance_uid"] and fields["study_instance_uid"] and fields["series_instance_uid"]):
         raise _Fallback
-    fields.update({name: _date(main.get(tag)) for tag, name in _MAIN_DATE.items()})
-    fields.update({name: _integer(main.get(tag)) for tag, name in _MAIN_INTEGER.items()})
+    fields.update({name: headers._date(tags, tag) for tag, name in _MAIN_DATE.items()})
+    fields.update({name: headers._integer(tags, tag) for tag, name in _MAIN_INTEGER.items()})
     fields["patient_id"] = fields["patient_id"] or ""
     fields["issuer_of_patient_id"] = fields["issuer_of_patient_id"] or ""
     fields["transfer_syntax_uid"] = transfer_syntax_uid
     fields["header"] = header
     return fields
-
-
-def _integer(text: str | None) -> int | None:
-    """headers._integer: the first value as an integer that fits a column, else None."""
-    try:
-        number = int(float(text.split("\\")[0])) if text else None
-    except (ValueError, OverflowError):
-        return None
-    return number if number is not None and -2**31 <= number < 2**31 else None
-
-
-def _date(text: str | None) -> str | None:
-    """headers._date: an ISO date from the first eight characters, else None."""
-    if not text or len(text) < 8:
-        return None
-    try:
-        return datetime.date(int(text[0:4]), int(text[4:6]), int(text[6:8])).isoformat()
-    except ValueError:
-        return None
