@@ -316,3 +316,32 @@ def reimport(conffile: Path, conn: Connection, dirs: list[Path]) -> None:
     run_import(conffile, *dirs)
     import_queued(conffile, conn)
     assert_mirror(conn)
+
+
+def test_service_folder_deleted_whole(service: ServiceProcess, conn: Connection, incoming: Path) -> None:
+    """A folder removed from the root takes its rows with it, and a duplicate elsewhere becomes the instance
+    (a SOP Instance UID on disk somewhere has exactly one instance row)."""
+    uids = make_study(incoming / "A.tmp", 3)
+    (incoming / "A.tmp").rename(incoming / "A")
+    wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3), timeout=30, what="A imported")
+    make_study(incoming / "B.tmp", 2)
+    shutil.copy2(incoming / "A" / "IM00000.dcm", incoming / "B.tmp" / "copy.dcm")
+    (incoming / "B.tmp").rename(incoming / "B")
+    wait_until(lambda: folder_state(conn, "B")[:3] == ("done", 2, 1), timeout=30, what="B imported, one duplicate")
+    shutil.rmtree(incoming / "A")
+    wait_until(lambda: instance_rows(conn, uids[0]) == [("B", "copy.dcm")], timeout=15,
+               what=f"B's copy to become the instance; rows now {instance_rows(conn, uids[0])}")
+    assert_mirror(conn, {"incoming": incoming})
+
+
+def test_service_folder_renamed_to_another_final_name(service: ServiceProcess, conn: Connection,
+                                                      incoming: Path) -> None:
+    """`mv A A2` within the root: A2's files are the instances (not duplicates of rows whose files are gone),
+    and nothing is left at A."""
+    uids = make_study(incoming / "A.tmp", 3)
+    (incoming / "A.tmp").rename(incoming / "A")
+    wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3), timeout=30, what="A imported")
+    (incoming / "A").rename(incoming / "A2")
+    wait_until(lambda: folder_state(conn, "A2")[0] == "done", timeout=30, what="A2 imported")
+    assert [instance_rows(conn, uid) for uid in uids] == [[("A2", f"IM{n:05d}.dcm")] for n in range(3)]
+    assert_mirror(conn, {"incoming": incoming})
