@@ -120,7 +120,7 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
     return batch_id
 
 
-def claim(conn: Connection, host: str, roots: list[str]) -> Batch | None:
+def claim(conn: Connection, roots: list[str]) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
     this transaction (SKIP LOCKED); None when there is none free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
@@ -128,35 +128,35 @@ def claim(conn: Connection, host: str, roots: list[str]) -> Batch | None:
             "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
-    return _mark_importing(conn, batch, host)
+    return _mark_importing(conn, batch)
 
 
-def claim_id(conn: Connection, batch_id: int, host: str) -> Batch | None:
+def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
                                " WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
-    return _mark_importing(conn, batch, host)
+    return _mark_importing(conn, batch)
 
 
-def _mark_importing(conn: Connection, batch: Batch | None, host: str) -> Batch | None:
+def _mark_importing(conn: Connection, batch: Batch | None) -> Batch | None:
     if batch is None:
         return None
     # The advisory lock lets `status` see which batches are being imported without a committed 'importing'.
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (batch.id,))
-    conn.execute("UPDATE batch SET status = %s, started_at = clock_timestamp(), host = %s WHERE id = %s",
-                 (BatchStatus.IMPORTING, host, batch.id))
+    conn.execute("UPDATE batch SET status = %s, started_at = clock_timestamp() WHERE id = %s",
+                 (BatchStatus.IMPORTING, batch.id))
     return batch
 
 
-def finish(conn: Connection, batch: Batch, *, fingerprint: str, files: int, new_instances: int, removed: int,
-           seconds: float, unchanged: bool) -> Finished:
+def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files: int, new_instances: int,
+           removed: int, seconds: float, unchanged: bool) -> Finished:
     """Record a successful import in the claiming transaction: counts, fingerprint, and unless nothing changed,
     the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
     if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
     row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
-                                 "new": new_instances, "removed": removed, "seconds": seconds,
+                                 "new": new_instances, "removed": removed, "seconds": seconds, "host": host,
                                  "channel": NOTIFY_CHANNEL,
                                  "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
                                  "done": BatchStatus.DONE}).fetchone()
@@ -174,6 +174,7 @@ WITH counts AS (
         fingerprint = %(fingerprint)s, files = %(files)s, new_instances = %(new)s, removed = %(removed)s,
         instances = counts.instances, rejected = counts.rejected,
         imports = imports + %(counted)s, attempts = 0, last_error = NULL, next_attempt_at = NULL,
+        host = CASE WHEN %(counted)s = 1 THEN %(host)s ELSE host END,
         failed_fingerprint = NULL,
         finished_at = clock_timestamp(), seconds = %(seconds)s,
         finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END

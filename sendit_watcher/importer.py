@@ -7,6 +7,7 @@ result into a staging table, then merge set-wise into patient/study/series/insta
 from __future__ import annotations
 
 import logging
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class Result:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, *, full_header: bool,
+def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, host: str, *, full_header: bool,
                    progress: Callable[[int, int], None] | None = None, leave_out: str = "") -> Result:
     """Import a batch claimed in the current transaction; the caller commits or rolls back. The batch's rows
     end up mirroring the folder as it is now: rows of files that are gone are removed, and a duplicate whose
@@ -55,10 +56,10 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
     entries = list(walk(folder, leave_out))
     stamp = fingerprint(entries)
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
-        return _finish(conn, batch, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
     todo, gone, freed = _reconcile(conn, batch.id, entries)
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
-        return _finish(conn, batch, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
     staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
     new_instances = _merge(conn, batch.id, staged)
     promoted = _promote_duplicates(conn, batch.id, freed)
@@ -66,7 +67,7 @@ def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, 
         conn.execute("DELETE FROM staging")
         again = [e for e in entries if e.path in promoted]
         new_instances += _merge(conn, batch.id, _stage(conn, batch.id, folder, again, parser, full_header, None))
-    return _finish(conn, batch, stamp, len(entries), new_instances, gone, started)
+    return _finish(conn, batch, host, stamp, len(entries), new_instances, gone, started)
 
 
 # Rejections that say nothing about the file's content: the file is read again at every import of its folder.
@@ -128,14 +129,29 @@ def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | 
     conn.execute(_CREATE_STAGING)
     files = [e for e in todo if isinstance(e, FileEntry)]
     results = _chain([e for e in todo if isinstance(e, Rejection)], parser.parse(folder, files, full_header))
-    instances = 0
+    instances = unflushed = 0
     with conn.cursor().copy(_COPY_STAGING) as copy:
         for done, result in enumerate(results, 1):
-            copy.write(_copy_line(_staging_row(result)))
+            line = _copy_line(_staging_row(result))
+            copy.write(line)
             instances += isinstance(result, Instance)
+            unflushed += len(line)
+            if unflushed > _FLUSH_BYTES:
+                _flush_to_server(conn)
+                unflushed = 0
             if progress is not None:
                 progress(done, len(todo))
     return instances
+
+
+_FLUSH_BYTES = 8 << 20
+
+
+def _flush_to_server(conn: Connection) -> None:
+    """Wait until libpq has sent what COPY gave it: psycopg 3.1 leaves it in libpq's output buffer, which
+    then grows without bound while the server is slow (every file's header in memory at once)."""
+    while conn.pgconn.flush() == 1:
+        select.select([], [conn.fileno()], [], 1.0)
 
 
 def _chain(first: Iterable[Rejection], second: Iterable[Instance | Rejection]) -> Iterator[Instance | Rejection]:
@@ -177,10 +193,10 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
     return inserted
 
 
-def _finish(conn: Connection, batch: Batch, stamp: str, files: int, new_instances: int, removed: int,
+def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, new_instances: int, removed: int,
             started: float, *, unchanged: bool = False) -> Result:
     seconds = time.monotonic() - started
-    finished = batches.finish(conn, batch, fingerprint=stamp, files=files, new_instances=new_instances,
+    finished = batches.finish(conn, batch, host=host, fingerprint=stamp, files=files, new_instances=new_instances,
                               removed=removed, seconds=seconds, unchanged=unchanged)
     return Result(batch.id, batch.root, batch.path, finished.status, files, finished.instances, new_instances,
                   finished.rejected, seconds, unchanged, removed)

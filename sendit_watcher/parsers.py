@@ -42,10 +42,11 @@ class InlineParser:
 
 
 class PoolParser:
-    """Parses in a pool of processes; small folders stay in the calling process. At most ``window`` chunks of
-    CHUNK files are in flight, so memory stays bounded however slowly the results are consumed."""
+    """Parses in a pool of processes; small folders stay in the calling process. At most ``window`` chunks (of
+    CHUNK files or CHUNK_BYTES) are in flight, so memory stays bounded however slowly the results are consumed."""
 
     CHUNK = 16
+    CHUNK_BYTES = 4 << 20  # a chunk of large files holds fewer of them: memory follows bytes, not file counts
 
     def __init__(self, processes: int) -> None:
         quiet_pydicom()
@@ -59,7 +60,7 @@ class PoolParser:
 
     def _in_pool(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
         read = partial(_read_chunk, folder, full_header=full_header)
-        chunks = (entries[start:start + self.CHUNK] for start in range(0, len(entries), self.CHUNK))
+        chunks = _chunks(entries, self.CHUNK, self.CHUNK_BYTES)
         in_flight = collections.deque(self._pool.apply_async(read, (chunk,))
                                       for chunk in itertools.islice(chunks, self.window))
         while in_flight:
@@ -95,6 +96,20 @@ class AdaptiveParser:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+
+
+def _chunks(entries: list[FileEntry], most: int, size: int) -> Iterator[list[FileEntry]]:
+    """Consecutive runs of at most ``most`` files and, past the first file, at most ``size`` bytes."""
+    chunk: list[FileEntry] = []
+    total = 0
+    for entry in entries:
+        if chunk and (len(chunk) >= most or total + entry.size > size):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(entry)
+        total += entry.size
+    if chunk:
+        yield chunk
 
 
 def _read_chunk(folder: str, chunk: list[FileEntry], full_header: bool) -> list[Instance | Rejection]:

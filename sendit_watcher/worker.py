@@ -49,13 +49,13 @@ Progress = Callable[[int, int], None]
 def import_next(conn: Connection, config: Config, parser: Parser) -> Outcome | None:
     """Claim the oldest free queued batch of a root this host has and import it; None when there is none."""
     roots = [watch.name for watch in config.watches]
-    return _run(conn, config, parser, lambda: batches.claim(conn, config.watcher.host_name, roots), None)
+    return _run(conn, config, parser, lambda: batches.claim(conn, roots), None)
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
                  progress: Progress | None = None) -> Outcome | None:
     """Claim one given batch (waiting for a worker that holds it) and import it."""
-    return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id, config.watcher.host_name), progress)
+    return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
@@ -67,7 +67,7 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             if claimed is None:
                 return None
             watch = config.watch_named(claimed.root)
-            result = import_claimed(conn, claimed, _folder(config, claimed), parser,
+            result = import_claimed(conn, claimed, _folder(config, claimed), parser, config.watcher.host_name,
                                     full_header=config.importer.full_header, progress=progress,
                                     leave_out=watch.finished_marker if watch else "")
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
