@@ -19,8 +19,8 @@ from sendit_watcher.db import Connection
 from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
-           "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "claim", "claim_id", "finish", "record_failure",
-           "retry", "requeue", "known_folders", "queue_counts", "finished_after", "latest_seq"]
+           "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim", "claim_id", "finish",
+           "record_failure", "retry", "requeue", "known_folders", "queue_counts", "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
@@ -118,6 +118,22 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
                          (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))  # wakes idle workers
     return batch_id
+
+
+def enqueue_known(conn: Connection, root: str, path: str) -> int | None:
+    """Queue a folder that is gone from disk, so that a worker removes its rows; nothing for a folder never
+    recorded. None when there is nothing to do or a worker holds it right now (then try again later: -1)."""
+    with conn.transaction():
+        row = conn.execute("SELECT id, status FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
+                           (root, path)).fetchone()
+        if row is None:
+            exists = conn.execute("SELECT 1 FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
+            return -1 if exists else None
+        if row[1] != BatchStatus.QUEUED:
+            conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
+                         (BatchStatus.QUEUED, row[0]))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(row[0])))
+    return int(row[0])
 
 
 def claim(conn: Connection, roots: list[str]) -> Batch | None:

@@ -19,7 +19,7 @@ from sendit_watcher.config import DatabaseConfig, WatchConfig
 from sendit_watcher.db import connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
-from sendit_watcher.names import to_text
+from sendit_watcher.names import to_disk, to_text
 from sendit_watcher.walk import fingerprint, newest_change, walk
 
 __all__ = ["ScanResult", "scan_roots", "Scanner"]
@@ -34,6 +34,7 @@ class ScanResult:
     changed: list[Folder] = field(default_factory=list)
     young: list[Folder] = field(default_factory=list)
     waiting: list[Folder] = field(default_factory=list)  # no finished_marker yet
+    gone: list[Folder] = field(default_factory=list)  # recorded with rows, no longer on disk
     folders: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -61,6 +62,10 @@ def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatu
     except OSError as exc:
         log.error("catch-up cannot list watch root %s: %s", root, exc.strerror or exc)
         return
+    listed = {to_text(folder_name) for folder_name in entries}
+    for path, (stamp, status) in known.items():
+        if path not in listed and status is not BatchStatus.QUEUED and not (stamp or "0:").startswith("0:"):
+            result.gone.append((name, to_disk(path)))
     for folder_name in entries:
         folder = (name, folder_name)
         if is_temporary(folder_name) or folder in skip:

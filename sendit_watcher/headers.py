@@ -6,6 +6,7 @@ import datetime
 import errno
 import json
 import logging
+import math
 import os
 import stat
 import warnings
@@ -252,12 +253,21 @@ def _clean(text: str) -> str:
 
 
 def _integer(fields: Decoder, tag: int) -> int | None:
+    """The first value of an IS element as an int4 column: None when it is not a whole number that fits
+    ("1.5", "1e999", "NaN", "99999999999"); "12", "+12" and "12.0" are 12."""
     text = _text(fields, tag)
+    first = text.split("\\")[0].strip() if text else ""
     try:
-        number = int(float(text.split("\\")[0])) if text else None
-    except (ValueError, OverflowError):  # not a number, or NaN/Infinity (1e999 reads as infinity)
-        return None
-    return number if number is not None and -2**31 <= number < 2**31 else None
+        number = int(first)
+    except ValueError:
+        try:
+            real = float(first)
+        except ValueError:
+            return None
+        if not (math.isfinite(real) and real.is_integer()):
+            return None
+        number = int(real)
+    return number if -2**31 <= number < 2**31 else None
 
 
 def _date(fields: Decoder, tag: int) -> str | None:

@@ -47,27 +47,39 @@ class Result:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-def import_claimed(conn: Connection, batch: Batch, folder: str, parser: Parser, host: str, *, full_header: bool,
-                   progress: Callable[[int, int], None] | None = None, leave_out: str = "") -> Result:
+def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: Parser, host: str, *,
+                   full_header: bool, progress: Callable[[int, int], None] | None = None,
+                   leave_out: str = "") -> Result:
     """Import a batch claimed in the current transaction; the caller commits or rolls back. The batch's rows
     end up mirroring the folder as it is now: rows of files that are gone are removed, and a duplicate whose
-    original went with them becomes the instance."""
+    original went with them becomes the instance. ``folder`` None: the folder is gone, and so are its rows."""
     started = time.monotonic()
-    entries = list(walk(folder, leave_out))
+    entries = list(walk(folder, leave_out)) if folder is not None else []
     stamp = fingerprint(entries)
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
     todo, gone, freed = _reconcile(conn, batch.id, entries)
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
-    staged = _stage(conn, batch.id, folder, todo, parser, full_header, progress)
-    new_instances = _merge(conn, batch.id, staged)
+    new_instances = 0
+    if folder is not None:
+        new_instances = _merge(conn, batch.id, _stage(conn, batch.id, folder, todo, parser, full_header, progress))
     promoted = _promote_duplicates(conn, batch.id, freed)
-    if promoted:  # duplicates in this folder whose original is gone: read again, now as the instance
+    if promoted and folder is not None:  # duplicates in this folder whose original is gone: now the instance
         conn.execute("DELETE FROM staging")
         again = [e for e in entries if e.path in promoted]
         new_instances += _merge(conn, batch.id, _stage(conn, batch.id, folder, again, parser, full_header, None))
+    new_instances -= _returning(conn, batch.id, freed)  # a renamed file is not a new instance
     return _finish(conn, batch, host, stamp, len(entries), new_instances, gone, started)
+
+
+def _returning(conn: Connection, batch_id: int, freed: list[str]) -> int:
+    """How many of the SOPInstanceUIDs this import dropped are instances of the folder again (moved files)."""
+    if not freed:
+        return 0
+    row = conn.execute("SELECT count(*) FROM instance WHERE batch = %s AND sop_instance_uid = ANY(%s)",
+                       (batch_id, freed)).fetchone()
+    return int(row[0]) if row else 0
 
 
 # Rejections that say nothing about the file's content: the file is read again at every import of its folder.
@@ -85,11 +97,12 @@ def _reconcile(conn: Connection, batch_id: int,
     """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
     vanished); returns the entries to read, how many recorded files are gone, and the SOPInstanceUIDs whose
     instance row was dropped."""
-    known = {path: (size, mtime) for path, size, mtime in conn.execute(
-        "SELECT path, size, mtime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size, mtime_ns"
-        " FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)", (batch_id, batch_id, list(RETRYABLE)))}
+    known = {path: (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
+        "SELECT path, size, mtime_ns, ctime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size,"
+        " mtime_ns, ctime_ns FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)",
+        (batch_id, batch_id, list(RETRYABLE)))}
     conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
-    present = {e.path: (e.size, e.mtime_ns) for e in entries}
+    present = {e.path: (e.size, e.mtime_ns, _ctime(e)) for e in entries}
     gone = [path for path in known if path not in present]
     stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
     freed: list[str] = []
@@ -100,6 +113,10 @@ def _reconcile(conn: Connection, batch_id: int,
         conn.execute("DELETE FROM main_tag_conflict WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
     stale_set = set(stale)
     return [e for e in entries if e.path not in known or e.path in stale_set], len(gone), freed
+
+
+def _ctime(entry: FileEntry | Rejection) -> int | None:
+    return entry.ctime_ns if isinstance(entry, FileEntry) else None
 
 
 def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str]) -> set[str]:
@@ -128,11 +145,12 @@ def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | 
     """COPY every result into the staging table; returns how many are instances."""
     conn.execute(_CREATE_STAGING)
     files = [e for e in todo if isinstance(e, FileEntry)]
+    ctimes = {e.path: e.ctime_ns for e in files}
     results = _chain([e for e in todo if isinstance(e, Rejection)], parser.parse(folder, files, full_header))
     instances = unflushed = 0
     with conn.cursor().copy(_COPY_STAGING) as copy:
         for done, result in enumerate(results, 1):
-            line = _copy_line(_staging_row(result))
+            line = _copy_line(_staging_row(result) + (ctimes.get(result.path),))
             copy.write(line)
             instances += isinstance(result, Instance)
             unflushed += len(line)
@@ -204,7 +222,7 @@ def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, n
 
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staging (
-    path text, size bigint, mtime_ns bigint, reason text, detail text,
+    path text, size bigint, mtime_ns bigint, ctime_ns bigint, reason text, detail text,
     sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer, content_date date,
     series_instance_uid text, modality text, series_number integer, series_date date, series_description text,
     body_part_examined text,
@@ -221,7 +239,7 @@ COPY staging (path, size, mtime_ns, reason, detail,
     series_instance_uid, modality, series_number, series_date, series_description, body_part_examined,
     study_instance_uid, study_date, study_time, accession_number, study_id, study_description,
     referring_physician_name, patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex,
-    header) FROM STDIN
+    header, ctime_ns) FROM STDIN
 """
 
 # Each merge takes the first file (by path) for a key and leaves existing rows alone: first writer wins.
@@ -263,10 +281,10 @@ ON CONFLICT (series_instance_uid) DO NOTHING
 
 _MERGE_INSTANCES = """
 INSERT INTO instance (sop_instance_uid, sop_class_uid, series, instance_number, content_date, transfer_syntax_uid,
-                      batch, path, size, mtime_ns, header)
+                      batch, path, size, mtime_ns, ctime_ns, header)
 SELECT DISTINCT ON (s.sop_instance_uid)
        s.sop_instance_uid, s.sop_class_uid, se.id, s.instance_number, s.content_date, s.transfer_syntax_uid,
-       %(batch)s, s.path, s.size, s.mtime_ns, s.header
+       %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, s.header
 FROM staging s JOIN series se USING (series_instance_uid)
 WHERE s.reason IS NULL
 ORDER BY s.sop_instance_uid, s.path
@@ -274,8 +292,8 @@ ON CONFLICT (sop_instance_uid) DO NOTHING
 """
 
 _MERGE_DUPLICATES = """
-INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail, duplicate_of)
-SELECT %(batch)s, s.path, s.size, s.mtime_ns, 'duplicate',
+INSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail, duplicate_of)
+SELECT %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, 'duplicate',
        'same SOPInstanceUID as ' || b.root || ':' || b.path || '/' || i.path, s.sop_instance_uid
 FROM staging s
 JOIN instance i ON i.sop_instance_uid = s.sop_instance_uid
@@ -285,8 +303,8 @@ ON CONFLICT (batch, path) DO NOTHING
 """
 
 _MERGE_REJECTED = """
-INSERT INTO rejected_file (batch, path, size, mtime_ns, reason, detail)
-SELECT %(batch)s, path, size, mtime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
+INSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail)
+SELECT %(batch)s, path, size, mtime_ns, ctime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
 ON CONFLICT (batch, path) DO NOTHING
 """
 

@@ -29,6 +29,7 @@ class Intake:
     failures: dict[Folder, int] = field(default_factory=dict)
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
     lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
+    gone: dict[Folder, float] = field(default_factory=dict)  # moved away or deleted: its rows go too (next try)
     rescan_requested: bool = True  # a catch-up scan is due at start
 
     def reconfigure(self, settle_seconds: float, linger_seconds: float = 0.0, linger_folders: int = 1000) -> None:
@@ -38,6 +39,7 @@ class Intake:
 
     def finished(self, folder: Folder) -> None:
         """The folder is complete now (renamed to its final name)."""
+        self.gone.pop(folder, None)
         self.settling.pop(folder, None)
         self.ready.setdefault(folder, 0.0)
 
@@ -76,10 +78,27 @@ class Intake:
         self.checking.pop(folder, None)
         self.lingering.pop(folder, None)
 
+    def vanished(self, folder: Folder) -> None:
+        """The folder was moved away or deleted: whatever was imported of it is to be removed."""
+        self.forget(folder)
+        self.gone[folder] = self.clock()
+
+    def due_gone(self) -> list[Folder]:
+        now = self.clock()
+        return [folder for folder, when in self.gone.items() if when <= now]
+
+    def gone_recorded(self, folder: Folder) -> None:
+        self.gone.pop(folder, None)
+
+    def gone_later(self, folder: Folder, seconds: float = 5.0) -> None:
+        self.gone[folder] = self.clock() + seconds
+
     def forget_root(self, name: str) -> None:
         """The root is no longer watched: drop every folder of it."""
         for folder in [f for f in (*self.settling, *self.ready, *self.checking, *self.lingering) if f[0] == name]:
             self.forget(folder)
+        for folder in [f for f in self.gone if f[0] == name]:
+            del self.gone[folder]
 
     def overflow(self) -> None:
         """Events were lost: the next loop turn reconciles every root with the database."""
@@ -125,6 +144,7 @@ class Intake:
     def next_deadline(self) -> float | None:
         """When the loop next has timed work to do here, if ever."""
         times = [due for f, due in self.settling.items() if f not in self.checking] + list(self.ready.values())
+        times += list(self.gone.values())
         return min(times) if times else None
 
     @property

@@ -74,7 +74,10 @@ class DicomFolderImporter(_ContextProcessor):
             return
         folder = (self.context.watch.name, name)
         if event.mask & (pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE):
-            intake.forget(folder)
+            if event.dir and not self.context.settings.is_temporary(name):
+                intake.vanished(folder)  # its rows, if it was imported, go too
+            else:
+                intake.forget(folder)
         elif not event.dir:
             log.debug("ignoring %s: files directly in a watch root are not batches", event.pathname)
         elif self.context.settings.is_temporary(name):

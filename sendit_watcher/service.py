@@ -242,7 +242,9 @@ class Service:
         return min(_TICK, max(0.0, wait))
 
     def _flush(self) -> None:
-        """Queue every finished folder; on a database error keep it and back off."""
+        """Queue every finished folder, and every vanished one that was recorded; on a database error keep them
+        and back off."""
+        self._flush_gone()
         for folder in self.intake.due_for_enqueue():
             conn = self.link.get()
             if conn is None:
@@ -263,6 +265,23 @@ class Service:
             else:
                 log.debug("queued %s:%s as batch %d", folder[0], folder[1], batch_id)
                 self.intake.enqueued(folder)
+
+    def _flush_gone(self) -> None:
+        for folder in self.intake.due_gone():
+            conn = self.link.get()
+            if conn is None:
+                self.intake.gone_later(folder)
+                continue
+            try:
+                batch_id = batches.enqueue_known(conn, folder[0], to_text(folder[1]))
+            except psycopg.Error as exc:
+                self.link.failed(exc)
+                self.intake.gone_later(folder)
+                continue
+            if batch_id == -1:
+                self.intake.gone_later(folder, 1.0)  # a worker holds it right now
+            else:
+                self.intake.gone_recorded(folder)
 
     def _catch_up(self) -> None:
         result = self.scanner.collect()
@@ -291,14 +310,16 @@ class Service:
         self.scan_failures = 0
         for folder in result.changed:
             self.intake.finished(folder)
+        for folder in result.gone:
+            self.intake.vanished(folder)
         for folder in result.young:
             self.intake.activity(folder)
         for folder in result.young + result.waiting:  # still being written: watched inside, like a new one
             path = self.watcher.path_of(folder)
             if path is not None:
                 self.watcher.watch_inside(path)
-        log.info("catch-up scan: %d folders in %.2f s; %d to import, %d still being written",
-                 result.folders, result.seconds, len(result.changed), len(result.young))
+        log.info("catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone",
+                 result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone))
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:

@@ -78,18 +78,21 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
     return result
 
 
-def _folder(config: Config, batch: Batch) -> str:
+def _folder(config: Config, batch: Batch) -> str | None:
+    """The batch's folder on this host, None when it no longer exists; ImportFailed when it cannot be read."""
     try:
         folder = str(batches.resolve(config, batch.root, batch.path))
     except KeyError as exc:
         raise ImportFailed(str(exc.args[0])) from None
     try:
         os.close(open_folder(folder))
+    except FileNotFoundError:
+        return None  # gone: its rows go too
     except OSError as exc:
         if os.path.islink(folder):  # O_NOFOLLOW|O_DIRECTORY says ENOTDIR or ELOOP for a link
             why = "is a symbolic link now (never followed)"
         else:
-            why = {errno.ENOENT: "no longer exists", errno.ENOTDIR: "is not a directory"}.get(
+            why = {errno.ENOTDIR: "is not a directory"}.get(
                 exc.errno or 0, exc.strerror or "cannot be opened")
         raise ImportFailed(f"folder {to_text(folder)} {why}; nothing was read") from None
     return folder

@@ -15,7 +15,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser, Parser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
-from sendit_watcher.worker import Failure, Outcome, import_batch
+from sendit_watcher.worker import Outcome, import_batch
 from tests.helpers import count_rows, make_config, pydicom_test_files
 
 
@@ -146,15 +146,17 @@ def test_empty_folder_is_recorded_empty(conn: Connection, config: Config, tmp_pa
     assert isinstance(outcome, Result) and outcome.status == "empty" and outcome.files == 0
 
 
-def test_vanished_folder_is_recorded_failed(conn: Connection, config: Config, tmp_path: Path) -> None:
+def test_a_vanished_folder_loses_its_rows(conn: Connection, config: Config, tmp_path: Path) -> None:
     folder = tmp_path / "gone"
     folder.mkdir()
-    root, path = batches.locate(config, folder)
-    batch_id = batches.ensure(conn, root, path)
-    folder.rmdir()
-    outcome = import_batch(conn, config, InlineParser(), batch_id)
-    assert isinstance(outcome, Failure) and "no longer exists" in outcome.error
-    assert conn.execute("SELECT status, attempts FROM batch WHERE id = %s", (batch_id,)).fetchone() == ("failed", 1)
+    shutil.copy(pydicom_test_files() / "CT_small.dcm", folder / "a.dcm")
+    (folder / "junk").write_bytes(b"not dicom")
+    first = import_folder(conn, config, folder)
+    assert isinstance(first, Result) and (first.instances, first.rejected) == (1, 1)
+    shutil.rmtree(folder)
+    outcome = import_batch(conn, config, InlineParser(), first.batch_id)
+    assert isinstance(outcome, Result) and (outcome.status, outcome.files, outcome.removed) == ("empty", 0, 2)
+    assert count_rows(conn)["instance"] == count_rows(conn)["rejected_file"] == 0
 
 
 def test_a_changed_file_replaces_its_own_record(conn: Connection, config: Config, tmp_path: Path) -> None:

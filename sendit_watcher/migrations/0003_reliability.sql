@@ -7,6 +7,10 @@ ALTER TABLE batch ADD COLUMN failed_fingerprint text;
 
 -- Each import mirrors the folder as it is now: rows of files that are gone are removed, and counted here.
 ALTER TABLE batch ADD COLUMN removed integer NOT NULL DEFAULT 0;
+-- A file is the same file when size, mtime and ctime agree: a rename over it (mv B A) changes the ctime even
+-- when both files have one size and one mtime (clones unpacked from an archive).
+ALTER TABLE instance ADD COLUMN ctime_ns bigint;
+ALTER TABLE rejected_file ADD COLUMN ctime_ns bigint;
 
 -- Instances without a PatientID get a patient row per study (study_key = its StudyInstanceUID), never one
 -- patient shared by different people; study_key is '' for every patient with an ID.
