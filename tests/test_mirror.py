@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sendit_watcher.cli import main
@@ -263,14 +263,15 @@ def test_service_requeues_the_folder_of_a_duplicate_whose_original_is_gone(servi
 # --- generated sequences (hypothesis) --------------------------------------------------------------------------
 
 OPERATIONS = st.lists(
-    st.tuples(st.sampled_from(["create", "delete", "rename", "replace", "duplicate", "import"]),
-              st.integers(0, 2), st.integers(0, 50), st.integers(0, 2)),
+    st.tuples(st.sampled_from(["create", "delete", "rename", "replace", "duplicate", "unpack"]),
+              st.integers(0, 2), st.integers(0, 50), st.integers(0, 2), st.booleans()),
     min_size=1, max_size=8)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=OPERATIONS, folders=st.integers(2, 3))
-def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, int]], folders: int,
+@example(operations=[("unpack", 0, 0, 0, True), ("rename", 0, 0, 1, True)], folders=2)  # one mtime, mv over
+def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, int, bool]], folders: int,
                                          conffile: Path, conn: Connection, tmp_path: Path) -> None:
     conn.execute("TRUNCATE main_tag_conflict, rejected_file, instance, series, study, patient, batch CASCADE")
     conn.commit()
@@ -288,7 +289,7 @@ def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, i
     def files_of(d: Path) -> list[Path]:
         return sorted(p for p in d.iterdir() if p.is_file())
 
-    for op, which, pick, other in operations:  # changes accumulate between imports
+    for op, which, pick, other, then_import in operations:  # changes may accumulate between imports
         d, e = dirs[which % folders], dirs[other % folders]
         files = files_of(d)
         if op == "create":
@@ -298,7 +299,7 @@ def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, i
         elif op == "delete" and files:
             files[pick % len(files)].unlink()
         elif op == "rename" and files:  # within the folder; sometimes over another file of it
-            target = files[other % len(files)] if pick % 3 == 0 else d / f"ren{next(counter)}.dcm"
+            target = files[other % len(files)] if pick % 2 == 0 else d / f"ren{next(counter)}.dcm"
             os.replace(files[pick % len(files)], target)
         elif op == "replace" and files:
             source = next(fresh, None)
@@ -306,7 +307,10 @@ def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, i
                 os.replace(source, files[pick % len(files)])
         elif op == "duplicate" and files_of(e):
             shutil.copy2(files_of(e)[pick % len(files_of(e))], d / f"dup{next(counter)}.dcm")
-        if op == "import":
+        elif op == "unpack":  # as tar, unzip or rsync -a from such a source leave them: one mtime for all
+            for file in files:
+                os.utime(file, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        if then_import:
             reimport(conffile, conn, dirs)
     reimport(conffile, conn, dirs)
 
