@@ -83,6 +83,7 @@ _KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}) & _STANDARD
 _VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
 _SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}
+_KEYS: dict[int, str] = {}  # tag -> '"GGGGEEEE":', shared by every file this process reads
 
 # Main-column tags and the Instance field each fills (names from the standard).
 _MAIN_TEXT = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x00080030: "study_time",
@@ -208,7 +209,8 @@ class _Reader:
         if vr is None:
             raise _Fallback
         if vr in _LONG_VRS:
-            self.need(pos + 12)
+            if pos + 12 > len(self.data):
+                self.need(pos + 12)
             return group << 16 | element, vr, _LONG_LENGTH.unpack_from(self.data, pos + 8)[0], pos + 12
         return group << 16 | element, vr, length >> 16, pos + 8
 
@@ -240,7 +242,8 @@ class _Reader:
         while pos != end:
             if top and pos == len(self.data) and not self.more(FIRST_READ):
                 break  # the end of the file, and of the dataset
-            self.need(pos + 8)
+            if pos + 8 > len(self.data):
+                self.need(pos + 8)
             if end is None and not top and _TAG_LENGTH.unpack_from(self.data, pos) == (0xFFFE, 0xE00D, 0):
                 return "{" + ",".join(parts) + "}", pos + 8
             tag, vr, length, pos = self._header(pos, top)
@@ -262,7 +265,10 @@ class _Reader:
             if end is not None and pos > end:
                 raise _Fallback
             if self.json:
-                parts.append(f'"{tag:08X}":{entry}')
+                key = _KEYS.get(tag)
+                if key is None:
+                    key = _KEYS[tag] = f'"{tag:08X}":'
+                parts.append(key + entry)
         return "{" + ",".join(parts) + "}", pos
 
     def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
@@ -275,7 +281,8 @@ class _Reader:
             return entry, pos, codec
         if length == _UNDEFINED:
             raise _Fallback
-        self.need(pos + length)
+        if pos + length > len(self.data):
+            self.need(pos + length)
         value = self.data[pos:pos + length]
         if tag == _CHARSET:
             codec = _charset_codec(vr, value)

@@ -47,7 +47,15 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=Path("/var/tmp/sendit-watcher-bench-lean"))
+    parser.add_argument("--only", choices=["lean", "pydicom"], help="one reader, one mode (--main-tags or not): "
+                        "for valgrind --tool=callgrind, whose instruction counts the shared machine does not blur")
+    parser.add_argument("--main-tags", action="store_true", help="with --only: main tags, not the full header")
     args = parser.parse_args()
+    if args.only:
+        quiet_pydicom()
+        files = entries(build(args.corpus, args.files, args.folders))
+        print(f"{args.only}: {rate(files, args.only == 'lean', not args.main_tags, 1):,.0f} files/s")
+        return
     quiet_pydicom()
     files = entries(build(args.corpus, args.files, args.folders))
     rate(files[:50], True, True, 1)  # warm the page cache and the dictionaries
