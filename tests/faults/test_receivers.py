@@ -204,6 +204,7 @@ def test_storescp_rename_on_end_of_study(start: Callable[..., ServiceProcess], c
                lambda n: 1 <= n <= 2, "one per settle: the files as received, then as renamed")
     assert scalar(conn, "SELECT count(*) FROM instance WHERE path NOT LIKE 'CT0%%'") == 0
     assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
+    assert scalar(conn, "SELECT new_instances FROM batch") == 0, "the renames were reported as growth"
 
 
 # --- pynetdicom ------------------------------------------------------------------------------------------------
