@@ -349,3 +349,44 @@ def test_service_folder_renamed_to_another_final_name(service: ServiceProcess, c
     wait_until(lambda: folder_state(conn, "A2")[0] == "done", timeout=30, what="A2 imported")
     assert [instance_rows(conn, uid) for uid in uids] == [[("A2", f"IM{n:05d}.dcm")] for n in range(3)]
     assert_mirror(conn, {"incoming": incoming})
+
+
+def test_folder_deleted_while_the_service_was_down(tmp_path: Path, incoming: Path, database: DatabaseConfig,
+                                                   conn: Connection) -> None:
+    """The catch-up scan at start finds a recorded folder missing from its root: its rows go, and a duplicate
+    elsewhere becomes the instance."""
+    config = write_config(tmp_path / "svc.conf", database, {"incoming": incoming}, workers=1, settle_seconds=1)
+    uids = make_study(incoming / "A.tmp", 3)
+    (incoming / "A.tmp").rename(incoming / "A")
+    make_study(incoming / "B", 2)
+    shutil.copy2(incoming / "A" / "IM00000.dcm", incoming / "B" / "copy.dcm")
+    service = ServiceProcess(config, tmp_path)
+    try:
+        service.wait_ready()
+        wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3) and folder_state(conn, "B")[:3] ==
+                   ("done", 2, 1), timeout=30, what="A imported, then B with one duplicate")
+    finally:
+        assert service.stop() == 0
+    shutil.rmtree(incoming / "A")
+    service = ServiceProcess(config, tmp_path)
+    try:
+        service.wait_ready()
+        wait_until(lambda: instance_rows(conn, uids[0]) == [("B", "copy.dcm")], timeout=30,
+                   what="B's copy to become the instance after the catch-up scan")
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM batch WHERE status IN ('queued', 'importing')") == 0,
+                   timeout=30, what="the queue drained")
+        assert_mirror(conn, {"incoming": incoming})
+        assert scalar(conn, "SELECT count(*) FROM instance") == 3  # B: its two, and the copy
+    finally:
+        service.kill()
+
+
+def test_service_folder_moved_out_of_the_root(service: ServiceProcess, conn: Connection, incoming: Path,
+                                              tmp_path: Path) -> None:
+    uids = make_study(incoming / "A.tmp", 3)
+    (incoming / "A.tmp").rename(incoming / "A")
+    wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3), timeout=30, what="A imported")
+    (incoming / "A").rename(tmp_path / "archived")
+    wait_until(lambda: all(instance_rows(conn, uid) == [] for uid in uids), timeout=15,
+               what="A's rows removed once it left the root")
+    assert_mirror(conn, {"incoming": incoming})
