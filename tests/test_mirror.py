@@ -24,8 +24,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.names import to_text
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import scalar, wait_until
-from tests.mirror import assert_mirror, mirror_problems
+from tests.helpers import assert_mirror, mirror_problems, scalar, wait_until
 
 
 def run_import(conffile: Path, *folders: Path) -> dict[str, dict[str, Any]]:
