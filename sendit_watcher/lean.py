@@ -24,7 +24,7 @@ import math
 import os
 import stat
 import struct
-from functools import cache
+from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any, cast
 
@@ -84,6 +84,7 @@ _VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
 _SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}
 _KEYS: dict[int, str] = {}  # tag -> '"GGGGEEEE":', shared by every file this process reads
+_KEYS_LIMIT = 1 << 16
 
 # Main-column tags and the Instance field each fills (names from the standard).
 _MAIN_TEXT = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x00080030: "study_time",
@@ -267,7 +268,9 @@ class _Reader:
             if self.json:
                 key = _KEYS.get(tag)
                 if key is None:
-                    key = _KEYS[tag] = f'"{tag:08X}":'
+                    key = f'"{tag:08X}":'
+                    if len(_KEYS) < _KEYS_LIMIT:  # bounded: files full of random private tags cannot grow it
+                        _KEYS[tag] = key
                 parts.append(key + entry)
         return "{" + ",".join(parts) + "}", pos
 
@@ -327,7 +330,7 @@ def _private_vr(tag: int, creators: dict[int, str]) -> str:
     return "UN"
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: creators and tags come from the files
 def _in_private_dictionary(tag: int, creator: str) -> bool:
     try:
         private_dictionary_VR(tag, creator)

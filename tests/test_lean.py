@@ -5,6 +5,9 @@ them, and hypothesis-generated datasets across all VRs in both little-endian syn
 lean reader enabled gives the same Instance (main tags equal, the JSON header equal once parsed, numbers' types
 included) or the same rejection with the same reason as with it disabled. Files the lean reader hands back are
 read by the pydicom path itself, so they are equal by construction; the tests also count them.
+
+A soak: SENDIT_LEAN_MUTATIONS (per test file, default 24) and SENDIT_LEAN_SEED for the mutation corpus,
+SENDIT_LEAN_EXAMPLES (default 300) and SENDIT_LEAN_RANDOM=1 (not derandomized) for the generated datasets.
 """
 
 from __future__ import annotations
@@ -288,11 +291,15 @@ def encode(ds: Dataset, syntax: str, sop_class: str = "1.2.840.10008.5.1.4.1.1.7
 _generated = {"files": 0, "answered": 0, "unwritable": 0}
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+@settings(max_examples=int(os.environ.get("SENDIT_LEAN_EXAMPLES", "300")), deadline=None,
+          derandomize=os.environ.get("SENDIT_LEAN_RANDOM") != "1", database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(spec=datasets(), implicit=st.booleans(), uids=st.booleans(), pixels=st.sampled_from(["", "OB", "OW"]))
-def test_generated_datasets(tmp_path: Path, spec: Spec, implicit: bool, uids: bool, pixels: str) -> None:
+@given(spec=datasets(), implicit=st.booleans(), uids=st.sampled_from([True, True, True, False]),
+       pixels=st.sampled_from(["", "OB", "OW"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_generated_datasets(tmp_path: Path, spec: Spec, implicit: bool, uids: bool, pixels: str, seed: int) -> None:
+    """Each generated file, and four byte mutations of it."""
     ds = build(spec, implicit)
     if pixels:  # Pixel Data (7FE0,0010) ends the header; what follows it, (FFFC,FFFC) padding, is never read
         add_raw(ds, 0x7FE00010, pixels, b"\x00\x01" * 8, implicit)
@@ -307,10 +314,11 @@ def test_generated_datasets(tmp_path: Path, spec: Spec, implicit: bool, uids: bo
     except Exception:  # noqa: BLE001 - values pydicom will not write (text its encoder refuses): not our case
         _generated["unwritable"] += 1
         return
-    path.write_bytes(encoded)
-    for full_header in (True, False):
-        _generated["files"] += 1
-        _generated["answered"] += compare(str(tmp_path), path.name, full_header)
+    for variant in [encoded, *mutations(encoded, random.Random(seed), 4)]:
+        path.write_bytes(variant)
+        for full_header in (True, False):
+            _generated["files"] += 1
+            _generated["answered"] += compare(str(tmp_path), path.name, full_header)
 
 
 def test_generated_datasets_were_read_by_the_lean_reader() -> None:
