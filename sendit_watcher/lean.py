@@ -286,6 +286,8 @@ class _Reader:
             raise _Fallback
         if pos + length > len(self.data):
             self.need(pos + length)
+        if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
+            return "", pos + length, codec  # main tags only: this value is not needed
         value = self.data[pos:pos + length]
         if tag == _CHARSET:
             codec = _charset_codec(vr, value)
