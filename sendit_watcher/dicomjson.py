@@ -37,6 +37,8 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
     text_codec = decoder.codec or "latin-1"
     model: dict[str, dict[str, Any]] = {}
     keys = _KEYS
+    if len(keys) > _KEYS_LIMIT:  # hostile files can carry any number of distinct tags: stay bounded
+        keys.clear()
     for tag, vr, raw in decoder.raw_elements():
         key = keys.get(tag)
         if key is None:
@@ -57,6 +59,7 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
 
 
 _KEYS: dict[int, str] = {}  # tag -> "GGGGEEEE", shared by every file this process reads
+_KEYS_LIMIT = 16384
 _SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}  # text whose JSON value is the text itself
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from pydicom import valuerep
@@ -113,7 +113,7 @@ def _codec(dataset: Any) -> str | None:
     return _CODECS.get(name)
 
 
-@cache
+@lru_cache(maxsize=16384)  # bounded: hostile files can carry any number of distinct private tags
 def _dictionary_vr(tag: int) -> str | None:
     try:
         vr = dictionary_VR(tag)
