@@ -1,0 +1,156 @@
+"""Where the time goes, per stage of one folder's import in one process, and how the import scales.
+
+Stages: read (one os.read of each file), decode (header to main tags), JSON (the full header beyond the main
+tags), COPY (the staging rows to PostgreSQL), merge (staging into the hierarchy), commit; with the PostgreSQL
+backend's CPU time as a share of the database stages. Then ``sendit-watcher import`` of growing corpora:
+files/s and peak RSS of the largest process. Figures, not assertions.
+
+    python -m tests.bench.bench_stages [--files 2000] [--sizes 2000,20000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sendit_watcher import batches, importer, lean
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import Connection, connect
+from sendit_watcher.headers import Instance, read_instance
+from sendit_watcher.migrate import migrate
+from sendit_watcher.walk import FileEntry, Rejection, open_beneath, walk
+from tests.bench.corpus import build
+from tests.bench.scratch import scratch_database
+from tests.fix_service import REPO, write_config
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a local PostgreSQL backend has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def timed(work: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = work()
+    return time.perf_counter() - started, result
+
+
+def read_all(folder: str, entries: list[FileEntry]) -> None:
+    for entry in entries:
+        fd = open_beneath(folder, entry.path)
+        try:
+            os.read(fd, entry.size)
+        finally:
+            os.close(fd)
+
+
+def stages(dsn: str, folder: Path) -> dict[str, float]:
+    """Seconds per stage for one folder (the parse stages over the warm page cache, best of three)."""
+    entries = [e for e in walk(str(folder)) if isinstance(e, FileEntry)]
+    read = min(timed(lambda: read_all(str(folder), entries))[0] for _ in range(3))
+    main = min(timed(lambda: [read_instance(str(folder), e, False) for e in entries])[0] for _ in range(3))
+    full, results = min((timed(lambda: [read_instance(str(folder), e, True) for e in entries]) for _ in range(3)),
+                        key=lambda pair: pair[0])
+    database = DatabaseConfig(dsn=dsn, schema="stages")
+    with connect(database) as conn:
+        migrate(conn, database.schema)
+        figures = {"files": len(entries), "read": read, "decode": main - read, "json": full - main}
+        figures.update(_database_stages(conn, folder, results))
+    return figures
+
+
+def _database_stages(conn: Connection, folder: Path, results: list[Instance | Rejection]) -> dict[str, float]:
+    pid = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+    conn.commit()
+    batch_id = batches.ensure(conn, *batches.locate(_config(), folder))
+    cpu = backend_cpu(pid)
+    with conn.transaction():
+        batch = batches.claim_id(conn, batch_id)
+        assert batch is not None
+        conn.execute(importer._CREATE_STAGING)
+        lines = [importer._copy_line(importer._staging_row(r) + (0,)) for r in results]
+        copy_seconds = timed(lambda: _copy(conn, lines))[0]
+        merge_seconds = timed(lambda: importer._merge(conn, batch_id, len(lines)))[0]
+        started = time.perf_counter()
+    commit_seconds = time.perf_counter() - started
+    return {"copy": copy_seconds, "merge": merge_seconds, "commit": commit_seconds,
+            "postgres_cpu": backend_cpu(pid) - cpu}
+
+
+def _copy(conn: Connection, lines: list[bytes]) -> None:
+    with conn.cursor().copy(importer._COPY_STAGING) as copy:
+        for line in lines:
+            copy.write(line)
+
+
+def _config() -> Any:
+    from sendit_watcher.config import Config
+
+    return Config()
+
+
+def scaling(dsn: str, corpus: Path, files: int, folders: int) -> dict[str, float]:
+    """``sendit-watcher import`` of ``files`` files in ``folders`` folders, in a process of its own."""
+    paths = build(corpus / f"scale-{files}", files, folders)
+    work = corpus / f"scale-{files}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    database = DatabaseConfig(dsn=dsn, schema=f"scale_{files}")
+    config = write_config(work / "watcher.conf", database, {})
+    command = [sys.executable, "-m", "sendit_watcher", "--config", str(config), "import", "--json", "--no-progress",
+               *map(str, paths)]
+    started = time.perf_counter()
+    # A wrapper process of its own, so that its children's peak RSS is this run's alone.
+    peak_kb = subprocess.run([sys.executable, "-c", _PEAK, *command], check=True, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.split()[-1]
+    seconds = time.perf_counter() - started
+    return {"files": files, "seconds": seconds, "files_per_second": files / seconds,
+            "peak_rss_mb": int(peak_kb) / 1024}
+
+
+_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+         " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def report(stage: dict[str, float], scale: list[dict[str, float]]) -> str:
+    total = sum(stage[k] for k in ("read", "decode", "json", "copy", "merge", "commit"))
+    lines = [f"per stage, one process, {stage['files']:,.0f} files (full header; lean reader "
+             f"{'on' if lean.ENABLED else 'off'}):", "| stage | seconds | ms/file | share |", "|---|---:|---:|---:|"]
+    for key in ("read", "decode", "json", "copy", "merge", "commit"):
+        lines.append(f"| {key} | {stage[key]:.3f} | {1000 * stage[key] / stage['files']:.3f} | "
+                     f"{stage[key] / total:.0%} |")
+    database = stage["copy"] + stage["merge"] + stage["commit"]
+    lines.append(f"PostgreSQL backend CPU: {stage['postgres_cpu']:.2f} s, {stage['postgres_cpu'] / database:.0%} "
+                 f"of the database stages' {database:.2f} s")
+    lines += ["", "scaling, `sendit-watcher import`, every core:", "| files | files/s | peak RSS MB |",
+              "|---:|---:|---:|"]
+    lines += [f"| {s['files']:,.0f} | {s['files_per_second']:,.0f} | {s['peak_rss_mb']:.0f} |" for s in scale]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=2000, help="files of the per-stage folder")
+    parser.add_argument("--sizes", default="2000,20000,100000", help="corpus sizes for the scaling runs")
+    parser.add_argument("--corpus", type=Path, default=Path("/var/tmp/sendit-watcher-bench-stages"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = parser.parse_args()
+    folder = build(args.corpus / "stages", args.files, 1)[0]
+    with scratch_database() as dsn:
+        stage = stages(dsn, folder)
+        scale = [scaling(dsn, args.corpus, size, max(1, size // 100)) for size in map(int, args.sizes.split(","))]
+    print(report(stage, scale))
+    if args.json:
+        args.json.write_text(json.dumps({"stages": stage, "scaling": scale}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
