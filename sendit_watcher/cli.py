@@ -126,24 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
-    from sendit_watcher.processors import load_processor
-
-    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, load_processor)]
+    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, config.watcher)]
     if problems:
         raise ConfigError(problems)
     print("\n".join(configuration.describe(config)))
     return EXIT_OK
 
 
-def _watch_problems(watch: configuration.WatchConfig, load: Callable[[str], object]) -> list[str]:
+def _watch_problems(watch: configuration.WatchConfig, settings: configuration.WatcherConfig) -> list[str]:
+    from sendit_watcher.processors import check_processor
+
     where = f"[watch:{watch.name}]"
     problems = []
     if not watch.path.is_dir():
         problems.append(f"{where} path: {watch.path} is not an existing directory; create it or fix the path")
-    try:
-        load(watch.processor)
-    except ConfigError as exc:
-        problems.extend(f"{where} processor: {p}" for p in exc.problems)
+    problems.extend(f"{where} processor: {p}" for p in check_processor(watch, settings))
     return problems
 
 

@@ -21,7 +21,8 @@ from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import ConfigError
 from sendit_watcher.intake import Intake
 
-__all__ = ["WatchContext", "DicomFolderImporter", "AllEventsSignaler", "load_processor", "ROOT_LOSS"]
+__all__ = ["WatchContext", "DicomFolderImporter", "AllEventsSignaler", "load_processor", "build_processor",
+           "ROOT_LOSS"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,23 @@ def load_processor(dotted: str) -> type[Any]:
     if not (isinstance(found, type) and issubclass(found, pyinotify.ProcessEvent)):
         raise ConfigError([f"{dotted!r} is not a pyinotify.ProcessEvent subclass"])
     return found
+
+
+def build_processor(context: WatchContext) -> Any:
+    """The watch's processor, built with ``context=``; ConfigError naming the watch when it cannot be."""
+    processor_class = load_processor(context.watch.processor)
+    try:
+        return processor_class(context=context)
+    except Exception as exc:  # noqa: BLE001 - third-party code: any failure is a configuration problem
+        raise ConfigError([f"{context.watch.processor!r} cannot be built with context=WatchContext "
+                           f"({type(exc).__name__}: {exc}); a processor takes its arguments in my_init(**kwargs)"
+                           ]) from None
+
+
+def check_processor(watch: WatchConfig, settings: WatcherConfig) -> list[str]:
+    """Why the watch's processor cannot be loaded and built, if it cannot (a dry run with a throwaway intake)."""
+    try:
+        build_processor(WatchContext(watch, settings, Intake(settings.settle_seconds), lambda path: None))
+    except ConfigError as exc:
+        return exc.problems
+    return []

@@ -3,6 +3,7 @@ STOPPING, RELOADING; a no-op without systemd."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -13,6 +14,8 @@ import systemd.daemon as daemon
 
 __all__ = ["SdNotifier"]
 
+log = logging.getLogger(__name__)
+
 
 class SdNotifier:
     """Tells systemd about the service; every call is a no-op when NOTIFY_SOCKET is unset."""
@@ -22,10 +25,23 @@ class SdNotifier:
         self.watchdog_interval = _watchdog_interval()
         self._last_ping = 0.0
         self._status = ""
+        self._failure: str | None = None
 
     def _send(self, state: str) -> None:
-        if self.enabled:
+        """Send one message; a socket that refuses it (the manager restarting, a stale path) is logged once
+        per kind of failure and never stops the service."""
+        if not self.enabled:
+            return
+        try:
             daemon.notify(state)
+        except OSError as exc:
+            failure = type(exc).__name__
+            if failure != self._failure:
+                log.warning("sd_notify to %s failed (%s); the service carries on", os.environ.get("NOTIFY_SOCKET"),
+                            exc.strerror or failure)
+            self._failure = failure
+        else:
+            self._failure = None
 
     def ready(self, status: str) -> None:
         self._status = status

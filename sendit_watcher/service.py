@@ -28,6 +28,7 @@ from sendit_watcher.intake import Folder, Intake
 from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.migrate import migrate
 from sendit_watcher.names import to_text
+from sendit_watcher.processors import check_processor
 from sendit_watcher.sdnotify import SdNotifier
 from sendit_watcher.supervisor import Supervisor
 from sendit_watcher.walk import newest_change
@@ -337,8 +338,15 @@ class Service:
             log.error("reload refused, keeping the running configuration: %s", "; ".join(exc.problems))
             self.notify.ready(self.status_line())
             return
-        self._apply_watches(new)
-        self.notify.ready(self.status_line())
+        problems = [f"[watch:{w.name}] processor: {p}" for w in new.watches for p in check_processor(w, new.watcher)]
+        if problems:
+            log.error("reload refused, keeping the running configuration: %s", "; ".join(problems))
+            self.notify.ready(self.status_line())
+            return
+        try:
+            self._apply_watches(new)
+        finally:  # whatever happened, systemd hears that the reload is over
+            self.notify.ready(self.status_line())
 
     def _apply_watches(self, new: Config) -> None:
         old = {w.name: w for w in self.config.watches}

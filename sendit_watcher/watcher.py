@@ -16,7 +16,7 @@ from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
 from sendit_watcher.logs import MESSAGE_ROOT_LOST
-from sendit_watcher.processors import ROOT_LOSS, WatchContext, load_processor
+from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
 from sendit_watcher.walk import Rejection, walk_stats
 
 __all__ = ["Watcher", "INSIDE_EVENTS", "INSIDE_WATCH_LIMIT"]
@@ -102,10 +102,10 @@ class Watcher:
     def add_root(self, watch: WatchConfig, *, missing_ok: bool = False) -> None:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
         does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
-        processor_class = load_processor(watch.processor)
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
-        wanted = watch.events | getattr(processor_class, "required_events", 0)
-        firewall = Firewall(processor_class(context=context), watch.name, wanted, self._root_lost)
+        processor = build_processor(context)
+        wanted = watch.events | getattr(processor, "required_events", 0)
+        firewall = Firewall(processor, watch.name, wanted, self._root_lost)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
         if missing_ok and not os.path.lexists(watch.path):
             self.roots[watch.name] = root

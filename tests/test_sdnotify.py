@@ -72,3 +72,25 @@ def test_abstract_socket_names_are_supported(tmp_path: Path, monkeypatch: pytest
         assert sock.recv(4096).decode().splitlines() == ["READY=1", "STATUS=abstract"]
     finally:
         sock.close()
+
+
+def test_a_socket_that_refuses_is_logged_once_and_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    stale = tmp_path / "stale.sock"
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(stale))
+    gone.close()  # the path stays, nobody listens: ConnectionRefusedError
+    monkeypatch.setenv("NOTIFY_SOCKET", str(stale))
+    monkeypatch.setenv("WATCHDOG_USEC", "2")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    notifier = SdNotifier()
+    with caplog.at_level("WARNING", logger="sendit_watcher.sdnotify"):
+        notifier.ready("x")
+        notifier.status("y")
+        notifier.watchdog()
+        with notifier.extending(0.03):
+            wait_until(lambda: True, 1, "a moment")
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "sd_notify" in caplog.records[0].message

@@ -179,6 +179,23 @@ def test_a_bad_reload_keeps_the_running_configuration(service: ServiceProcess, c
     wait_until(done(conn, "F", 2), what="F imported after the refused reload")
 
 
+def test_a_reload_with_a_processor_that_cannot_be_built_is_refused_whole(
+        service: ServiceProcess, conn: Connection, incoming: Path, tmp_path: Path, database: DatabaseConfig) -> None:
+    other, third = tmp_path / "other", tmp_path / "third"
+    other.mkdir()
+    third.mkdir()
+    extra = (f"\n[watch:other]\npath = {other}\nprocessor = pyinotify.PrintAllEvents\n"  # takes no context=
+             f"\n[watch:third]\npath = {third}\n")
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, settle_seconds=30, extra=extra)
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in service.log and "PrintAllEvents" in service.log, what="reload refused")
+    reloading = service.notify.fields().index("RELOADING=1")
+    wait_until(lambda: "READY=1" in service.notify.fields()[reloading:], timeout=10, what="READY=1 after RELOADING=1")
+    assert str(third) not in service.log  # nothing of the refused file was applied, not even the good root
+    make_study(incoming / "G", 2)  # settles with the running settle_seconds (1 s), not the refused 30 s
+    wait_until(done(conn, "G", 2), timeout=20, what="G imported with the running configuration")
+
+
 def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn: Connection,
                                                    incoming: Path) -> None:
     shutil.rmtree(incoming)
