@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.2  # longest sleep of the loop: signals, watchdog and timers are served at least this often
 _STATUS_EVERY = 2.0
+_DEVICE_CHECK_EVERY = 5.0  # seconds between looks at which file system each root is on
 
 
 class SignalQueue:
@@ -150,6 +151,8 @@ class Service:
         self.guard = Guard()
         self.stat_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settle-check")
         self.settle_checks: dict[Folder, Future[float | None]] = {}
+        self.device_check: Future[dict[str, int]] | None = None
+        self.next_device_check = 0.0
         self.last_scan = 0.0
         self.scan_failures = 0
         self.scan_not_before = 0.0  # back-off after a failed catch-up scan
@@ -234,6 +237,12 @@ class Service:
                 self.watcher.unwatch(path)
 
     def _rewatch(self) -> None:
+        if self.device_check is not None and self.device_check.done():
+            self.watcher.remounted(self.device_check.result())
+            self.device_check = None
+        if self.device_check is None and time.monotonic() >= self.next_device_check:
+            self.next_device_check = time.monotonic() + _DEVICE_CHECK_EVERY
+            self.device_check = self.stat_pool.submit(self.watcher.devices)
         if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
             self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
 
@@ -295,7 +304,8 @@ class Service:
         if due and self.config.watcher.runs_watcher and not self.scanner.running and self.link.get() is not None:
             self.intake.rescan_requested = self.link.reconnected = False
             self.last_scan = time.monotonic()
-            roots = {name: root.watch for name, root in self.watcher.roots.items()}
+            roots = {name: root.watch for name, root in self.watcher.roots.items()  # never a lost one: its
+                     if name not in self.watcher.lost_roots}  # mount point would look like a root emptied
             skip = set(self.intake.settling) | set(self.intake.ready)
             self.scanner.start(self.config.database, roots, self.config.watcher.is_temporary,
                                self.config.watcher.settle_seconds, skip)

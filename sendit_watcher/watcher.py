@@ -76,6 +76,8 @@ class _Root:
     context: WatchContext
     firewall: Firewall
     mask: int
+    device: int | None = None  # the file system it is watched on
+    mounted: bool = False  # it was a mount point (another file system than its parent's) when last watched
 
     @property
     def wd(self) -> int:
@@ -125,11 +127,16 @@ class Watcher:
     def _attach(self, root: _Root) -> None:
         path = str(root.watch.path)
         _check_directory(root.watch)
+        device, parent = os.stat(path).st_dev, os.stat(os.path.dirname(path) or "/").st_dev
+        if root.mounted and device == parent:
+            raise WatchError(f"[watch:{root.watch.name}] path {path} is an empty mount point now (its file system "
+                             f"was unmounted); waiting for it to be mounted again")
         try:
             wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
         except pyinotify.WatchManagerError as exc:
             raise WatchError(_watch_failure(root.watch, exc)) from None
         root.firewall.root_wd = wds[path]
+        root.device, root.mounted = device, device != parent
 
     def remove_root(self, name: str) -> None:
         root = self.roots.pop(name)
@@ -182,6 +189,26 @@ class Watcher:
             self.notifier.process_events()
         except Exception:  # noqa: BLE001 - pyinotify's own bookkeeping failed on one event
             log.exception("pyinotify failed to process an event; carrying on")
+
+    def devices(self) -> dict[str, int]:
+        """The file system each watched root is on now (a stat, which may block on a dead NFS server: call it
+        off the main loop)."""
+        found = {}
+        for name, root in list(self.roots.items()):
+            try:
+                found[name] = os.stat(root.watch.path).st_dev
+            except OSError:
+                continue  # gone: the inotify events say so
+        return found
+
+    def remounted(self, devices: dict[str, int]) -> None:
+        """Roots whose file system changed under them (mounted over, unmounted) are watched again."""
+        for name, device in devices.items():
+            root = self.roots.get(name)
+            if root is not None and name not in self.lost_roots and root.device not in (None, device):
+                log.warning("watch root %s ([watch:%s]) is on another file system now (mounted or unmounted); "
+                            "watching it again", root.watch.path, name, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+                self.lost_roots.add(name)
 
     def rewatch_lost_roots(self) -> list[str]:
         """Watch again every lost root that exists again; returns their names."""

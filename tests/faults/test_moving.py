@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,3 +91,33 @@ def test_a_tmp_folder_that_never_finishes_is_never_imported(one_worker: tuple[Se
     drop_study(incoming, "marker", 1)
     wait_until(lambda: final(conn).get("marker", ("",))[0] == "done", what="marker")
     assert set(final(conn)) == {"marker"}
+
+
+def test_an_unmounted_root_keeps_its_rows_and_is_watched_again_once_mounted(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """The mount point left behind by an unmounted share is not the root emptied: its rows stay, STATUS says
+    LOST ROOT, and a share mounted again is watched (a rename into it is seen at once, not at a rescan)."""
+
+    root = tmp_path / "share"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+    service = ServiceProcess(write_config(tmp_path / "w.conf", database, {"share": root}, rescan_interval=1),
+                             tmp_path)
+    try:
+        service.wait_ready()
+        drop_study(root, "A", 2)
+        wait_until(lambda: scalar(conn, "SELECT status || instances FROM batch WHERE path = 'A'") == "done2",
+                   what="A imported")
+        subprocess.run(["umount", str(root)], check=True)
+        service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT share" in line, 15)
+        time.sleep(3)  # three rescan intervals in which the empty mount point must not empty A's rows
+        assert scalar(conn, "SELECT status || instances FROM batch WHERE path = 'A'") == "done2"
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+        service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
+        drop_study(root, "B", 2)
+        wait_until(lambda: scalar(conn, "SELECT status || instances FROM batch WHERE path = 'B'") == "done2",
+                   timeout=15, what="B imported from the share mounted again")
+        assert service.process.poll() is None
+    finally:
+        service.kill()
+        subprocess.run(["umount", str(root)], check=False)
