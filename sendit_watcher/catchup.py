@@ -20,7 +20,7 @@ from sendit_watcher.db import connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
 from sendit_watcher.names import to_disk, to_text
-from sendit_watcher.walk import fingerprint, newest_change, walk
+from sendit_watcher.walk import fingerprint, is_regular_file, newest_change, walk
 
 __all__ = ["ScanResult", "scan_roots", "Scanner"]
 
@@ -71,7 +71,7 @@ def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatu
         if is_temporary(folder_name) or folder in skip:
             continue
         result.folders += 1
-        if watch.finished_marker and not os.path.lexists(root / folder_name / watch.finished_marker):
+        if watch.finished_marker and not is_regular_file(str(root / folder_name / watch.finished_marker)):
             result.waiting.append(folder)
             continue
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import json
@@ -114,7 +115,7 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     if fast is not None:  # the lean reader only ever answers for an importable instance
         read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
         oversized = _oversized_key(read)
-        return reject("oversized-value", oversized) if oversized else read
+        return reject("oversized-value", oversized) if oversized else _bounded(read)
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
@@ -146,7 +147,36 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
             return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
     oversized = _oversized_key(instance)
-    return reject("oversized-value", oversized) if oversized else instance
+    return reject("oversized-value", oversized) if oversized else _bounded(instance)
+
+
+VALUE_LIMIT = 1 << 20  # characters of one element's JSON value; longer ones are left out, like bulk data
+
+
+def _bounded(instance: Instance) -> Instance:
+    """The instance with every element value longer than VALUE_LIMIT left out of its JSON header (the element
+    stays, with its VR): PostgreSQL's jsonb holds at most 256 MB, and such values are bulk data in all but VR."""
+    header = instance.header
+    if header is None or len(header) <= VALUE_LIMIT:
+        return instance
+    model = json.loads(header)
+    if not _drop_long_values(model):
+        return instance
+    return dataclasses.replace(instance, header=json.dumps(model, ensure_ascii=False, separators=(",", ":")))
+
+
+def _drop_long_values(model: dict[str, Any]) -> bool:
+    dropped = False
+    for element in model.values():
+        value = element.get("Value")
+        if value is None:
+            continue
+        if element.get("vr") == "SQ":
+            dropped = any([_drop_long_values(item) for item in value if isinstance(item, dict)]) or dropped
+        elif len(json.dumps(value, ensure_ascii=False)) > VALUE_LIMIT:
+            del element["Value"]
+            dropped = True
+    return dropped
 
 
 class _NotRegular(Exception):

@@ -51,8 +51,16 @@ def _handler() -> logging.Handler:
         handler.setFormatter(logging.Formatter("%(message)s"))
         return handler
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
     return handler
+
+
+class OneLineFormatter(logging.Formatter):
+    """One record, one line of its own (a traceback follows it): a name holding a newline or a carriage return
+    cannot forge a log line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def batch_fields(**fields: object) -> dict[str, object]:

@@ -20,6 +20,7 @@ import pyinotify
 from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import ConfigError
 from sendit_watcher.intake import Intake
+from sendit_watcher.walk import is_regular_file
 
 __all__ = ["WatchContext", "DicomFolderImporter", "AllEventsSignaler", "load_processor", "build_processor",
            "ROOT_LOSS"]
@@ -94,7 +95,7 @@ class DicomFolderImporter(_ContextProcessor):
             self.context.watch_inside(event.pathname)
 
     def _waiting_for_marker(self, folder: tuple[str, str], path: str) -> None:
-        if os.path.lexists(os.path.join(path, self.context.watch.finished_marker)):
+        if is_regular_file(os.path.join(path, self.context.watch.finished_marker)):
             log.debug("finished by its marker: %s", path)
             self.context.intake.finished(folder)
         else:
@@ -109,7 +110,8 @@ class DicomFolderImporter(_ContextProcessor):
         marker = self.context.watch.finished_marker
         if not marker:
             self.context.intake.activity(folder)
-        elif event.name == marker and event.path == os.path.join(self.context.watch.path, name):
+        elif (event.name == marker and event.path == os.path.join(self.context.watch.path, name)
+              and is_regular_file(event.pathname)):
             log.debug("finished by its marker: %s", event.path)
             self.context.intake.finished(folder)
             self.context.unwatch_inside(event.path)

@@ -273,7 +273,7 @@ class Service:
             if batch_id is None:
                 self.intake.retry_later(folder)  # a worker holds it right now
             else:
-                log.debug("queued %s:%s as batch %d", folder[0], folder[1], batch_id)
+                log.debug("queued %s:%s as batch %d", folder[0], to_text(folder[1]), batch_id)
                 self.intake.enqueued(folder)
 
     def _flush_gone(self) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "fingerprint", "newest_change", "open_folder",
-           "open_beneath", "MAX_DEPTH"]
+           "open_beneath", "is_regular_file", "MAX_DEPTH"]
 
 MAX_DEPTH = 512  # levels of sub-folders walked below a folder; deeper ones become 'too-deep' rejections
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,6 +53,14 @@ _KINDS = {
     stat.S_IFCHR: "character device",
     stat.S_IFBLK: "block device",
 }
+
+
+def is_regular_file(path: str) -> bool:
+    """True when ``path`` is a regular file itself (not a link to one, not a directory)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def open_folder(folder: str) -> int:

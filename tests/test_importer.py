@@ -189,3 +189,16 @@ def write_instance(path: Path, **values: str) -> str:
         setattr(ds, keyword, value)
     ds.save_as(path)
     return str(ds.SOPInstanceUID)
+
+
+def test_a_value_longer_than_a_mebibyte_is_left_out_of_the_header_and_the_file_is_an_instance(
+        conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "long"
+    folder.mkdir()
+    write_instance(folder / "long.dcm", TextValue="x" * (2 << 20), StudyComments="short and kept")
+    write_instance(folder / "plain.dcm")
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.status, outcome.instances) == ("done", 2)
+    header = conn.execute("SELECT header FROM instance WHERE path = 'long.dcm'").fetchone()[0]  # type: ignore[index]
+    assert header["0040A160"] == {"vr": "UT"}  # TextValue: the element stays, its value is left out
+    assert header["00324000"]["Value"] == ["short and kept"]

@@ -56,3 +56,12 @@ def test_setup_replaces_earlier_handlers() -> None:
         assert logging.getLogger("pydicom").level == logging.WARNING
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+def test_a_newline_in_a_message_cannot_forge_a_line_on_stderr() -> None:
+    code = ("import logging; from sendit_watcher.logs import setup; setup('info');"
+            "logging.getLogger('sendit_watcher.x').info('queued %s', 'A\\nINFO sendit_watcher.x: forged\\rB')")
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**env, "PYTHONPATH": str(REPO)})
+    assert result.stderr.splitlines() == ["INFO sendit_watcher.x: queued A\\nINFO sendit_watcher.x: forged\\rB"]

@@ -391,3 +391,24 @@ def test_a_main_loop_that_dies_ends_the_process_with_exit_70_and_no_worker_left(
     for pid in workers:  # reaped, not left running to keep the process alive
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_only_a_regular_file_is_the_finished_marker(tmp_path: Path, database: DatabaseConfig,
+                                                    conn: Connection) -> None:
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    extra = f"\n[watch:marked]\npath = {marked}\nfinished_marker = DONE\n"
+    process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {}, extra=extra), tmp_path)
+    try:
+        process.wait_ready()
+        make_study(marked / "M", 2)
+        (marked / "M" / "DONE").mkdir()  # a directory of that name is not the marker
+        os.symlink("/etc/hostname", marked / "M" / "DONE2")
+        time.sleep(3)  # asserting an absence: three settle periods
+        assert "M" not in batch_rows(conn)
+        (marked / "M" / "DONE").rmdir()
+        (marked / "M" / "DONE").write_bytes(b"")
+        wait_until(lambda: batch_rows(conn).get("M", ("",))[0] == "done", timeout=15, what="M finished by DONE")
+        assert scalar(conn, "SELECT count(*) FROM rejected_file") == 1  # the symlink; the marker is no row
+    finally:
+        process.kill()
