@@ -49,3 +49,14 @@ def test_person_name_groups_and_small_binary_inline() -> None:
                                            "Phonetic": "やまだ^たろう"}]
     assert model["00091001"] == {"vr": "OB", "InlineBinary": "AQI="}
     assert model["00091002"] == {"vr": "OB"}
+
+
+@pytest.mark.parametrize("name", ["chrSQEncoding.dcm", "chrSQEncoding1.dcm"])
+def test_a_sequence_item_is_decoded_with_its_own_character_set(name: str) -> None:
+    from pydicom.data import get_charset_files
+
+    dataset = pydicom.dcmread(get_charset_files(name)[0])
+    item = dataset_to_json(dataset)["00321064"]["Value"][0]
+    expected = str(pydicom.dcmread(get_charset_files(name)[0])[0x00321064].value[0][0x00100010].value)
+    assert item["00100010"]["Value"][0]["Alphabetic"] == expected.split("=")[0]
+    assert "\ufffd" not in str(item) and "山田" in str(item)

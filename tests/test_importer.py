@@ -202,3 +202,24 @@ def test_a_value_longer_than_a_mebibyte_is_left_out_of_the_header_and_the_file_i
     header = conn.execute("SELECT header FROM instance WHERE path = 'long.dcm'").fetchone()[0]  # type: ignore[index]
     assert header["0040A160"] == {"vr": "UT"}  # TextValue: the element stays, its value is left out
     assert header["00324000"]["Value"] == ["short and kept"]
+
+
+def test_files_contradicting_their_study_are_recorded_and_people_without_an_id_are_not_merged(
+        conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    study = generate_uid()
+    for name, patient in (("a.dcm", "P-1"), ("b.dcm", "P-2")):  # one StudyInstanceUID, two PatientIDs
+        write_instance(folder / name, PatientID=patient)
+        ds = pydicom.dcmread(folder / name)
+        ds.StudyInstanceUID = study
+        ds.save_as(folder / name)
+    write_instance(folder / "anon1.dcm", PatientID="")  # two people without an ID, two studies
+    write_instance(folder / "anon2.dcm", PatientID="")
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and outcome.instances == 4
+    conflicts = conn.execute("SELECT path, level, tag FROM main_tag_conflict").fetchall()
+    assert conflicts == [("b.dcm", "study", "PatientID (0010,0020)")]
+    assert conn.execute("SELECT count(*) FROM patient WHERE patient_id = ''").fetchone() == (2,)
+    assert conn.execute("SELECT count(DISTINCT st.patient) FROM study st JOIN patient p ON p.id = st.patient"
+                        " WHERE p.patient_id = ''").fetchone() == (2,)
