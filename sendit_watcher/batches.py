@@ -121,14 +121,14 @@ def enqueue(conn: Connection, root: str, path: str) -> int | None:
 
 
 def enqueue_known(conn: Connection, root: str, path: str) -> int | None:
-    """Queue a folder that is gone from disk, so that a worker removes its rows; nothing for a folder never
-    recorded. None when there is nothing to do or a worker holds it right now (then try again later: -1)."""
+    """Queue a folder that is gone from disk, so that a worker removes its rows; 0 (nothing to do) for a folder
+    never recorded; None when a worker holds it right now (try again later)."""
     with conn.transaction():
         row = conn.execute("SELECT id, status FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
                            (root, path)).fetchone()
         if row is None:
             exists = conn.execute("SELECT 1 FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
-            return -1 if exists else None
+            return None if exists else 0
         if row[1] != BatchStatus.QUEUED:
             conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
                          (BatchStatus.QUEUED, row[0]))

@@ -252,46 +252,34 @@ class Service:
         return min(_TICK, max(0.0, wait))
 
     def _flush(self) -> None:
-        """Queue every finished folder, and every vanished one that was recorded; on a database error keep them
-        and back off."""
-        self._flush_gone()
-        for folder in self.intake.due_for_enqueue():
-            conn = self.link.get()
-            if conn is None:
-                self.intake.retry_later(folder)
-                continue
-            try:
-                batch_id = batches.enqueue(conn, folder[0], to_text(folder[1]))
-            except psycopg.Error as exc:
-                self.link.failed(exc)
-                self.intake.retry_later(folder)
-                continue
-            except Exception:  # noqa: BLE001 - kept and retried with back-off; never lost, never fatal
-                self.guard.failed(f"queueing {folder[0]}:{to_text(folder[1])}")
-                self.intake.retry_later(folder)
-                continue
-            if batch_id is None:
-                self.intake.retry_later(folder)  # a worker holds it right now
-            else:
-                log.debug("queued %s:%s as batch %d", folder[0], to_text(folder[1]), batch_id)
-                self.intake.enqueued(folder)
-
-    def _flush_gone(self) -> None:
+        """Queue every finished folder, and every vanished one that was recorded (so that a worker removes its
+        rows); on a database error keep them and back off."""
         for folder in self.intake.due_gone():
-            conn = self.link.get()
-            if conn is None:
-                self.intake.gone_later(folder)
-                continue
-            try:
-                batch_id = batches.enqueue_known(conn, folder[0], to_text(folder[1]))
-            except psycopg.Error as exc:
-                self.link.failed(exc)
-                self.intake.gone_later(folder)
-                continue
-            if batch_id == -1:
-                self.intake.gone_later(folder, 1.0)  # a worker holds it right now
-            else:
-                self.intake.gone_recorded(folder)
+            self._queue(folder, batches.enqueue_known, self.intake.gone_recorded, self.intake.gone_later)
+        for folder in self.intake.due_for_enqueue():
+            self._queue(folder, batches.enqueue, self.intake.enqueued, self.intake.retry_later)
+
+    def _queue(self, folder: Folder, enqueue: Callable[[Connection, str, str], int | None],
+               done: Callable[[Folder], None], later: Callable[[Folder], None]) -> None:
+        """One folder's batch row through ``enqueue``; without a database, on an error, or while a worker holds
+        the row (``enqueue`` says None), the folder is kept and tried again later."""
+        conn = self.link.get()
+        if conn is None:
+            later(folder)
+            return
+        try:
+            batch_id = enqueue(conn, folder[0], to_text(folder[1]))
+        except psycopg.Error as exc:
+            self.link.failed(exc)
+            batch_id = None
+        except Exception:  # noqa: BLE001 - kept and retried with back-off; never lost, never fatal
+            self.guard.failed(f"queueing {folder[0]}:{to_text(folder[1])}")
+            batch_id = None
+        if batch_id is None:
+            later(folder)
+        else:
+            log.debug("queued %s:%s as batch %d", folder[0], to_text(folder[1]), batch_id)
+            done(folder)
 
     def _catch_up(self) -> None:
         result = self.scanner.collect()
