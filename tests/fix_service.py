@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from sendit_watcher.config import SCHEMA, DatabaseConfig
 
@@ -128,3 +130,34 @@ class ServiceProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[[Path], ServiceProcess]]:
+    """Start the service on a conffile, each run in a work directory of its own, READY before it returns;
+    every one is killed after the test whatever happened."""
+    started: list[ServiceProcess] = []
+
+    def start(config: Path) -> ServiceProcess:
+        workdir = tmp_path / f"service{len(started)}"
+        workdir.mkdir()
+        service = ServiceProcess(config, workdir)
+        started.append(service)
+        service.wait_ready()
+        return service
+
+    yield start
+    for service in started:
+        service.kill()
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, database: DatabaseConfig, incoming: Path,
+                  services: Callable[[Path], ServiceProcess]) -> Callable[..., ServiceProcess]:
+    """Start the service watching ``incoming`` with these options (any schema key) and ``extra`` conffile
+    text, as ``services`` does."""
+    def start(extra: str = "", **options: object) -> ServiceProcess:
+        return services(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra,
+                                     **options))
+
+    return start

@@ -13,35 +13,16 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
 from tests.helpers import batch_rows, done, pydicom_test_files, scalar, wait_until
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start a service on a conffile (each in a work directory of its own); killed after the test."""
-    started: list[ServiceProcess] = []
-
-    def start(config: Path) -> ServiceProcess:
-        workdir = tmp_path / f"service{len(started)}"
-        workdir.mkdir()
-        service = ServiceProcess(config, workdir)
-        started.append(service)
-        service.wait_ready()
-        return service
-
-    yield start
-    for service in started:
-        service.kill()
 
 
 def cli(config: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

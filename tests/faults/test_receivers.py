@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.names import to_disk
 from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
+from tests.fix_service import ServiceProcess
 from tests.helpers import assert_mirror, scalar, wait_until
 
 SETTLE = 1.0  # settle_seconds of the service under test
@@ -71,21 +70,12 @@ def storescu(port: int, files: list[Path]) -> None:
 
 
 @pytest.fixture
-def start(tmp_path: Path, incoming: Path, database: DatabaseConfig) -> Iterator[Callable[..., ServiceProcess]]:
+def start(start_service: Callable[..., ServiceProcess]) -> Callable[..., ServiceProcess]:
     """Start the service watching ``incoming`` (settle_seconds 1, one worker; ``extra`` conffile text)."""
-    started: list[ServiceProcess] = []
-
     def run(extra: str = "", **options: object) -> ServiceProcess:
-        settings: dict[str, object] = {"workers": 1, "settle_seconds": SETTLE, "linger_seconds": 30, **options}
-        config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra, **settings)
-        service = ServiceProcess(config, tmp_path)
-        started.append(service)
-        service.wait_ready()
-        return service
+        return start_service(extra, **{"workers": 1, "settle_seconds": SETTLE, "linger_seconds": 30, **options})
 
-    yield run
-    for service in started:
-        service.kill()
+    return run
 
 
 def studies(source: Path, count: int, files: int = FILES) -> list[tuple[Path, list[str]]]:

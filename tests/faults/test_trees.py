@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,23 +21,6 @@ from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
 from tests.helpers import batch_rows, done, importing_host, scalar, wait_until
-
-
-@pytest.fixture
-def start_service(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start the service on ``incoming`` with the given options; killed after the test whatever happened."""
-    started: list[ServiceProcess] = []
-
-    def start(**options: object) -> ServiceProcess:
-        config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, **options)
-        service = ServiceProcess(config, tmp_path)
-        started.append(service)
-        service.wait_ready()
-        return service
-
-    yield start
-    for service in started:
-        service.kill()
 
 
 def status_lines(service: ServiceProcess) -> int:
