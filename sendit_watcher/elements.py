@@ -13,7 +13,8 @@ from pydicom import valuerep
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
-__all__ = ["Decoder", "FALLBACK", "TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "SINGLE_VALUED", "STRIPPED_VRS"]
+__all__ = ["Decoder", "FALLBACK", "known_un", "TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "SINGLE_VALUED",
+           "STRIPPED_VRS"]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
@@ -60,7 +61,8 @@ class Decoder:
                 yield tag, "", None
                 continue
             vr = raw.VR or _dictionary_vr(tag)
-            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in _CHARSET_AFFECTED):
+            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in _CHARSET_AFFECTED) \
+                    or _known_un(vr, tag):
                 yield tag, "", None
             else:
                 yield tag, vr, raw
@@ -71,7 +73,8 @@ class Decoder:
         if not isinstance(raw, RawDataElement):
             return None
         vr = raw.VR or _dictionary_vr(tag)
-        if vr is None or " " in vr or vr == "SQ" or (vr in _CHARSET_AFFECTED and self.codec is None):
+        if vr is None or " " in vr or vr == "SQ" or (vr in _CHARSET_AFFECTED and self.codec is None) or \
+                _known_un(vr, tag):
             return None
         return vr, raw
 
@@ -102,6 +105,17 @@ class Decoder:
         if raw is None or vr not in TEXT_VRS:
             return FALLBACK
         return "\\".join(v for v in self.values(vr, raw) if v is not None)
+
+
+def known_un(tag: int) -> bool:
+    """True for a public tag whose dictionary VR is not UN: pydicom converts such an element read as UN to its
+    dictionary VR (a sequence, text, numbers), so it is left to pydicom."""
+    vr = _dictionary_vr(tag) if not (tag >> 16) & 1 else None
+    return vr is not None and vr != "UN"
+
+
+def _known_un(vr: str, tag: int) -> bool:
+    return vr == "UN" and known_un(tag)
 
 
 def _codec(dataset: Any) -> str | None:

@@ -58,7 +58,8 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
     stamp = fingerprint(entries)
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
-    todo, gone, freed = _reconcile(conn, batch.id, entries)
+    todo, gone, dropped = _reconcile(conn, batch.id, entries)
+    freed = [sop for sop, _ in dropped]
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
     new_instances = 0
@@ -69,16 +70,19 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
         conn.execute("DELETE FROM staging")
         again = [e for e in entries if e.path in promoted]
         new_instances += _merge(conn, batch.id, _stage(conn, batch.id, folder, again, parser, full_header, None))
-    new_instances -= _returning(conn, batch.id, freed)  # a renamed file is not a new instance
-    return _finish(conn, batch, host, stamp, len(entries), new_instances, gone, started)
+    new_instances -= _returning(conn, batch.id, freed)  # a renamed or rewritten file is not a new instance
+    arrived = [e.path for e in todo]  # a gone file's SOP read again here, not promoted from a duplicate: moved
+    moved = _returning(conn, batch.id, [sop for sop, still_there in dropped if not still_there], arrived)
+    return _finish(conn, batch, host, stamp, len(entries), new_instances, max(0, len(gone) - moved), started)
 
 
-def _returning(conn: Connection, batch_id: int, freed: list[str]) -> int:
-    """How many of the SOPInstanceUIDs this import dropped are instances of the folder again (moved files)."""
+def _returning(conn: Connection, batch_id: int, freed: list[str], paths: list[str] | None = None) -> int:
+    """How many of the SOPInstanceUIDs this import dropped are instances of the folder again (rewritten or
+    moved files), at any path or at one of ``paths`` only."""
     if not freed:
         return 0
-    row = conn.execute("SELECT count(*) FROM instance WHERE batch = %s AND sop_instance_uid = ANY(%s)",
-                       (batch_id, freed)).fetchone()
+    row = conn.execute("SELECT count(*) FROM instance WHERE batch = %s AND sop_instance_uid = ANY(%s)"
+                       " AND (%s::text[] IS NULL OR path = ANY(%s))", (batch_id, freed, paths, paths)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -92,11 +96,11 @@ def _has_retryable(conn: Connection, batch_id: int) -> bool:
     return bool(row and row[0])
 
 
-def _reconcile(conn: Connection, batch_id: int,
-               entries: list[FileEntry | Rejection]) -> tuple[list[FileEntry | Rejection], int, list[str]]:
+def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]
+               ) -> tuple[list[FileEntry | Rejection], list[str], list[tuple[str, bool]]]:
     """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
-    vanished); returns the entries to read, how many recorded files are gone, and the SOPInstanceUIDs whose
-    instance row was dropped."""
+    vanished); returns the entries to read, the recorded paths that are gone, and the SOPInstanceUIDs whose
+    instance row was dropped, each with whether its file is still there (changed) or not (gone)."""
     known = {path: (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
         "SELECT path, size, mtime_ns, ctime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size,"
         " mtime_ns, ctime_ns FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)",
@@ -105,14 +109,15 @@ def _reconcile(conn: Connection, batch_id: int,
     present = {e.path: (e.size, e.mtime_ns, _ctime(e)) for e in entries}
     gone = [path for path in known if path not in present]
     stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
-    freed: list[str] = []
+    freed: list[tuple[str, bool]] = []  # (SOPInstanceUID, whether its path is still there: changed, not gone)
     if stale:
-        freed = [row[0] for row in conn.execute(
-            "DELETE FROM instance WHERE batch = %s AND path = ANY(%s) RETURNING sop_instance_uid", (batch_id, stale))]
+        freed = [(sop, path in present) for sop, path in conn.execute(
+            "DELETE FROM instance WHERE batch = %s AND path = ANY(%s) RETURNING sop_instance_uid, path",
+            (batch_id, stale))]
         conn.execute("DELETE FROM rejected_file WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
         conn.execute("DELETE FROM main_tag_conflict WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
     stale_set = set(stale)
-    return [e for e in entries if e.path not in known or e.path in stale_set], len(gone), freed
+    return [e for e in entries if e.path not in known or e.path in stale_set], gone, freed
 
 
 def _ctime(entry: FileEntry | Rejection) -> int | None:

@@ -90,7 +90,7 @@ class Intake:
     def gone_recorded(self, folder: Folder) -> None:
         self.gone.pop(folder, None)
 
-    def gone_later(self, folder: Folder, seconds: float = 5.0) -> None:
+    def gone_later(self, folder: Folder, seconds: float = 1.0) -> None:
         self.gone[folder] = self.clock() + seconds
 
     def forget_root(self, name: str) -> None:

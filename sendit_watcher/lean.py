@@ -42,6 +42,7 @@ from sendit_watcher.elements import (
     _dictionary_vr,
     _names,
     _text_values,
+    known_un,
 )
 from sendit_watcher.walk import open_beneath
 
@@ -207,7 +208,7 @@ class _Reader:
         """(tag, VR, length, value position) of the explicit VR element header at ``pos``."""
         group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
         vr = _VR_BYTES.get(self.data[pos + 4:pos + 6])
-        if vr is None:
+        if vr is None or (vr == "UN" and known_un(group << 16 | element)):  # pydicom converts a known UN
             raise _Fallback
         if vr in _LONG_VRS:
             if pos + 12 > len(self.data):

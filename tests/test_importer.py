@@ -223,3 +223,28 @@ def test_files_contradicting_their_study_are_recorded_and_people_without_an_id_a
     assert conn.execute("SELECT count(*) FROM patient WHERE patient_id = ''").fetchone() == (2,)
     assert conn.execute("SELECT count(DISTINCT st.patient) FROM study st JOIN patient p ON p.id = st.patient"
                         " WHERE p.patient_id = ''").fetchone() == (2,)
+
+
+def test_a_known_sequence_written_as_un_is_stored_as_the_sequence_pydicom_reads(
+        conn: Connection, config: Config, tmp_path: Path) -> None:
+    import struct
+
+    def implicit(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    item_body = implicit(0x00080100, b"CODE01") + implicit(0x00080104, b"Meaning ")
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, len(item_body)) + item_body
+    folder = tmp_path / "un"
+    folder.mkdir()
+    write_instance(folder / "a.dcm", ProcedureCodeSequence=[])  # type: ignore[arg-type]
+    # ProcedureCodeSequence (0008,1032) spliced in as UN, as a receiver that did not know it writes it
+    data = (folder / "a.dcm").read_bytes()
+    at = data.index(b"\x08\x00\x32\x10SQ\x00\x00")
+    length = struct.unpack_from("<L", data, at + 8)[0]
+    end = at + 12 + (8 if length == 0xFFFFFFFF else length)  # an empty sequence: its delimitation item
+    un = b"\x08\x00\x32\x10UN\x00\x00" + struct.pack("<L", len(item)) + item
+    (folder / "a.dcm").write_bytes(data[:at] + un + data[end:])
+    assert isinstance(import_folder(conn, config, folder), Result)
+    header = conn.execute("SELECT header FROM instance").fetchone()[0]  # type: ignore[index]
+    assert header["00081032"] == pydicom.dcmread(folder / "a.dcm").to_json_dict()["00081032"]
+    assert header["00081032"]["Value"][0]["00080100"]["Value"] == ["CODE01"]

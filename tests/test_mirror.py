@@ -389,3 +389,16 @@ def test_service_folder_moved_out_of_the_root(service: ServiceProcess, conn: Con
     wait_until(lambda: all(instance_rows(conn, uid) == [] for uid in uids), timeout=15,
                what="A's rows removed once it left the root")
     assert_mirror(conn, {"incoming": incoming})
+
+
+def test_removed_counts_files_gone_not_files_renamed_within_the_folder(conffile: Path, conn: Connection,
+                                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "A"
+    make_study(folder, 4)
+    run_import(conffile, folder)
+    (folder / "IM00001.dcm").rename(folder / "renamed.dcm")
+    assert run_import(conffile, folder)[str(folder)]["removed"] == 0
+    (folder / "IM00002.dcm").rename(folder / "again.dcm")
+    (folder / "IM00003.dcm").unlink()
+    assert run_import(conffile, folder)[str(folder)]["removed"] == 1
+    assert_mirror(conn)
