@@ -240,8 +240,9 @@ def test_service_replaced_file_in_a_folder_renamed_back(service: ServiceProcess,
     assert_mirror(conn, {"incoming": incoming})
 
 
-def test_service_requeues_the_folder_of_a_duplicate_whose_original_is_gone(service: ServiceProcess,
-                                                                           conn: Connection, incoming: Path) -> None:
+def original_and_duplicate(conn: Connection, incoming: Path) -> list[str]:
+    """Through the service: folder A of 3 instances, then folder B of 2 holding a copy of A's first file (its
+    duplicate); returns A's SOPInstanceUIDs."""
     uids = make_study(incoming / "A.tmp", 3)
     (incoming / "A.tmp").rename(incoming / "A")
     wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3), timeout=30, what="A imported")
@@ -249,6 +250,12 @@ def test_service_requeues_the_folder_of_a_duplicate_whose_original_is_gone(servi
     shutil.copy2(incoming / "A" / "IM00000.dcm", incoming / "B.tmp" / "copy.dcm")
     (incoming / "B.tmp").rename(incoming / "B")
     wait_until(lambda: folder_state(conn, "B")[:3] == ("done", 2, 1), timeout=30, what="B imported, one duplicate")
+    return uids
+
+
+def test_service_requeues_the_folder_of_a_duplicate_whose_original_is_gone(service: ServiceProcess,
+                                                                           conn: Connection, incoming: Path) -> None:
+    uids = original_and_duplicate(conn, incoming)
     (incoming / "A").rename(incoming / "A.tmp")  # the producer contract: change a folder under a temporary name
     (incoming / "A.tmp" / "IM00000.dcm").unlink()
     (incoming / "A.tmp").rename(incoming / "A")
@@ -324,13 +331,7 @@ def reimport(conffile: Path, conn: Connection, dirs: list[Path]) -> None:
 def test_service_folder_deleted_whole(service: ServiceProcess, conn: Connection, incoming: Path) -> None:
     """A folder removed from the root takes its rows with it, and a duplicate elsewhere becomes the instance
     (a SOP Instance UID on disk somewhere has exactly one instance row)."""
-    uids = make_study(incoming / "A.tmp", 3)
-    (incoming / "A.tmp").rename(incoming / "A")
-    wait_until(lambda: folder_state(conn, "A")[:2] == ("done", 3), timeout=30, what="A imported")
-    make_study(incoming / "B.tmp", 2)
-    shutil.copy2(incoming / "A" / "IM00000.dcm", incoming / "B.tmp" / "copy.dcm")
-    (incoming / "B.tmp").rename(incoming / "B")
-    wait_until(lambda: folder_state(conn, "B")[:3] == ("done", 2, 1), timeout=30, what="B imported, one duplicate")
+    uids = original_and_duplicate(conn, incoming)
     shutil.rmtree(incoming / "A")
     wait_until(lambda: instance_rows(conn, uids[0]) == [("B", "copy.dcm")], timeout=15,
                what=f"B's copy to become the instance; rows now {instance_rows(conn, uids[0])}")
