@@ -225,17 +225,30 @@ def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, n
                   finished.rejected, seconds, unchanged, removed)
 
 
+# Once per connection. The header is compressed as instance.header is (migration 0004: lz4 where the server
+# has it), so the merge copies the compressed value as it is.
 _CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staging (
-    path text, size bigint, mtime_ns bigint, ctime_ns bigint, reason text, detail text,
-    sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer, content_date date,
-    series_instance_uid text, modality text, series_number integer, series_date date, series_description text,
-    body_part_examined text,
-    study_instance_uid text, study_date date, study_time text, accession_number text, study_id text,
-    study_description text, referring_physician_name text,
-    patient_id text, issuer_of_patient_id text, patient_name text, patient_birth_date date, patient_sex text,
-    header jsonb
-) ON COMMIT DELETE ROWS
+DO $$
+BEGIN
+    IF to_regclass('pg_temp.staging') IS NULL THEN
+        CREATE TEMP TABLE staging (
+            path text, size bigint, mtime_ns bigint, ctime_ns bigint, reason text, detail text,
+            sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer,
+            content_date date,
+            series_instance_uid text, modality text, series_number integer, series_date date,
+            series_description text, body_part_examined text,
+            study_instance_uid text, study_date date, study_time text, accession_number text, study_id text,
+            study_description text, referring_physician_name text,
+            patient_id text, issuer_of_patient_id text, patient_name text, patient_birth_date date,
+            patient_sex text,
+            header jsonb
+        ) ON COMMIT DELETE ROWS;
+        IF EXISTS (SELECT FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+            EXECUTE 'ALTER TABLE pg_temp.staging ALTER COLUMN header SET COMPRESSION lz4';
+        END IF;
+    END IF;
+END
+$$
 """
 
 _COPY_STAGING = """

@@ -16,6 +16,7 @@ from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser, Parser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
 from sendit_watcher.worker import Outcome, import_batch
+from tests.fix_dicom import make_study
 from tests.helpers import count_rows, make_config, pydicom_test_files
 
 
@@ -248,3 +249,15 @@ def test_a_known_sequence_written_as_un_is_stored_as_the_sequence_pydicom_reads(
     header = conn.execute("SELECT header FROM instance").fetchone()[0]  # type: ignore[index]
     assert header["00081032"] == pydicom.dcmread(folder / "a.dcm").to_json_dict()["00081032"]
     assert header["00081032"]["Value"][0]["00080100"]["Value"] == ["CODE01"]
+
+
+def test_headers_are_stored_with_lz4_where_the_server_has_it(conn: Connection, config: Config,
+                                                             tmp_path: Path) -> None:
+    make_study(tmp_path / "s", 3)  # CT_small: a 10 KB header, compressed when stored
+    import_folder(conn, config, tmp_path / "s")
+    has_lz4 = conn.execute("SELECT 'lz4' = ANY (enumvals) FROM pg_settings"
+                           " WHERE name = 'default_toast_compression'").fetchone()
+    expected = "lz4" if has_lz4 and has_lz4[0] else "pglz"
+    stored = {row[0] for row in conn.execute("SELECT pg_column_compression(header) FROM instance")}
+    assert stored == {expected}
+    assert conn.execute("SELECT count(*) FROM instance WHERE header ? '00080018'").fetchone() == (3,)
