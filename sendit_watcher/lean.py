@@ -84,8 +84,12 @@ _KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}) & _STANDARD
 _VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
 _SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}
-_KEYS: dict[int, str] = {}  # tag -> '"GGGGEEEE":', shared by every file this process reads
-_KEYS_LIMIT = 1 << 16
+# Written fragments, '"GGGGEEEE":{...}' by (tag, VR, value bytes, codec), shared by every file this process
+# reads: the files of a series repeat most of their values, so most elements are one dictionary lookup. Bounded
+# in entries and in value size (emptied when full), so files full of distinct values cannot grow it.
+_FRAGMENTS: dict[tuple[int, str, bytes, str], str] = {}
+_FRAGMENTS_LIMIT = 8192
+_FRAGMENT_VALUE_LIMIT = 128
 
 # Main-column tags and the Instance field each fills (names from the standard).
 _MAIN_TEXT = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x00080030: "study_time",
@@ -98,6 +102,8 @@ _MAIN_DATE = {0x00080020: "study_date", 0x00080021: "series_date", 0x00080023: "
               0x00100030: "patient_birth_date"}
 _MAIN_INTEGER = {0x00200011: "series_number", 0x00200013: "instance_number"}
 _MAIN_TAGS = frozenset(_MAIN_TEXT) | frozenset(_MAIN_DATE) | frozenset(_MAIN_INTEGER)
+_SPECIAL_TOP = _MAIN_TAGS | {_PIXEL_REPRESENTATION}  # top-level elements whose value is read beyond the JSON
+_SPECIAL_ITEM: frozenset[int] = frozenset()
 
 
 class _Fallback(Exception):
@@ -216,16 +222,16 @@ class _Reader:
             return group << 16 | element, vr, _LONG_LENGTH.unpack_from(self.data, pos + 8)[0], pos + 12
         return group << 16 | element, vr, length >> 16, pos + 8
 
-    def _header(self, pos: int, top: bool) -> tuple[int, str, int, int]:
-        if not self.implicit:
-            return self._explicit_header(pos)
+    def _implicit_header(self, pos: int, top: bool) -> tuple[int, str, int, int]:
+        """(tag, VR, length, value position) of the implicit VR element header at ``pos``; VR '' for a private
+        element (its VR comes from its creator, _private_vr)."""
         group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
         tag = group << 16 | element
         if top and tag in _PIXEL_TAGS:  # the end of the header: its VR does not matter
             return tag, "", length, pos + 8
         vr = _dictionary_vr(tag) if group != 0xFFFE else None
         if vr is None and group & 1:
-            return tag, "", length, pos + 8  # private: its VR comes from its creator (_private_vr)
+            return tag, "", length, pos + 8
         if vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
             vr = "US" if self.pixel_representation == 0 else "SS"  # as pydicom's correct_ambiguous_vr_element
             if length % 2:
@@ -236,53 +242,78 @@ class _Reader:
 
     def dataset(self, pos: int, end: int | None, codec: str, top: bool) -> tuple[str, int]:
         """The JSON object of the dataset at ``pos``: up to ``end`` (a defined length), else up to its item
-        delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it."""
+        delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it.
+
+        The hot loop of the reader: an explicit VR header is decoded here, and a plain element (not a sequence,
+        the character set, a main tag or (0028,0103)) is written here; the rest goes through ``_element``."""
         parts: list[str] = []
         creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
         last = -1
         sequences = odd_pixel_representation = False
+        implicit, json = self.implicit, self.json
+        special = _SPECIAL_TOP if top else _SPECIAL_ITEM
         while pos != end:
-            if top and pos == len(self.data) and not self.more(FIRST_READ):
-                break  # the end of the file, and of the dataset
             if pos + 8 > len(self.data):
+                if top and pos == len(self.data) and not self.more(FIRST_READ):
+                    break  # the end of the file, and of the dataset
                 self.need(pos + 8)
-            if end is None and not top and _TAG_LENGTH.unpack_from(self.data, pos) == (0xFFFE, 0xE00D, 0):
-                return "{" + ",".join(parts) + "}", pos + 8
-            tag, vr, length, pos = self._header(pos, top)
+            data = self.data
+            group, element, length = _TAG_LENGTH.unpack_from(data, pos)
+            if group == 0xFFFE and element == 0xE00D and length == 0 and end is None and not top:
+                return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
+            if implicit:
+                tag, vr, length, pos = self._implicit_header(pos, top)
+            else:
+                tag = group << 16 | element
+                vr = _VR_BYTES.get(data[pos + 4:pos + 6])  # type: ignore[assignment]
+                if vr is None or (vr == "UN" and known_un(tag)):  # pydicom converts a known UN
+                    raise _Fallback
+                if vr in _LONG_VRS:
+                    self.need(pos + 12)
+                    data = self.data
+                    length = _LONG_LENGTH.unpack_from(data, pos + 8)[0]
+                    pos += 12
+                else:
+                    length >>= 16
+                    pos += 8
             if top and tag in _PIXEL_TAGS:
                 break
-            if tag <= last or tag >> 16 == 0xFFFE or (top and tag < _FIRST_DATASET_TAG):
+            if tag <= last or group == 0xFFFE or (top and tag < _FIRST_DATASET_TAG):
                 raise _Fallback
             last = tag
             if not vr:
                 vr = _private_vr(tag, creators)
-            sequences = sequences or vr == "SQ"
+            if vr == "SQ":
+                sequences = True
             if tag == _PIXEL_REPRESENTATION:
                 odd_pixel_representation = vr != "US" or length != 2
             if sequences and odd_pixel_representation:  # pydicom converts (0028,0103) when it reads a sequence
                 raise _Fallback
-            entry, pos, codec = self._element(tag, vr, length, pos, codec, top)
-            if vr == "LO" and self.implicit and tag >> 16 & 1:
+            if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special:
+                entry, pos, codec = self._element(tag, vr, length, pos, codec, top)
+            else:
+                stop = pos + length
+                if stop > len(data):
+                    self.need(stop)
+                    data = self.data
+                entry = _fragment(tag, vr, data[pos:stop], codec) if json else ""
+                pos = stop
+            if implicit and vr == "LO" and group & 1:
                 creators[tag] = _creator(self.data[pos - length:pos])
             if end is not None and pos > end:
                 raise _Fallback
-            if self.json:
-                key = _KEYS.get(tag)
-                if key is None:
-                    key = f'"{tag:08X}":'
-                    if len(_KEYS) < _KEYS_LIMIT:  # bounded: files full of random private tags cannot grow it
-                        _KEYS[tag] = key
-                parts.append(key + entry)
+            if json:
+                parts.append(entry)
         return "{" + ",".join(parts) + "}", pos
 
     def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
-        """The JSON of one element whose value is at ``pos``, the position after it, and the dataset's codec
-        from here on (changed by (0008,0005))."""
+        """The JSON of one element ('"GGGGEEEE":{...}') whose value is at ``pos``, the position after it, and
+        the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in _CHARSET_AFFECTED):
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
         if vr == "SQ":
             entry, pos = self._sequence(pos, length, codec)
-            return entry, pos, codec
+            return f'"{tag:08X}":{entry}', pos, codec
         if length == _UNDEFINED:
             raise _Fallback
         if pos + length > len(self.data):
@@ -296,7 +327,7 @@ class _Reader:
             self.main[tag] = _main_text(vr, value, codec)
         elif top and tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
             self.pixel_representation = value[0] | value[1] << 8
-        return (_entry(vr, value, codec) if self.json else ""), pos + length, codec
+        return (_fragment(tag, vr, value, codec) if self.json else ""), pos + length, codec
 
     def _sequence(self, pos: int, length: int, codec: str) -> tuple[str, int]:
         items: list[str] = []
@@ -369,6 +400,20 @@ def _main_text(vr: str, value: bytes, codec: str) -> str:
     if vr not in TEXT_VRS:
         raise _Fallback
     return "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
+
+
+def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
+    """'"GGGGEEEE":' and the element's DICOM JSON object, from _FRAGMENTS when written before."""
+    if len(value) > _FRAGMENT_VALUE_LIMIT:
+        return f'"{tag:08X}":{_entry(vr, value, codec)}'
+    memo = (tag, vr, value, codec)
+    fragment = _FRAGMENTS.get(memo)
+    if fragment is None:
+        fragment = f'"{tag:08X}":{_entry(vr, value, codec)}'
+        if len(_FRAGMENTS) >= _FRAGMENTS_LIMIT:
+            _FRAGMENTS.clear()
+        _FRAGMENTS[memo] = fragment
+    return fragment
 
 
 def _entry(vr: str, value: bytes, codec: str) -> str:
