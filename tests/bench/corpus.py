@@ -1,4 +1,5 @@
-"""A benchmark corpus: pydicom's CT_small and MR_small cloned with fresh UIDs (patched in place, fixed length)."""
+"""A benchmark corpus: pydicom's CT_small and MR_small cloned with fresh UIDs and, as in a real series, per-file
+InstanceNumber, ImagePositionPatient and SliceLocation (patched in place, fixed length)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pydicom
 from tests.helpers import pydicom_test_files
 
 _PLACEHOLDERS = {kind: str(digit) * 60 for kind, digit in (("sop", 9), ("series", 8), ("study", 7))}
+_NUMBER, _SLICE = "555555555", "-444444.444"  # IS and DS placeholders of fixed width
+_POSITION = "-111111.111\\-222222.222\\-333333.333"
 
 
 def _template(name: str) -> bytes:
     ds = pydicom.dcmread(pydicom_test_files() / name)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _PLACEHOLDERS["sop"]
     ds.SeriesInstanceUID, ds.StudyInstanceUID = _PLACEHOLDERS["series"], _PLACEHOLDERS["study"]
+    ds.InstanceNumber, ds.SliceLocation, ds.ImagePositionPatient = _NUMBER, _SLICE, _POSITION.split("\\")
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()
@@ -29,9 +33,17 @@ def _uid(seed: int, kind: int, number: int) -> bytes:
     return uid.encode()
 
 
+def _instance(template: bytes, uid: bytes, number: int) -> bytes:
+    """One file of a series: its SOPInstanceUID, InstanceNumber, and its slice's position 2.5 mm further on."""
+    z = -100 + 2.5 * number
+    position = f"{-158.1 + number % 7:+011.3f}\\{-179.0:+011.3f}\\{z:+011.3f}"
+    return template.replace(_PLACEHOLDERS["sop"].encode(), uid).replace(_NUMBER.encode(), f"{number:09d}".encode()) \
+        .replace(_SLICE.encode(), f"{z:+011.3f}".encode()).replace(_POSITION.encode(), position.encode())
+
+
 def build(root: Path, files: int, folders: int) -> list[Path]:
     """``folders`` study folders holding ``files`` files in all under ``root`` (reused when complete)."""
-    marker = root / f".complete-v2-{files}-{folders}"
+    marker = root / f".complete-v3-{files}-{folders}"
     paths = [root / f"study{n:05d}" for n in range(folders)]
     if marker.exists():
         return paths
@@ -44,7 +56,6 @@ def build(root: Path, files: int, folders: int) -> list[Path]:
             _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
         for n in range(files // folders):
             number += 1
-            (folder / f"IM{n:05d}.dcm").write_bytes(template.replace(_PLACEHOLDERS["sop"].encode(),
-                                                                     _uid(seed, 3, number)))
+            (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
     marker.touch()
     return paths
