@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -102,17 +103,21 @@ def ensure(conn: Connection, root: str, path: str) -> int:
     return int(row[0])
 
 
-def enqueue(conn: Connection, root: str, path: str) -> int | None:
-    """Queue a folder (one row per folder, ever); None when a worker holds it right now (try again later)."""
+def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None = None) -> int | None:
+    """Queue a folder (one row per folder, ever); None when a worker holds it right now (try again later). A
+    folder a catch-up scan found (``scan_began``: when it read the batch rows) is left alone when its batch has
+    failed since: the scan did not see that failure, and the folder has not changed since."""
     with conn.transaction():
         conn.execute("INSERT INTO batch (root, path) VALUES (%s, %s) ON CONFLICT (root, path) DO NOTHING",
                      (root, path))
         row = conn.execute(
-            "SELECT id, status FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED", (root, path)
-        ).fetchone()
+            "SELECT id, status, finished_at FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
+            (root, path)).fetchone()
         if row is None:
             return None
         batch_id, status = int(row[0]), BatchStatus(row[1])
+        if status is BatchStatus.FAILED and scan_began is not None and row[2] is not None and row[2] >= scan_began:
+            return batch_id
         if status is not BatchStatus.QUEUED:
             conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
                          (BatchStatus.QUEUED, batch_id))
@@ -250,6 +255,14 @@ def retry(conn: Connection, batch_id: int) -> str | None:
                      (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))
     return None
+
+
+def database_time(conn: Connection) -> datetime:
+    """The database's clock now (the clock batch rows are stamped with)."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    conn.rollback()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 def known_folders(conn: Connection, root: str) -> dict[str, tuple[str | None, BatchStatus]]:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sendit_watcher import batches
 from sendit_watcher.batches import BatchStatus
@@ -38,6 +39,7 @@ class ScanResult:
     folders: int = 0
     seconds: float = 0.0
     error: str | None = None
+    began: datetime | None = None  # the database's time when the scan read the batch rows
 
 
 def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
@@ -46,6 +48,7 @@ def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_tempo
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
+        result.began = batches.database_time(conn)
         for name, watch in roots.items():
             known = batches.known_folders(conn, name)
             _scan_root(watch, known, is_temporary, settle_seconds, skip, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 __all__ = ["Folder", "Intake"]
 
@@ -30,6 +31,9 @@ class Intake:
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
     lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
     gone: dict[Folder, float] = field(default_factory=dict)  # moved away or deleted: its rows go too (next try)
+    # Ready folders that only a catch-up scan found, with the database time the scan began: a batch that failed
+    # after that is left failed (the scan read the folder before the failure; nothing has changed since).
+    scanned: dict[Folder, datetime] = field(default_factory=dict)
     rescan_requested: bool = True  # a catch-up scan is due at start
 
     def reconfigure(self, settle_seconds: float, linger_seconds: float = 0.0, linger_folders: int = 1000) -> None:
@@ -37,8 +41,13 @@ class Intake:
         self.settle_seconds = settle_seconds
         self.linger_seconds, self.linger_folders = linger_seconds, linger_folders
 
-    def finished(self, folder: Folder) -> None:
-        """The folder is complete now (renamed to its final name)."""
+    def finished(self, folder: Folder, scan_began: datetime | None = None) -> None:
+        """The folder is complete now (renamed to its final name), or a catch-up scan that began at
+        ``scan_began`` found it changed since its last import."""
+        if scan_began is None:
+            self.scanned.pop(folder, None)  # an event: whatever the scan saw, the folder is to be queued
+        elif folder not in self.ready:
+            self.scanned[folder] = scan_began
         self.gone.pop(folder, None)
         self.settling.pop(folder, None)
         self.ready.setdefault(folder, 0.0)
@@ -77,6 +86,7 @@ class Intake:
         self.failures.pop(folder, None)
         self.checking.pop(folder, None)
         self.lingering.pop(folder, None)
+        self.scanned.pop(folder, None)
 
     def vanished(self, folder: Folder) -> None:
         """The folder was moved away or deleted: whatever was imported of it is to be removed."""
@@ -134,6 +144,7 @@ class Intake:
     def enqueued(self, folder: Folder) -> None:
         self.ready.pop(folder, None)
         self.failures.pop(folder, None)
+        self.scanned.pop(folder, None)
 
     def retry_later(self, folder: Folder, cap: float = 30.0) -> None:
         """Back off (0.5 s doubling, capped) before the next attempt to queue this folder."""

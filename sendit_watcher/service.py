@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from types import FrameType
 
 import psycopg
@@ -257,7 +258,9 @@ class Service:
         for folder in self.intake.due_gone():
             self._queue(folder, batches.enqueue_known, self.intake.gone_recorded, self.intake.gone_later)
         for folder in self.intake.due_for_enqueue():
-            self._queue(folder, batches.enqueue, self.intake.enqueued, self.intake.retry_later)
+            began = self.intake.scanned.get(folder)
+            enqueue = batches.enqueue if began is None else partial(batches.enqueue, scan_began=began)
+            self._queue(folder, enqueue, self.intake.enqueued, self.intake.retry_later)
 
     def _queue(self, folder: Folder, enqueue: Callable[[Connection, str, str], int | None],
                done: Callable[[Folder], None], later: Callable[[Folder], None]) -> None:
@@ -308,7 +311,7 @@ class Service:
             return
         self.scan_failures = 0
         for folder in result.changed:
-            self.intake.finished(folder)
+            self.intake.finished(folder, result.began)
         for folder in result.gone:
             self.intake.vanished(folder)
         for folder in result.young:

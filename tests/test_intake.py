@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sendit_watcher.intake import Intake
@@ -147,3 +148,20 @@ def test_newest_change_sees_deep_files_and_none_for_a_missing_folder(tmp_path: P
     assert newest is not None and newest >= before - 1
     assert newest == os.stat(deep / "late").st_ctime
     assert newest_change(str(tmp_path / "missing")) is None
+
+
+def test_a_folder_only_a_scan_found_carries_the_scan_time_until_an_event_or_its_queueing() -> None:
+    began = datetime(2026, 1, 1, tzinfo=UTC)
+    intake = Intake(settle_seconds=5, clock=FakeClock())
+    intake.finished(("in", "A"), began)
+    assert intake.scanned == {("in", "A"): began}
+    intake.finished(("in", "A"))  # then an event: queued whatever the scan saw
+    assert intake.scanned == {}
+    intake.finished(("in", "B"))
+    intake.finished(("in", "B"), began)  # an event came first: the scan does not weaken it
+    assert intake.scanned == {}
+    intake.finished(("in", "C"), began)
+    intake.enqueued(("in", "C"))
+    intake.finished(("in", "D"), began)
+    intake.forget(("in", "D"))
+    assert intake.scanned == {}

@@ -22,6 +22,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from sendit_watcher import batches
+from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
@@ -359,3 +361,28 @@ def test_a_file_unreadable_once_is_read_after_chmod(world_readable_dir: Path, da
     assert (outcome["instances"], outcome["rejected"]) == (3, 0), outcome
     assert scalar(conn, "SELECT count(*) FROM instance") == 3
     assert scalar(conn, "SELECT count(*) FROM rejected_file") == 0
+
+
+def test_a_scan_that_began_before_a_failure_does_not_queue_the_failed_batch(conn: Connection) -> None:
+    """The start-up race: a catch-up scan lists a new folder, the watcher queues it meanwhile, a worker fails it;
+    the scan's result must not queue it again (only a change, an event or `retry` does)."""
+    before_failure = batches.database_time(conn)
+    batch_id = batches.enqueue(conn, "incoming", "R")
+    assert batch_id is not None
+    with conn.transaction():
+        batch = batches.claim_id(conn, batch_id)
+    assert batch is not None
+    assert batches.record_failure(conn, batch, "test-host", "provoked", "1:2:3")
+    after_failure = batches.database_time(conn)
+
+    def status() -> str:
+        row = conn.execute("SELECT status FROM batch WHERE id = %s", (batch_id,)).fetchone()
+        conn.rollback()
+        assert row is not None
+        return str(row[0])
+
+    assert batches.enqueue(conn, "incoming", "R", scan_began=before_failure) == batch_id
+    assert status() == BatchStatus.FAILED  # the scan did not see the failure: left failed
+    assert batches.enqueue(conn, "incoming", "R", scan_began=after_failure) == batch_id
+    assert status() == BatchStatus.QUEUED  # a scan after the failure saw a changed folder: queued
+    assert batches.record_failure(conn, batch, "test-host", "provoked", "1:2:3") is False  # seq moved on
