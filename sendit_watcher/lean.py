@@ -2,13 +2,15 @@
 syntaxes, whose header is explicit VR little endian), proven identical to the pydicom path of
 ``headers.read_instance`` by differential tests (tests/test_lean.py).
 
-Each file is read with one ``os.read`` of its first 64 KiB (more, in doubling steps, only when its header is
-longer) and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its
-own (0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
+Each file is read with one ``os.read`` of its first 64 KiB (more, in doubling steps, only when its header is longer)
+and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own
+(0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
 ``stop_before_pixels`` does. The main tags are decoded and the DICOM JSON text is written directly, by the value
-rules of ``elements`` and ``dicomjson`` (whose helpers it calls) and ``headers._header_json`` (non-finite numbers
-as "NaN"/"Infinity"/"-Infinity", NULs dropped). Implicit VR takes pydicom's data dictionary, private creators and
-private dictionary as pydicom does (unknown private elements are UN), and resolves 'US or SS' from (0028,0103).
+rules of ``elements`` and ``dicomjson`` (whose helpers it calls) and ``headers._header_json`` (non-finite numbers as
+"NaN"/"Infinity"/"-Infinity", NULs dropped); each element's JSON is remembered by its tag, VR, value bytes and
+character set (bounded), so the values a series repeats from file to file are written once. Implicit VR takes
+pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown private elements are
+UN), and resolves 'US or SS' from (0028,0103).
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
 and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
