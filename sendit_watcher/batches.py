@@ -105,8 +105,9 @@ def ensure(conn: Connection, root: str, path: str) -> int:
 
 def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None = None) -> int | None:
     """Queue a folder (one row per folder, ever); None when a worker holds it right now (try again later). A
-    folder a catch-up scan found (``scan_began``: when it read the batch rows) is left alone when its batch has
-    failed since: the scan did not see that failure, and the folder has not changed since."""
+    folder only a catch-up scan found, which did not see its batch failed (``scan_began``: the database's time
+    just before the scan read the batch rows), is left alone when its batch has failed since: the scan looked
+    at the folder as it was before that failure (ScanResult.scan_began)."""
     with conn.transaction():
         conn.execute("INSERT INTO batch (root, path) VALUES (%s, %s) ON CONFLICT (root, path) DO NOTHING",
                      (root, path))

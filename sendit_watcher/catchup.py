@@ -39,7 +39,15 @@ class ScanResult:
     folders: int = 0
     seconds: float = 0.0
     error: str | None = None
-    began: datetime | None = None  # the database's time when the scan read the batch rows
+    # Per root, the database's time just before the scan read its batch rows; and the changed folders whose
+    # batch the scan saw failed. A changed folder whose batch failed after that time, unseen, is not queued
+    # again by the scan (it read the folder before the failure): see batches.enqueue.
+    rows_read_at: dict[str, datetime] = field(default_factory=dict)
+    seen_failed: set[Folder] = field(default_factory=set)
+
+    def scan_began(self, folder: Folder) -> datetime | None:
+        """What batches.enqueue needs to know of the scan that found ``folder`` changed."""
+        return None if folder in self.seen_failed else self.rows_read_at.get(folder[0])
 
 
 def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
@@ -48,8 +56,8 @@ def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_tempo
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
-        result.began = batches.database_time(conn)
         for name, watch in roots.items():
+            result.rows_read_at[name] = batches.database_time(conn)
             known = batches.known_folders(conn, name)
             _scan_root(watch, known, is_temporary, settle_seconds, skip, result)
     result.seconds = time.monotonic() - started
@@ -92,6 +100,8 @@ def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, 
         newest = newest_change(path)
         young = newest is not None and time.time() - newest < settle_seconds
         (result.young if young else result.changed).append(folder)
+        if row is not None and row[1] is BatchStatus.FAILED:
+            result.seen_failed.add(folder)
 
 
 def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus] | None) -> bool:

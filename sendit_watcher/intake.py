@@ -31,8 +31,8 @@ class Intake:
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
     lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
     gone: dict[Folder, float] = field(default_factory=dict)  # moved away or deleted: its rows go too (next try)
-    # Ready folders that only a catch-up scan found, with the database time the scan began: a batch that failed
-    # after that is left failed (the scan read the folder before the failure; nothing has changed since).
+    # Ready folders that only a catch-up scan found (no event since), with the database time it read their batch
+    # rows: a batch that failed after that, unseen by the scan, is left failed (see batches.enqueue).
     scanned: dict[Folder, datetime] = field(default_factory=dict)
     rescan_requested: bool = True  # a catch-up scan is due at start
 
@@ -44,8 +44,8 @@ class Intake:
     def finished(self, folder: Folder, scan_began: datetime | None = None) -> None:
         """The folder is complete now (renamed to its final name), or a catch-up scan that began at
         ``scan_began`` found it changed since its last import."""
-        if scan_began is None:
-            self.scanned.pop(folder, None)  # an event: whatever the scan saw, the folder is to be queued
+        if scan_began is None or folder in self.settling:  # an event, or one since the scan: queue it
+            self.scanned.pop(folder, None)
         elif folder not in self.ready:
             self.scanned[folder] = scan_began
         self.gone.pop(folder, None)

@@ -311,7 +311,7 @@ class Service:
             return
         self.scan_failures = 0
         for folder in result.changed:
-            self.intake.finished(folder, result.began)
+            self.intake.finished(folder, result.scan_began(folder))
         for folder in result.gone:
             self.intake.vanished(folder)
         for folder in result.young:

@@ -164,4 +164,6 @@ def test_a_folder_only_a_scan_found_carries_the_scan_time_until_an_event_or_its_
     intake.enqueued(("in", "C"))
     intake.finished(("in", "D"), began)
     intake.forget(("in", "D"))
-    assert intake.scanned == {}
+    intake.activity(("in", "E"))  # a late file since the scan: an event, whatever the scan saw
+    intake.finished(("in", "E"), began)
+    assert intake.scanned == {} and ("in", "E") in intake.ready

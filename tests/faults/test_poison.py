@@ -24,7 +24,8 @@ from pydicom.uid import generate_uid
 
 from sendit_watcher import batches
 from sendit_watcher.batches import BatchStatus
-from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.catchup import scan_roots
+from sendit_watcher.config import DatabaseConfig, WatchConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
@@ -386,3 +387,28 @@ def test_a_scan_that_began_before_a_failure_does_not_queue_the_failed_batch(conn
     assert batches.enqueue(conn, "incoming", "R", scan_began=after_failure) == batch_id
     assert status() == BatchStatus.QUEUED  # a scan after the failure saw a changed folder: queued
     assert batches.record_failure(conn, batch, "test-host", "provoked", "1:2:3") is False  # seq moved on
+
+
+def test_a_scan_that_saw_a_failed_batch_changed_queues_it_whenever_it_failed(conn: Connection,
+                                                                              database: DatabaseConfig,
+                                                                              tmp_path: Path) -> None:
+    """The guard above never hides a change: a folder the scan saw failed and found changed since is queued, even
+    when the failure's time is after the scan's clock (it failed while an earlier root was being walked)."""
+    root = tmp_path / "incoming"
+    make_study(root / "F", 2)
+    make_study(root / "N", 1)
+    batch_id = batches.enqueue(conn, "incoming", "F")
+    assert batch_id is not None
+    with conn.transaction():
+        batch = batches.claim_id(conn, batch_id)
+    assert batch is not None
+    began = batches.database_time(conn)
+    assert batches.record_failure(conn, batch, "test-host", "provoked", "1:stale-fingerprint")
+    watch = WatchConfig("incoming", root, 0, "sendit_watcher.processors.DicomFolderImporter")
+    result = scan_roots(database, {"incoming": watch}, lambda name: name.endswith(".tmp"), 0.0, set())
+    assert sorted(result.changed) == [("incoming", "F"), ("incoming", "N")]
+    assert result.seen_failed == {("incoming", "F")}
+    assert result.scan_began(("incoming", "F")) is None
+    assert result.scan_began(("incoming", "N")) == result.rows_read_at["incoming"] >= began
+    assert batches.enqueue(conn, "incoming", "F", scan_began=result.scan_began(("incoming", "F"))) == batch_id
+    assert scalar(conn, "SELECT status FROM batch WHERE id = %s", batch_id) == BatchStatus.QUEUED
