@@ -106,6 +106,8 @@ _MAIN_INTEGER = {0x00200011: "series_number", 0x00200013: "instance_number"}
 _MAIN_TAGS = frozenset(_MAIN_TEXT) | frozenset(_MAIN_DATE) | frozenset(_MAIN_INTEGER)
 _SPECIAL_TOP = _MAIN_TAGS | {_PIXEL_REPRESENTATION}  # top-level elements whose value is read beyond the JSON
 _SPECIAL_ITEM: frozenset[int] = frozenset()
+_FIRST_PIXEL_TAG = min(_PIXEL_TAGS)
+_NO_TAG = 1 << 32  # above every tag
 
 
 class _Fallback(Exception):
@@ -247,65 +249,85 @@ class _Reader:
         delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it.
 
         The hot loop of the reader: an explicit VR header is decoded here, and a plain element (not a sequence,
-        the character set, a main tag or (0028,0103)) is written here; the rest goes through ``_element``."""
+        up to the character set, of undefined length, a main tag or (0028,0103)) is written here; the rest goes
+        through ``_element``. Names are bound locally: this loop runs once per element of every file."""
         parts: list[str] = []
+        append = parts.append
         creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
         last = -1
         sequences = odd_pixel_representation = False
         implicit, json = self.implicit, self.json
         special = _SPECIAL_TOP if top else _SPECIAL_ITEM
+        first = _FIRST_DATASET_TAG if top else 0  # top-level elements below it are left to pydicom
+        pixel_from = _FIRST_PIXEL_TAG if top else _NO_TAG  # where the top level may end
+        unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
+        vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
+        fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
+        data = self.data
+        size = len(data)
         while pos != end:
-            if pos + 8 > len(self.data):
-                if top and pos == len(self.data) and not self.more(FIRST_READ):
+            if pos + 8 > size:
+                if top and pos == size and not self.more(FIRST_READ):
                     break  # the end of the file, and of the dataset
                 self.need(pos + 8)
-            data = self.data
-            group, element, length = _TAG_LENGTH.unpack_from(data, pos)
-            if group == 0xFFFE and element == 0xE00D and length == 0 and end is None and not top:
-                return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
+                data = self.data
+                size = len(data)
+            group, element, length = unpack(data, pos)
+            if group == 0xFFFE:
+                if element == 0xE00D and length == 0 and end is None and not top:
+                    return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
+                raise _Fallback  # an item or delimiter where an element belongs
             if implicit:
                 tag, vr, length, pos = self._implicit_header(pos, top)
             else:
                 tag = group << 16 | element
-                vr = _VR_BYTES.get(data[pos + 4:pos + 6])  # type: ignore[assignment]
+                vr = vr_of(data[pos + 4:pos + 6])  # type: ignore[assignment]
                 if vr is None or (vr == "UN" and known_un(tag)):  # pydicom converts a known UN
                     raise _Fallback
-                if vr in _LONG_VRS:
-                    self.need(pos + 12)
-                    data = self.data
-                    length = _LONG_LENGTH.unpack_from(data, pos + 8)[0]
+                if vr in long_vrs:
+                    if pos + 12 > size:
+                        self.need(pos + 12)
+                        data = self.data
+                        size = len(data)
+                    length = long_length(data, pos + 8)[0]
                     pos += 12
                 else:
                     length >>= 16
                     pos += 8
-            if top and tag in _PIXEL_TAGS:
+            if tag >= pixel_from and tag in _PIXEL_TAGS:
                 break
-            if tag <= last or group == 0xFFFE or (top and tag < _FIRST_DATASET_TAG):
+            if tag <= last or tag < first:
                 raise _Fallback
             last = tag
-            if not vr:
+            if implicit and not vr:
                 vr = _private_vr(tag, creators)
-            if vr == "SQ":
-                sequences = True
-            if tag == _PIXEL_REPRESENTATION:
-                odd_pixel_representation = vr != "US" or length != 2
-            if sequences and odd_pixel_representation:  # pydicom converts (0028,0103) when it reads a sequence
-                raise _Fallback
-            if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special:
+            if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special or tag == _PIXEL_REPRESENTATION:
+                if vr == "SQ":
+                    sequences = True
+                if tag == _PIXEL_REPRESENTATION:
+                    odd_pixel_representation = vr != "US" or length != 2
+                if sequences and odd_pixel_representation:  # pydicom converts (0028,0103) reading a sequence
+                    raise _Fallback
                 entry, pos, codec = self._element(tag, vr, length, pos, codec, top)
+                data = self.data
+                size = len(data)
+                if json:
+                    append(entry)
             else:
                 stop = pos + length
-                if stop > len(data):
+                if stop > size:
                     self.need(stop)
                     data = self.data
-                entry = _fragment(tag, vr, data[pos:stop], codec) if json else ""
+                    size = len(data)
+                if json:
+                    value = data[pos:stop]
+                    append((length <= fragment_limit and fragments.get((tag, vr, value, codec)))
+                           or _fragment(tag, vr, value, codec))
                 pos = stop
             if implicit and vr == "LO" and group & 1:
-                creators[tag] = _creator(self.data[pos - length:pos])
+                creators[tag] = _creator(data[pos - length:pos])
             if end is not None and pos > end:
                 raise _Fallback
-            if json:
-                parts.append(entry)
         return "{" + ",".join(parts) + "}", pos
 
     def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
