@@ -15,8 +15,19 @@ from sendit_watcher.db import Connection, connect
 from sendit_watcher.migrate import migrate
 from tests.helpers import make_config
 
-# Where tests create their database; .ci/run makes sure a server answers here.
+# Where tests create their database; .ci/run makes sure a server answers at the default. A libpq conninfo: what
+# it leaves out (all of it when empty) comes from libpq's PG* variables, as pg_virtualenv (debian/tests) sets them.
 ADMIN_DSN = os.environ.get("SENDIT_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+
+
+def reached(conn: psycopg.Connection[object]) -> dict[str, str]:
+    """The server and role a connection reached, spelled out: the tests hand their dsn to processes started with
+    an environment of their own (no PG* variables), which must reach the same server."""
+    info = conn.info
+    spelled = {"host": info.host, "port": str(info.port), "user": info.user}
+    if info.password:
+        spelled["password"] = info.password
+    return spelled
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +40,7 @@ def test_dsn() -> Iterator[str]:
         pytest.fail(f"PostgreSQL is required for these tests (SENDIT_TEST_ADMIN_DSN={ADMIN_DSN!r}): {exc}")
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=name)
+        dsn = psycopg.conninfo.make_conninfo(ADMIN_DSN, **reached(admin), dbname=name)
     yield dsn
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -91,12 +91,12 @@ class ServiceProcess:
     a session is kept in STARTED, for the PHI canary (fix_canary) to read their logs and STATUS lines at the end."""
 
     def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
-        STARTED.append(self)
         self.notify = NotifySocket(workdir / f"notify-{time.monotonic_ns()}.sock")
         self.log_path = workdir / f"service-{time.monotonic_ns()}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), "PYTHONPATH": str(REPO),
                        **(env or {})}
         self._log = self.log_path.open("wb")
+        STARTED.append(self)  # once it has a log (a socket path too long for AF_UNIX fails the test, not the run)
         self.process = subprocess.Popen([sys.executable, "-m", "sendit_watcher", "--config", str(config), "run"],
                                         env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 

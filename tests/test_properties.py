@@ -877,14 +877,15 @@ def mutation_plans(draw: st.DrawFn) -> tuple[int, list[tuple[str, int, float]]]:
 def mutate(folder: Path, plan: list[tuple[str, int, float]], outside: Outside, started: threading.Event,
            changed: list[str]) -> None:
     started.wait(10)
-    for action, pick, pause in plan:
+    for step, (action, pick, pause) in enumerate(plan):
         time.sleep(pause)
         files = sorted(p for p in inside(folder) if stat.S_ISREG(p.lstat().st_mode))
         subdirs = sorted(p for p in folder.iterdir() if stat.S_ISDIR(p.lstat().st_mode))
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
             if action == "swap-dir-for-outside-link" and subdirs:
                 victim = subdirs[pick % len(subdirs)]
-                victim.rename(folder.parent / f"{folder.name}-moved-{pick}")
+                # a name of its own per step: a plan may draw the same pick twice (hypothesis 6.1xx does)
+                victim.rename(folder.parent / f"{folder.name}-moved-{step}-{pick}")
                 os.symlink(outside.directory, victim)
                 changed.append(f"{action} {victim.name}")
             elif action == "add":

@@ -3,6 +3,7 @@ settle (by stat) and import once. (The queue-overflow burst is tests/test_servic
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,13 +21,22 @@ LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
 
 
 def watches_in_use() -> int:
-    """inotify watches held by every process of this user (root in CI), from /proc/*/fdinfo."""
+    """inotify watches held by every process of this user (root in CI), from /proc/*/fdinfo: the kernel counts
+    them per user (of the process that made the inotify instance) against max_user_watches. Other users' watches
+    (a booted system's dbus-daemon, systemd-resolved, ...) do not count."""
     total = 0
-    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
+    for process in Path("/proc").glob("[0-9]*"):
         try:
-            total += sum(1 for line in fdinfo.read_text().splitlines() if line.startswith("inotify wd:"))
-        except OSError:
+            if process.stat().st_uid != os.geteuid():
+                continue
+            fdinfos = list((process / "fdinfo").iterdir())
+        except OSError:  # gone
             continue
+        for fdinfo in fdinfos:
+            try:
+                total += sum(1 for line in fdinfo.read_text().splitlines() if line.startswith("inotify wd:"))
+            except OSError:  # closed
+                continue
     return total
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sendit_watcher
 from sendit_watcher.config import DatabaseConfig
 from tests.fix_service import REPO, ServiceProcess, write_config
 
@@ -31,9 +32,13 @@ def _is_sql_composition(node: ast.expr) -> bool:
 
 
 def string_built_sql() -> list[str]:
-    """Every call of execute/copy whose query is not a literal, a module constant or a psycopg.sql composition."""
+    """Every call of execute/copy whose query is not a literal, a module constant or a psycopg.sql composition, in
+    the package under test (the checkout's, or the installed one under autopkgtest, where the tests have no
+    sendit_watcher/ beside them)."""
     found = []
-    for path in sorted((REPO / "sendit_watcher").glob("*.py")):
+    sources = sorted(Path(sendit_watcher.__file__).parent.glob("*.py"))
+    assert len(sources) > 10, f"the lint found no source of sendit_watcher at {sendit_watcher.__file__}"
+    for path in sources:
         tree = ast.parse(path.read_text())
         constants = _constants(tree)
         for node in ast.walk(tree):
