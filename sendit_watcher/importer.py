@@ -225,8 +225,9 @@ def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, n
                   finished.rejected, seconds, unchanged, removed)
 
 
-# Once per connection. The header is compressed as instance.header is (migration 0004: lz4 where the server
-# has it), so the merge copies the compressed value as it is.
+# Once per connection. The header is compressed as instance.header is (migration 0004 decides: lz4 where the
+# server has it), so the merge copies the compressed value as it is. attcompression is read through to_jsonb so
+# that the block also runs on servers older than 14, which have no such column.
 _CREATE_STAGING = """
 DO $$
 BEGIN
@@ -243,7 +244,8 @@ BEGIN
             patient_sex text,
             header jsonb
         ) ON COMMIT DELETE ROWS;
-        IF EXISTS (SELECT FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = 'instance'::regclass AND a.attname = 'header'
+                   AND to_jsonb(a) ->> 'attcompression' = 'l') THEN
             EXECUTE 'ALTER TABLE pg_temp.staging ALTER COLUMN header SET COMPRESSION lz4';
         END IF;
     END IF;

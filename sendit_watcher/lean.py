@@ -319,7 +319,7 @@ class _Reader:
                     self.need(stop)
                     data = self.data
                     size = len(data)
-                if json:
+                if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
                     value = data[pos:stop]
                     append((length <= fragment_limit and fragments.get((tag, vr, value, codec)))
                            or _fragment(tag, vr, value, codec))
@@ -337,7 +337,7 @@ class _Reader:
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
         if vr == "SQ":
             entry, pos = self._sequence(pos, length, codec)
-            return f'"{tag:08X}":{entry}', pos, codec
+            return _key(tag) + entry, pos, codec
         if length == _UNDEFINED:
             raise _Fallback
         if pos + length > len(self.data):
@@ -426,14 +426,18 @@ def _main_text(vr: str, value: bytes, codec: str) -> str:
     return "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
 
 
+def _key(tag: int) -> str:
+    return f'"{tag:08X}":'
+
+
 def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
     """'"GGGGEEEE":' and the element's DICOM JSON object, from _FRAGMENTS when written before."""
     if len(value) > _FRAGMENT_VALUE_LIMIT:
-        return f'"{tag:08X}":{_entry(vr, value, codec)}'
+        return _key(tag) + _entry(vr, value, codec)
     memo = (tag, vr, value, codec)
     fragment = _FRAGMENTS.get(memo)
     if fragment is None:
-        fragment = f'"{tag:08X}":{_entry(vr, value, codec)}'
+        fragment = _key(tag) + _entry(vr, value, codec)
         if len(_FRAGMENTS) >= _FRAGMENTS_LIMIT:
             _FRAGMENTS.clear()
         _FRAGMENTS[memo] = fragment
