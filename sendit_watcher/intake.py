@@ -54,7 +54,8 @@ class Intake:
 
     def activity(self, folder: Folder) -> None:
         """Something changed in a folder that is still being written (or lingering after it settled, when a
-        late file arrives): restart its quiet period."""
+        late file arrives): restart its quiet period. An event: what a catch-up scan saw of it is out of date."""
+        self.scanned.pop(folder, None)
         if folder not in self.ready:
             self.lingering.pop(folder, None)
             self.settling[folder] = self.clock() + self.settle_seconds

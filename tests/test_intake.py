@@ -167,3 +167,6 @@ def test_a_folder_only_a_scan_found_carries_the_scan_time_until_an_event_or_its_
     intake.activity(("in", "E"))  # a late file since the scan: an event, whatever the scan saw
     intake.finished(("in", "E"), began)
     assert intake.scanned == {} and ("in", "E") in intake.ready
+    intake.finished(("in", "F"), began)  # waiting to be queued (no database), then a late file arrives
+    intake.activity(("in", "F"))
+    assert intake.scanned == {} and ("in", "F") in intake.ready
