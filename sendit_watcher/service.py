@@ -92,8 +92,9 @@ class Guard:
 class DatabaseLink:
     """The main loop's connection: opened lazily, dropped on failure, retried with back-off."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notify: SdNotifier) -> None:
         self.config = config
+        self.notify = notify
         self.conn: Connection | None = None
         self.error: str | None = None
         self.next_attempt = 0.0
@@ -112,7 +113,8 @@ class DatabaseLink:
         try:
             conn = connect(self.config.database, application="sendit-watcher watcher")
             if self.config.database.migrate_on_start:
-                migrate(conn, self.config.database.schema)
+                with self.notify.extending():  # at start or on a reconnect: systemd waits, the watchdog is fed
+                    migrate(conn, self.config.database.schema)
         except (DatabaseUnavailable, psycopg.Error) as exc:
             self.failed(exc)
             return None
@@ -146,7 +148,7 @@ class Service:
         self.intake = Intake(config.watcher.settle_seconds, linger_seconds=config.watcher.linger_seconds,
                              linger_folders=config.watcher.linger_folders)
         self.watcher = Watcher(config.watcher, self.intake)
-        self.link = DatabaseLink(config)
+        self.link = DatabaseLink(config, self.notify)
         self.workers = Supervisor(config)
         self.scanner = Scanner()
         self.guard = Guard()
@@ -165,8 +167,7 @@ class Service:
         if self.config.watcher.runs_watcher:
             for watch in self.config.watches:
                 self.watcher.add_root(watch, missing_ok=True)  # a mount not there yet is picked up later
-        with self.notify.extending():  # the first connection runs the migrations, however long they take
-            self.link.get()
+        self.link.get()  # the first connection runs the migrations, however long they take
         if self.config.watcher.runs_workers:
             self.workers.start()
         status = self.status_line()
