@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from psycopg import sql
 from pydicom.uid import generate_uid
 
 from sendit_watcher import batches
@@ -273,11 +274,14 @@ def test_a_constraint_violation_stores_the_constraint_and_no_row(service_and_lis
 def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path) -> None:
     """Issue 11 item 3: rescan_interval = 1 s; the failed batch keeps its finished_seq and attempts for 5 s and
-    listen gets one line; a file added to the folder queues it again."""
-    conn.execute("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (instance_number IS NULL)")
+    listen gets one line, while a folder dropped meanwhile is imported within 10 s; a file added to the folder
+    queues it again."""
+    uids = make_study(incoming / "R.tmp", 3)  # R's instances, and only R's, break a constraint
+    conn.execute(sql.SQL("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (sop_instance_uid <> ALL ({}))")
+                 .format(sql.Literal(uids)))
     conn.commit()
     service, listener = service_and_listener(workers=1, rescan_interval=1)
-    drop_study(incoming, "R", 3)
+    (incoming / "R.tmp").rename(incoming / "R")
     wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", timeout=30, what="R failed")
 
     def state() -> object:
@@ -286,7 +290,10 @@ def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_an
         return row
 
     before = state()
-    time.sleep(5)  # five catch-up scans in which nothing may happen to R
+    started = time.monotonic()
+    drop_study(incoming, "LATER", 2)
+    wait_until(done(conn, "LATER", 2), timeout=10, what="a folder dropped after R, imported while R stays failed")
+    time.sleep(max(0.0, 5 - (time.monotonic() - started)))  # five catch-up scans in which nothing may happen to R
     after = state()
     assert after == before, f"R was imported again by a catch-up scan: {before} -> {after}"
     assert len(listener.records("R")) == 1, listener.records("R")
