@@ -10,10 +10,26 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sendit_watcher import batches, handoff, report, status
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.migrate import migrate
 from tests.helpers import make_config
+
+# What each test's schema would show an operator when the test ends (every batch's last_error, `status`,
+# `status --json` and every `listen` record), for the PHI canary (fix_canary) to search when the session ends.
+SHOWN: list[tuple[str, str]] = []
+
+
+def shown_by(conn: Connection, schema: str) -> list[tuple[str, str]]:
+    """(where, text) for everything the schema's batches would show: last_error, status, status --json, listen."""
+    errors = conn.execute("SELECT id, last_error FROM batch WHERE last_error IS NOT NULL").fetchall()
+    rows, totals = status.recent_batches(conn, 1_000_000), status.totals(conn)
+    texts = [(f"last_error of batch {batch_id}", str(error)) for batch_id, error in errors]
+    texts += [("status", report.status_table(rows, totals)), ("status --json", report.status_json(rows, totals))]
+    texts += [("listen", handoff.as_json(record)) for record in batches.finished_after(conn, 0)]
+    return [(f"{where} in schema {schema}", text) for where, text in texts]
+
 
 # Where tests create their database; .ci/run makes sure a server answers at the default. A libpq conninfo: what
 # it leaves out (all of it when empty) comes from libpq's PG* variables, as pg_virtualenv (debian/tests) sets them.
@@ -55,6 +71,7 @@ def database(test_dsn: str) -> Iterator[DatabaseConfig]:
         migrate(conn, schema)
     yield database
     with connect(database, autocommit=True) as conn:
+        SHOWN.extend(shown_by(conn, schema))
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
