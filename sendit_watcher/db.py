@@ -11,7 +11,7 @@ from psycopg.rows import TupleRow
 from sendit_watcher.config import DatabaseConfig, redact_dsn
 from sendit_watcher.errors import DatabaseUnavailable, one_line
 
-__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass"]
+__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass", "wrong_encoding"]
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -20,15 +20,28 @@ def connect(database: DatabaseConfig, *, autocommit: bool = False, application: 
     """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure."""
     use_credential_pgpass()
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             database.dsn,
             autocommit=autocommit,
             connect_timeout=max(1, round(database.connect_timeout)),
             application_name=application,
             options=session_options(database),
+            client_encoding="UTF8",  # what COPY sends and text is read as, whatever PGCLIENTENCODING says
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(describe_failure(database, exc)) from exc
+    encoding, dbname = conn.info.parameter_status("server_encoding"), conn.info.dbname
+    if encoding != "UTF8":
+        conn.close()
+        raise DatabaseUnavailable(wrong_encoding(database, dbname, encoding or "unknown"))
+    return conn
+
+
+def wrong_encoding(database: DatabaseConfig, dbname: str, encoding: str) -> str:
+    """Why a database that does not store UTF-8 is refused, and how to make one that does."""
+    return (f"database {dbname!r} ({redact_dsn(database.dsn) or 'libpq defaults'}) has encoding {encoding};"
+            f" DICOM text and file names need UTF8: createdb --encoding=UTF8 --template=template0 NAME"
+            f" (or a cluster made with pg_createcluster --locale=C.UTF-8)")
 
 
 def session_options(database: DatabaseConfig) -> str:
