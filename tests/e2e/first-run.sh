@@ -44,12 +44,21 @@ start_ns=$(date +%s%N)
 packaging/dev/run >"$runlog" 2>&1 </dev/null &
 pid=$!
 
+# Where the time goes until READY: the first line of each stage, as packaging/dev/run prints it.
+stages=("setup: installing Debian packages" "setup: creating" "postgres: initdb" "sendit-watcher: watching")
+names=("apt-get (setup)" "the venv" "initdb" "the service")
+declare -A seen_at
 ready_at=
 deadline=$((SECONDS + ready_within))
 while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do
+  for stage in "${stages[@]}"; do
+    [ -n "${seen_at[$stage]:-}" ] || ! grep -qF "$stage" "$runlog" || seen_at[$stage]=$(elapsed)
+  done
   if grep -qE 'ready: |READY' "$runlog"; then ready_at=$(elapsed); break; fi
   sleep 0.1
 done
+starts=; for i in "${!stages[@]}"; do starts+="${starts:+, }${names[i]} at ${seen_at[${stages[i]}]:-?} s"; done
+echo "   started: $starts"
 if [ -z "$ready_at" ]; then
   if kill -0 $pid 2>/dev/null; then fail "packaging/dev/run not ready within $ready_within s"
   else wait $pid; fail "packaging/dev/run exited with status $? before it was ready"; fi
