@@ -16,6 +16,17 @@ check "active without a database (READY degraded)" wait_for 30 systemctl is-acti
 status=$(systemctl show -p StatusText --value sendit-watcher)
 echo "   StatusText: $status"
 check "status says it waits for the database" grep -q "^waiting for database" <<<"$status"
+# The "database unavailable" line carries the catalog's MESSAGE_ID, and journalctl -x explains it from the catalog.
+check "journal: 'database unavailable' with MESSAGE_ID=5e4d1800a1b24c0e9c3f6b2d8e7a0002" wait_for 10 bash -c \
+  "journalctl -u sendit-watcher MESSAGE_ID=5e4d1800a1b24c0e9c3f6b2d8e7a0002 -o cat --no-pager | grep -q 'database unavailable'"
+journalctl -u sendit-watcher MESSAGE_ID=5e4d1800a1b24c0e9c3f6b2d8e7a0002 -o cat --no-pager | head -n 1 | sed 's/^/   /'
+explained() {
+  local text; text=$(journalctl -x -u sendit-watcher --no-pager)
+  grep -q 'Subject: the database is unavailable' <<<"$text" &&
+    grep -q 'sendit-watcher cannot reach PostgreSQL (the \[database\] dsn of' <<<"$text" &&
+    grep -q 'catch-up scan runs once the database answers. Nothing is lost.' <<<"$text"
+}
+check "journalctl -x -u sendit-watcher: the catalog's explanation of 'the database is unavailable'" explained
 
 mkdir -p /data/incoming /data/second
 cat > /etc/sendit-watcher/watcher.conf <<CONF
