@@ -71,14 +71,24 @@ big_stop() {
   [ "$committed" = queued ] || return 1
   stop_since=$(date '+%Y-%m-%d %H:%M:%S')
   unit_procs=$(ps -u sendit-watcher -o pid=,args= | sed 's/^ *//')   # the unit's processes, all of them its user's
+  stop_db_now=$(q "select now()::text") || return 1   # the database's clock, which stamps finished_at
   local t0; t0=$(date +%s.%N)
   systemctl stop sendit-watcher || return 1
   stop_seconds=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
   echo "   systemctl stop returned after $stop_seconds s"
 }
-stop_seconds=999 stop_since=now
+stop_seconds=999 stop_since=now stop_db_now=infinity
 check "systemctl stop while a $BIG_FILES-file folder is importing" big_stop
 check "the $BIG_FILES-file folder committed (done, $BIG_FILES instances)" batch_is BIG done:$BIG_FILES
+# Committed during the drain, not before the stop: its finished_at (clock_timestamp() at the commit) is later than
+# the database's now() read just before `systemctl stop`.
+committed_in_drain() {
+  local after; after=$(q "select round(extract(epoch from finished_at - '$stop_db_now'::timestamptz)::numeric, 2)
+                          from sendit.batch where path = 'BIG'")
+  echo "   BIG's finished_at: ${after:-?} s after the database's now() just before systemctl stop ($stop_db_now)"
+  python3 -c "import sys; sys.exit(not float(sys.argv[1]) > 0)" "${after:-nan}"
+}
+check "the $BIG_FILES-file folder committed during the drain (finished_at after the stop was issued)" committed_in_drain
 check "stop took less than drain_seconds (30 s): $stop_seconds s" python3 -c "import sys; sys.exit(not $stop_seconds < 30)"
 # When the main process has exited, KillMode=mixed SIGKILLs what is left of the unit. Only multiprocessing's
 # resource tracker may be left (it exits by itself once the main process is gone); a worker or a parse process
