@@ -319,13 +319,13 @@ FROM staging s
 JOIN instance i ON i.sop_instance_uid = s.sop_instance_uid
 JOIN batch b ON b.id = i.batch
 WHERE s.reason IS NULL AND NOT (i.batch = %(batch)s AND i.path = s.path)
-ON CONFLICT (batch, path) DO NOTHING
+ON CONFLICT (batch, path_key(path)) DO NOTHING
 """
 
 _MERGE_REJECTED = """
 INSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail)
 SELECT %(batch)s, path, size, mtime_ns, ctime_ns, reason, detail FROM staging WHERE reason IS NOT NULL
-ON CONFLICT (batch, path) DO NOTHING
+ON CONFLICT (batch, path_key(path)) DO NOTHING
 """
 
 # Files filed under a study or series whose stored main tags they contradict: which file, which tag.
@@ -340,7 +340,7 @@ UNION ALL
 SELECT %(batch)s, s.path, s.sop_instance_uid, 'series', 'StudyInstanceUID (0020,000D)', se.id
 FROM staging s JOIN series se USING (series_instance_uid) JOIN study st ON st.id = se.study
 WHERE s.reason IS NULL AND st.study_instance_uid <> s.study_instance_uid
-ON CONFLICT (batch, path, tag) DO NOTHING
+ON CONFLICT (batch, path_key(path), tag) DO NOTHING
 """
 
 _FREE_DUPLICATES = """

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import string
 from pathlib import Path
+from random import Random
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -203,6 +205,27 @@ def test_a_value_longer_than_a_mebibyte_is_left_out_of_the_header_and_the_file_i
     header = conn.execute("SELECT header FROM instance WHERE path = 'long.dcm'").fetchone()[0]  # type: ignore[index]
     assert header["0040A160"] == {"vr": "UT"}  # TextValue: the element stays, its value is left out
     assert header["00324000"]["Value"] == ["short and kept"]
+
+
+def test_a_path_of_long_names_that_do_not_compress_is_a_row_like_any_other(
+        conn: Connection, config: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "deep-names"
+    random = Random(11)  # names that do not compress: a btree entry of the path itself would exceed its limit
+    deep = folder.joinpath(*("".join(random.choices(string.ascii_letters + string.digits, k=250))
+                             for _ in range(14)))
+    os.makedirs(deep)
+    write_instance(deep / "a.dcm")
+    (deep / "notes.txt").write_text("not DICOM")
+    write_instance(folder / "b.dcm")
+    make_study(folder / "copy", 1)
+    shutil.copy(next((folder / "copy").iterdir()), deep / "duplicate.dcm")  # a duplicate row, as long
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.status, outcome.instances, outcome.rejected) == ("done", 3, 2)
+    longest = conn.execute("SELECT max(octet_length(path)) FROM (SELECT path FROM instance UNION ALL"
+                           " SELECT path FROM rejected_file) rows").fetchone()
+    assert longest is not None and longest[0] > 3500
+    again = import_folder(conn, config, folder)  # and the mirror holds on the next import
+    assert isinstance(again, Result) and again.unchanged and count_rows(conn)["instance"] == 3
 
 
 def test_files_contradicting_their_study_are_recorded_and_people_without_an_id_are_not_merged(
