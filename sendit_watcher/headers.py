@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -114,8 +115,8 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
     fast = lean.read_fields(folder, entry.path, full_header) if lean.ENABLED else None
     if fast is not None:  # the lean reader only ever answers for an importable instance
         read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
-        oversized = _oversized_key(read)
-        return reject("oversized-value", oversized) if oversized else _bounded(read)
+        problem = _key_problem(read)
+        return reject(*problem) if problem else _bounded(read)
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
@@ -146,8 +147,8 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
             return reject(*_missing(fields, forced))
         except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
             return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
-    oversized = _oversized_key(instance)
-    return reject("oversized-value", oversized) if oversized else _bounded(instance)
+    problem = _key_problem(instance)
+    return reject(*problem) if problem else _bounded(instance)
 
 
 VALUE_LIMIT = 1 << 20  # characters of one element's JSON value; longer ones are left out, like bulk data
@@ -233,6 +234,9 @@ def _media_sop_class(dataset: Any) -> str | None:
     return str(value.value) if value is not None else None
 
 
+_KEY_TAGS = frozenset({PATIENT_ID, ISSUER_OF_PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID})
+
+
 def _instance(entry: FileEntry, fields: Decoder, full_header: bool) -> Instance | None:
     dataset = fields.dataset
     sop_instance_uid = _text(fields, SOP_INSTANCE_UID)
@@ -259,10 +263,11 @@ def _instance(entry: FileEntry, fields: Decoder, full_header: bool) -> Instance 
 
 
 def _text(fields: Decoder, tag: int) -> str | None:
-    """A value as text as DICOM writes it (multiple values joined by backslash), without NULs."""
+    """A value as text as DICOM writes it (multiple values joined by backslash), without NULs (in a key, a NUL
+    becomes U+FFFD: two keys that differ only by a NUL stay two)."""
     fast = fields.text(tag)
     if fast is not FALLBACK:
-        return _clean(str(fast)).strip() or None if fast is not None else None
+        return _clean(str(fast), tag).strip() or None if fast is not None else None
     element = fields.dataset.get(tag)
     value = None if element is None else element.value
     if value is None:
@@ -271,14 +276,15 @@ def _text(fields: Decoder, tag: int) -> str | None:
         value = value.decode("latin-1")
     elif is_multi_value(value):
         value = "\\".join(str(v) for v in value)
-    text = _clean(str(value)).strip()
+    text = _clean(str(value), tag).strip()
     return text or None
 
 
-def _clean(text: str) -> str:
-    """Text PostgreSQL can store: NUL characters removed, lone surrogates replaced by U+FFFD."""
+def _clean(text: str, tag: int = 0) -> str:
+    """Text PostgreSQL can store: NUL characters removed (replaced by U+FFFD in a key), lone surrogates replaced
+    by U+FFFD."""
     if "\x00" in text:
-        text = text.replace("\x00", "")
+        text = text.replace("\x00", "\ufffd" if tag in _KEY_TAGS else "")
     return storable(text)
 
 
@@ -342,6 +348,23 @@ _KEYS = (("patient_id", "PatientID (0010,0020)"), ("issuer_of_patient_id", "Issu
          ("study_instance_uid", "StudyInstanceUID (0020,000D)"), ("series_instance_uid",
                                                                   "SeriesInstanceUID (0020,000E)"),
          ("sop_instance_uid", "SOPInstanceUID (0008,0018)"))
+
+
+_UIDS = _KEYS[2:]
+_UID_CHARACTERS = re.compile(r"[\x20-\x7e]*")  # printable ASCII: the same text from every byte string it can be
+
+
+def _key_problem(instance: Instance) -> tuple[str, str] | None:
+    """Why a main-tag value cannot be a database key, as a rejection (reason, detail) that names the tag, never
+    the value: too long to index, or a UID with characters no UID has (a NUL, bytes that do not decode), which
+    could make two different UIDs one key."""
+    oversized = _oversized_key(instance)
+    if oversized:
+        return "oversized-value", oversized
+    for field, name in _UIDS:
+        if not _UID_CHARACTERS.fullmatch(getattr(instance, field)):
+            return "invalid-uid", f"{name} holds a NUL, a control character or bytes that are not ASCII"
+    return None
 
 
 def _oversized_key(instance: Instance) -> str | None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from random import Random
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
-from sendit_watcher import batches
+from sendit_watcher import batches, lean
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
@@ -226,6 +227,27 @@ def test_a_path_of_long_names_that_do_not_compress_is_a_row_like_any_other(
     assert longest is not None and longest[0] > 3500
     again = import_folder(conn, config, folder)  # and the mirror holds on the next import
     assert isinstance(again, Result) and again.unchanged and count_rows(conn)["instance"] == 3
+
+
+@pytest.mark.parametrize("reader", ["lean", "pydicom"])
+def test_uids_that_differ_only_in_bytes_no_uid_has_are_never_one_key(
+        conn: Connection, config: Config, tmp_path: Path, reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean, "ENABLED", reader == "lean")
+    folder = tmp_path / "uids"
+    folder.mkdir()
+    prefix = generate_uid()[:40]
+    # Before, a NUL inside was dropped (".7\x008" read as ".78", a duplicate of clean.dcm) and bytes that are not
+    # UTF-8 became U+FFFD (".7\xfe" and ".7\xff" one UID).
+    for name, raw in (("clean.dcm", b"78"), ("nul.dcm", b"7\x008"), ("fe.dcm", b"7\xfe"), ("ff.dcm", b"7\xff")):
+        placeholder = prefix + "." + "X" * len(raw)  # as long as the variant, which replaces it byte for byte
+        write_instance(folder / name, SpecificCharacterSet="ISO_IR 192", SOPInstanceUID=placeholder)
+        data = (folder / name).read_bytes().replace(placeholder.encode(), prefix.encode() + b"." + raw)
+        (folder / name).write_bytes(data)
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.instances, outcome.rejected) == (1, 3)
+    assert conn.execute("SELECT path, sop_instance_uid FROM instance").fetchall() == [("clean.dcm", prefix + ".78")]
+    rejected = dict(conn.execute("SELECT path, reason FROM rejected_file").fetchall())
+    assert rejected == {"nul.dcm": "invalid-uid", "fe.dcm": "invalid-uid", "ff.dcm": "invalid-uid"}  # no duplicate
 
 
 def test_files_contradicting_their_study_are_recorded_and_people_without_an_id_are_not_merged(

@@ -29,7 +29,7 @@ from tests.helpers import pydicom_test_files
 
 KNOWN_REASONS = {"not-dicom", "dicomdir", "no-sop-instance-uid", "missing-uid", "duplicate", "truncated",
                  "invalid-dicom", "empty-file", "symlink", "not-a-regular-file", "unreadable", "too-deep",
-                 "oversized-value", "vanished", "unreadable-directory"}
+                 "oversized-value", "invalid-uid", "vanished", "unreadable-directory"}
 HOSTILE_VALUES = ["O'Brien\"; DROP TABLE sendit.batch; --", "Robert'); DELETE FROM instance;--", "a\\b\\c",
                   "tab\there", "new\nline", "esc\x1b[31mred", "bell\x07", "$$dollar$$", "%s %(name)s {0}",
                   "ünïcödé^名前"]
