@@ -10,6 +10,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
+from sendit_watcher.batches import BatchStatus
 from sendit_watcher.importer import Result
 from sendit_watcher.status import BatchRow, Totals
 from sendit_watcher.worker import Failure, Outcome
@@ -76,7 +77,8 @@ def status_table(rows: list[BatchRow], totals: Totals) -> str:
     text += ["", f"batches: {by_status}",
              f"rows: {totals.patients:,} patients, {totals.studies:,} studies, {totals.series:,} series, "
              f"{totals.instances:,} instances, {totals.rejected:,} rejected files"]
-    errors = [f"batch {row.id}: {row.last_error}" for row in rows if row.status == "failed" and row.last_error]
+    errors = [f"batch {row.id}: {row.last_error}" for row in rows
+              if row.status == BatchStatus.FAILED and row.last_error]
     return "\n".join(text + (["", "errors:"] + errors if errors else []))
 
 
