@@ -61,6 +61,9 @@ class Finished:
     instances: int
     rejected: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", BatchStatus(self.status))  # the row gives the status as text
+
 
 @dataclass(frozen=True)
 class QueueCounts:
@@ -177,15 +180,18 @@ def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files
     the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
     if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
-    row = conn.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
-                                 "new": new_instances, "removed": removed, "seconds": seconds, "host": host,
-                                 "channel": NOTIFY_CHANNEL,
-                                 "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
-                                 "done": BatchStatus.DONE}).fetchone()
-    assert row is not None
-    return Finished(BatchStatus(row[0]), int(row[1]), int(row[2]))
+    with conn.cursor(row_factory=class_row(Finished)) as cursor:
+        finished = cursor.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
+                                            "new": new_instances, "removed": removed, "seconds": seconds,
+                                            "host": host, "channel": NOTIFY_CHANNEL,
+                                            "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
+                                            "done": BatchStatus.DONE}).fetchone()
+    assert finished is not None
+    return finished
 
 
+# The NOTIFY is in the update's RETURNING: a data-modifying CTE runs to completion, RETURNING included, whether
+# or not the outer query reads that column.
 _FINISH = """
 WITH counts AS (
     SELECT (SELECT count(*) FROM instance WHERE batch = %(batch)s) AS instances,
@@ -201,9 +207,10 @@ WITH counts AS (
         finished_at = clock_timestamp(), seconds = %(seconds)s,
         finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
     FROM counts WHERE id = %(batch)s
-    RETURNING status, batch.instances, batch.rejected, id
+    RETURNING status, batch.instances, batch.rejected,
+              CASE WHEN %(counted)s = 1 THEN pg_notify(%(channel)s, id::text) END AS notified
 )
-SELECT status, instances, rejected, CASE WHEN %(counted)s = 1 THEN pg_notify(%(channel)s, id::text) END FROM done
+SELECT status, instances, rejected FROM done
 """
 
 
@@ -277,13 +284,20 @@ def known_folders(conn: Connection, root: str) -> dict[str, tuple[str | None, Ba
 
 def queue_counts(conn: Connection) -> QueueCounts:
     """Queued, imported (done or empty) and failed batches, and seconds since the last one finished."""
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status IN (%s, %s)),"
-        " count(*) FILTER (WHERE status = %s), extract(epoch FROM now() - max(finished_at))::float8 FROM batch",
-        (BatchStatus.QUEUED, BatchStatus.DONE, BatchStatus.EMPTY, BatchStatus.FAILED)).fetchone()
+    with conn.cursor(row_factory=class_row(QueueCounts)) as cursor:
+        counts = cursor.execute(_QUEUE_COUNTS, (BatchStatus.QUEUED, BatchStatus.DONE, BatchStatus.EMPTY,
+                                                BatchStatus.FAILED)).fetchone()
     conn.rollback()
-    assert row is not None
-    return QueueCounts(int(row[0]), int(row[1]), int(row[2]), row[3])
+    assert counts is not None
+    return counts
+
+
+_QUEUE_COUNTS = """
+SELECT count(*) FILTER (WHERE status = %s) AS queued, count(*) FILTER (WHERE status IN (%s, %s)) AS imported,
+       count(*) FILTER (WHERE status = %s) AS failed,
+       extract(epoch FROM now() - max(finished_at))::float8 AS seconds_since_last
+FROM batch
+"""
 
 
 _FINISHED_AFTER = """

@@ -65,10 +65,11 @@ LIMIT %(limit)s
 """
 
 _TOTALS = """
-SELECT (SELECT json_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM batch GROUP BY status) s),
-       (SELECT count(*) FROM patient), (SELECT count(*) FROM study), (SELECT count(*) FROM series),
-       (SELECT count(*) FROM instance), (SELECT count(*) FROM rejected_file),
-       (SELECT max(finished_at) FROM batch)
+SELECT coalesce((SELECT json_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM batch GROUP BY status) s),
+                '{}') AS batches,
+       (SELECT count(*) FROM patient) AS patients, (SELECT count(*) FROM study) AS studies,
+       (SELECT count(*) FROM series) AS series, (SELECT count(*) FROM instance) AS instances,
+       (SELECT count(*) FROM rejected_file) AS rejected, (SELECT max(finished_at) FROM batch) AS last_finished
 """
 
 
@@ -80,12 +81,10 @@ def recent_batches(conn: Connection, limit: int = 20) -> list[BatchRow]:
 
 def totals(conn: Connection) -> Totals:
     """Batch counts by status and row counts of the hierarchy."""
-    row = conn.execute(_TOTALS).fetchone()
+    with conn.cursor(row_factory=class_row(Totals)) as cursor:
+        row = cursor.execute(_TOTALS).fetchone()
     assert row is not None
-    by_status = {str(k): int(v) for k, v in (row[0] or {}).items()}
-    patients, studies, series, instances, rejected = (int(n) for n in row[1:6])
-    last = row[6] if isinstance(row[6], datetime) else None
-    return Totals(by_status, patients, studies, series, instances, rejected, last)
+    return row
 
 
 @dataclass(frozen=True)
