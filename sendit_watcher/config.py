@@ -291,7 +291,7 @@ class WatchConfig:
     path: Path
     events: int
     processor: str
-    finished_marker: str = ""
+    finished_marker: str = _default(WATCH_SECTION_PREFIX + "NAME", "finished_marker")
 
 
 @dataclass(frozen=True)

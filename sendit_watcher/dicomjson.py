@@ -11,9 +11,9 @@ from sendit_watcher.elements import (
     BINARY_VRS,
     FLOAT_VRS,
     INT_VRS,
+    SIMPLE_TEXT_VRS,
     SINGLE_VALUED,
     STRIPPED_VRS,
-    TEXT_VRS,
     Decoder,
 )
 
@@ -45,7 +45,7 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
             key = keys[tag] = f"{tag:08X}"
         if raw is None:
             model[key] = _element(dataset[tag], decoder.codec)
-        elif vr in _SIMPLE_TEXT_VRS:
+        elif vr in SIMPLE_TEXT_VRS:
             model[key] = _simple_text(vr, raw.value, text_codec)
         elif vr in BINARY_VRS:
             model[key] = _binary(vr, raw.value)
@@ -60,7 +60,6 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
 
 _KEYS: dict[int, str] = {}  # tag -> "GGGGEEEE", shared by every file this process reads
 _KEYS_LIMIT = 16384
-_SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}  # text whose JSON value is the text itself
 
 
 def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:

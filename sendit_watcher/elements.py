@@ -13,8 +13,8 @@ from pydicom import valuerep
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
-__all__ = ["Decoder", "FALLBACK", "known_un", "TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "SINGLE_VALUED",
-           "STRIPPED_VRS"]
+__all__ = ["Decoder", "FALLBACK", "known_un", "TEXT_VRS", "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS",
+           "SINGLE_VALUED", "STRIPPED_VRS"]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
@@ -25,6 +25,7 @@ def _names(vrs: Iterable[Any]) -> frozenset[str]:
 
 # The VR classes, from pydicom's own tables wherever it has one; every module takes them from here.
 TEXT_VRS = _names(valuerep.STR_VR)  # text, including IS and DS
+SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}  # text whose DICOM JSON value is the text itself
 BINARY_VRS = _names(valuerep.BYTES_VR)  # OB OD OF OL OV OW UN
 INT_VRS = _names(valuerep.INT_VR) - {"AT"}  # IS and the binary integers
 FLOAT_VRS = _names(valuerep.FLOAT_VR)  # DS FL FD

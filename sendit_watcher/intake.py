@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sendit_watcher.config import WatcherConfig
+
 __all__ = ["Folder", "Intake"]
 
 Folder = tuple[str, str]  # (watch name, folder name directly under the root)
@@ -24,7 +26,7 @@ class Intake:
     settle_seconds: float
     clock: Callable[[], float] = time.monotonic
     linger_seconds: float = 0.0
-    linger_folders: int = 1000
+    linger_folders: int = WatcherConfig.linger_folders  # the [watcher] option's default
     settling: dict[Folder, float] = field(default_factory=dict)
     ready: dict[Folder, float] = field(default_factory=dict)  # folder -> time of the next enqueue attempt
     failures: dict[Folder, int] = field(default_factory=dict)
@@ -36,7 +38,8 @@ class Intake:
     scanned: dict[Folder, datetime] = field(default_factory=dict)
     rescan_requested: bool = True  # a catch-up scan is due at start
 
-    def reconfigure(self, settle_seconds: float, linger_seconds: float = 0.0, linger_folders: int = 1000) -> None:
+    def reconfigure(self, settle_seconds: float, linger_seconds: float = 0.0,
+                    linger_folders: int = WatcherConfig.linger_folders) -> None:
         """New settle and linger periods, for folders that settle from now on."""
         self.settle_seconds = settle_seconds
         self.linger_seconds, self.linger_folders = linger_seconds, linger_folders

@@ -38,6 +38,7 @@ from sendit_watcher.elements import (
     _CHARSET_AFFECTED,
     _CODECS,
     BINARY_VRS,
+    SIMPLE_TEXT_VRS,
     SINGLE_VALUED,
     STRIPPED_VRS,
     TEXT_VRS,
@@ -85,7 +86,6 @@ _STANDARD = _names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(
 _KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}) & _STANDARD
 _VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
-_SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}
 # Written fragments, '"GGGGEEEE":{...}' by (tag, VR, value bytes, codec), shared by every file this process
 # reads: the files of a series repeat most of their values, so most elements are one dictionary lookup. Bounded
 # in entries and in value size (emptied when full), so files full of distinct values cannot grow it.
@@ -446,7 +446,7 @@ def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
 
 def _entry(vr: str, value: bytes, codec: str) -> str:
     """One element's DICOM JSON object (dicomjson.dataset_to_json + headers._header_json)."""
-    if vr in _SIMPLE_TEXT_VRS:
+    if vr in SIMPLE_TEXT_VRS:
         return _text_entry(vr, value, codec)
     if vr in BINARY_VRS:
         if value and len(value) <= INLINE_BINARY_LIMIT:
