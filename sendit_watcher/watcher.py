@@ -264,6 +264,9 @@ def _check_directory(watch: WatchConfig) -> None:
 
 
 def _first_error(exc: Any) -> str:
+    """The first line of an error's text, uncut (its class name when it has none). Not errors.one_line, which
+    stops at 500 characters and collapses whitespace: pyinotify's text is "add_watch: cannot watch PATH WD=-1,
+    Errno=...", and the errno that _watch_failure's hints look for comes after PATH, however long it is."""
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
