@@ -37,6 +37,17 @@ def scalar(conn: Connection, query: str, *params: object) -> object:
     return None if row is None else row[0]
 
 
+def as_int(value: object) -> int:
+    """A value typed ``object`` (a query's, a JSON record's) that must be an integer, as an int."""
+    assert isinstance(value, int) and not isinstance(value, bool), f"not an integer: {value!r}"
+    return value
+
+
+def scalar_int(conn: Connection, query: str, *params: object) -> int:
+    """``scalar`` of a query whose answer is an integer (a count); ends the transaction."""
+    return as_int(scalar(conn, query, *params))
+
+
 def batch_rows(conn: Connection) -> dict[str, tuple[str, int, int]]:
     """Every batch by folder path: (status, instances, imports)."""
     rows = conn.execute("SELECT path, status, instances, imports FROM batch").fetchall()

@@ -22,7 +22,7 @@ from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, pydicom_test_files, scalar, wait_until
+from tests.helpers import batch_rows, done, pydicom_test_files, scalar, scalar_int, wait_until
 
 
 def cli(config: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -220,7 +220,7 @@ def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn
                         peak_kb = max(peak_kb, int(line.split()[1]))
             except (OSError, ValueError):
                 pass
-            if resumed is None and int(str(scalar(conn, busy))) > 0:  # the import's backends: every one paused
+            if resumed is None and scalar_int(conn, busy) > 0:  # the import's backends: every one paused
                 paused = [int(pid) for (pid,) in conn.execute(backends).fetchall()]
                 conn.rollback()
                 resumed = time.monotonic() + 6

@@ -15,7 +15,7 @@ from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, importing_host, scalar, wait_until
+from tests.helpers import as_int, batch_rows, importing_host, scalar, wait_until
 
 
 def two_hosts(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> tuple[ServiceProcess, ServiceProcess]:
@@ -111,7 +111,7 @@ def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_p
         seen = read_lines(first, 20)
         first.kill()
         assert sorted(str(r["folder"]) for r in seen) == [f"L{n:02d}" for n in range(20)]
-        sequence = [int(str(r["seq"])) for r in seen]
+        sequence = [as_int(r["seq"]) for r in seen]
         assert sequence == sorted(sequence) and len(set(sequence)) == 20
         assert all(r["status"] == "done" and r["instances"] == 3 and r["host"] == "test-host" for r in seen)
         for n in range(20, 25):  # while nobody listens
@@ -121,7 +121,7 @@ def test_listen_gets_every_batch_in_commit_order_and_replays_after_restart(tmp_p
         missed = read_lines(second, 5)
         assert second.wait(30) == 0
         assert {str(r["folder"]) for r in missed} == {f"L{n:02d}" for n in range(20, 25)}
-        replayed = [int(str(r["seq"])) for r in missed]
+        replayed = [as_int(r["seq"]) for r in missed]
         assert replayed == sorted(replayed) and replayed[0] > sequence[-1]
     finally:
         first.kill()

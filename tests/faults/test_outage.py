@@ -19,7 +19,7 @@ from sendit_watcher.db import connect
 from tests.fix_dicom import make_study
 from tests.fix_postgres import PrivateCluster
 from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import scalar, wait_until
+from tests.helpers import scalar, scalar_int, wait_until
 
 OUTAGE = float(os.environ.get("SENDIT_FAULT_OUTAGE", "30"))
 
@@ -42,7 +42,7 @@ def test_outage_in_the_middle_of_a_burst(tmp_path: Path, incoming: Path, figures
         producer = threading.Thread(target=burst, args=(incoming, names, 10))
         producer.start()
         with connect(database) as conn:
-            wait_until(lambda: int(str(scalar(conn, "SELECT count(*) FROM batch WHERE status = 'done'"))) >= 5,
+            wait_until(lambda: scalar_int(conn, "SELECT count(*) FROM batch WHERE status = 'done'") >= 5,
                        timeout=30, what="the burst under way")
         with psycopg.connect(database.dsn, autocommit=True) as admin:
             terminated = admin.execute(

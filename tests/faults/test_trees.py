@@ -20,7 +20,7 @@ from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, importing_host, scalar, wait_until
+from tests.helpers import batch_rows, done, importing_host, scalar, scalar_int, wait_until
 
 
 def status_lines(service: ServiceProcess) -> int:
@@ -198,7 +198,7 @@ def test_a_subfolder_swapped_for_a_symlink_mid_import_reads_nothing_outside(tmp_
     try:
         busy = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND application_name LIKE 'sendit-watcher%%' AND state <> 'idle'")
-        wait_until(lambda: process.poll() is not None or int(str(scalar(conn, busy))) > 0, timeout=60,
+        wait_until(lambda: process.poll() is not None or scalar_int(conn, busy) > 0, timeout=60,
                    what="the import under way")
         swapped_while_running = process.poll() is None
         for victim in ("s11", "s06"):
