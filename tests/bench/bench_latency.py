@@ -27,9 +27,8 @@ def measure(folders: int, files: int, work: Path, dsn: str, full_header: bool) -
     incoming = work / "incoming"
     incoming.mkdir()
     database = DatabaseConfig(dsn=dsn, schema=f"lat_{uuid.uuid4().hex[:8]}")
-    config = write_config(work / "watcher.conf", database, {"incoming": incoming})
-    text = config.read_text().replace("log_level = debug", "log_level = info")
-    config.write_text(text.replace("[import]\n", f"[import]\nfull_header = {'yes' if full_header else 'no'}\n"))
+    config = write_config(work / "watcher.conf", database, {"incoming": incoming}, log_level="info",
+                          full_header="yes" if full_header else "no")
     service = ServiceProcess(config, work)
     latencies = []
     try:

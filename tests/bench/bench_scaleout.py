@@ -32,8 +32,7 @@ def burst(dsn: str, hosts: int, folders: int, files: int) -> tuple[float, dict[s
         for n in range(hosts):
             (work / f"h{n}").mkdir()
             config = write_config(work / f"h{n}.conf", database, {"incoming": incoming}, workers=1,
-                                  host=f"host-{n}", role="all" if n == 0 else "worker")
-            config.write_text(config.read_text().replace("log_level = debug", "log_level = warning"))
+                                  host=f"host-{n}", role="all" if n == 0 else "worker", log_level="warning")
             services.append(ServiceProcess(config, work / f"h{n}"))
         for service in services:
             service.wait_ready()

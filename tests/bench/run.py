@@ -112,9 +112,8 @@ def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_
     incoming = work / "incoming"
     incoming.mkdir()
     database = DatabaseConfig(dsn=dsn, schema=f"svc_{uuid.uuid4().hex[:8]}")
-    config = write_config(work / "watcher.conf", database, {"incoming": incoming}, workers=processes)
-    text = config.read_text().replace("log_level = debug", "log_level = info")
-    config.write_text(text.replace("[import]\n", f"[import]\nfull_header = {'yes' if full_header else 'no'}\n"))
+    config = write_config(work / "watcher.conf", database, {"incoming": incoming}, workers=processes,
+                          log_level="info", full_header="yes" if full_header else "no")
     service = ServiceProcess(config, work)
     result: dict[str, Any] = {}
     try:
