@@ -30,7 +30,7 @@ from sendit_watcher.config import DatabaseConfig, WatchConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, pydicom_test_files, scalar, wait_until
+from tests.helpers import batch_rows, done, pydicom_test_files, scalar, scalar_int, wait_until
 
 MARKER = "PHIMARKER7731"  # inside the long PatientID: must never leave the process
 
@@ -125,7 +125,7 @@ def service_and_listener(tmp_path: Path, database: DatabaseConfig, incoming: Pat
         service.wait_ready()
         listener = Listener(config)
         made.append(listener)
-        wait_until(lambda: int(str(scalar(conn, _LISTENER_WAITING))) >= 1, timeout=20,
+        wait_until(lambda: scalar_int(conn, _LISTENER_WAITING) >= 1, timeout=20,
                    what="the listener waiting for NOTIFY")
         return service, listener
 
