@@ -118,6 +118,16 @@ class Intake:
         """Events were lost: the next loop turn reconciles every root with the database."""
         self.rescan_requested = True
 
+    def scan_started(self) -> set[Folder]:
+        """A catch-up scan begins: the request for one is met; returns the folders it must leave alone (those
+        settling or waiting to be queued: this intake has them in hand)."""
+        self.rescan_requested = False
+        return set(self.settling) | set(self.ready)
+
+    def scan_time(self, folder: Folder) -> datetime | None:
+        """When the catch-up scan that alone found ``folder`` read the batch rows (None: an event saw it)."""
+        return self.scanned.get(folder)
+
     def due_to_check(self) -> list[Folder]:
         """Settling folders whose quiet period is over: their newest change is to be checked (by stat)."""
         now = self.clock()

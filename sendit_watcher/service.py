@@ -259,7 +259,7 @@ class Service:
         for folder in self.intake.due_gone():
             self._queue(folder, batches.enqueue_known, self.intake.gone_recorded, self.intake.gone_later)
         for folder in self.intake.due_for_enqueue():
-            began = self.intake.scanned.get(folder)
+            began = self.intake.scan_time(folder)
             enqueue = batches.enqueue if began is None else partial(batches.enqueue, scan_began=began)
             self._queue(folder, enqueue, self.intake.enqueued, self.intake.retry_later)
 
@@ -294,11 +294,11 @@ class Service:
             interval > 0 and time.monotonic() - self.last_scan >= interval)
         due = due and time.monotonic() >= self.scan_not_before
         if due and self.config.watcher.runs_watcher and not self.scanner.running and self.link.get() is not None:
-            self.intake.rescan_requested = self.link.reconnected = False
+            self.link.reconnected = False
+            skip = self.intake.scan_started()
             self.last_scan = time.monotonic()
             roots = {name: root.watch for name, root in self.watcher.roots.items()  # never a lost one: its
                      if name not in self.watcher.lost_roots}  # mount point would look like a root emptied
-            skip = set(self.intake.settling) | set(self.intake.ready)
             self.scanner.start(self.config.database, roots, self.config.watcher.is_temporary,
                                self.config.watcher.settle_seconds, skip)
 

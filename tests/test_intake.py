@@ -132,11 +132,18 @@ def test_reconfigure_changes_the_settle_period_of_later_activity() -> None:
     assert intake.next_deadline() == clock.now + 42
 
 
-def test_overflow_requests_a_rescan() -> None:
-    intake = Intake(settle_seconds=5, clock=FakeClock())
-    intake.rescan_requested = False
+def test_overflow_requests_a_rescan_and_a_scan_leaves_the_folders_in_hand_alone() -> None:
+    clock = FakeClock()
+    intake = Intake(settle_seconds=5, clock=clock)
+    assert intake.rescan_requested  # at start
+    assert intake.scan_started() == set() and not intake.rescan_requested
     intake.overflow()
     assert intake.rescan_requested
+    intake.activity(("r", b"settling"))
+    intake.finished(("r", b"finished"))
+    intake.enqueued(("r", b"finished"))  # queued: no longer in hand
+    intake.finished(("r", b"waiting"))
+    assert intake.scan_started() == {("r", b"settling"), ("r", b"waiting")} and not intake.rescan_requested
 
 
 def test_newest_change_sees_deep_files_and_none_for_a_missing_folder(tmp_path: Path) -> None:
