@@ -116,7 +116,14 @@ def known_un(tag: int) -> bool:
 
 
 def _known_un(vr: str, tag: int) -> bool:
-    return vr == "UN" and known_un(tag)
+    """An element read as UN that pydicom may convert: a public one its dictionary knows, or a private one
+    (pydicom looks it up under its creator in the private dictionary)."""
+    return vr == "UN" and (known_un(tag) or private_data(tag))
+
+
+def private_data(tag: int) -> bool:
+    """A private data element (odd group, element 0x1000 and above), whose VR its private creator may define."""
+    return bool(tag >> 16 & 1) and tag & 0xFFFF >= 0x1000
 
 
 def _codec(dataset: Any) -> str | None:

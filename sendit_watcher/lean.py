@@ -46,6 +46,7 @@ from sendit_watcher.elements import (
     _names,
     _text_values,
     known_un,
+    private_data,
 )
 from sendit_watcher.walk import open_beneath
 
@@ -254,6 +255,7 @@ class _Reader:
         parts: list[str] = []
         append = parts.append
         creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
+        raw_creators: dict[int, bytes] = {}  # the same, as bytes (explicit VR): read only for a private UN
         last = -1
         sequences = odd_pixel_representation = False
         implicit, json = self.implicit, self.json
@@ -282,8 +284,8 @@ class _Reader:
             else:
                 tag = group << 16 | element
                 vr = vr_of(data[pos + 4:pos + 6])  # type: ignore[assignment]
-                if vr is None or (vr == "UN" and known_un(tag)):  # pydicom converts a known UN
-                    raise _Fallback
+                if vr is None or (vr == "UN" and (known_un(tag) or _known_private(tag, raw_creators))):
+                    raise _Fallback  # pydicom converts a UN its dictionaries know
                 if vr in long_vrs:
                     if pos + 12 > size:
                         self.need(pos + 12)
@@ -324,8 +326,11 @@ class _Reader:
                     append((length <= fragment_limit and fragments.get((tag, vr, value, codec)))
                            or _fragment(tag, vr, value, codec))
                 pos = stop
-            if implicit and vr == "LO" and group & 1:
-                creators[tag] = _creator(data[pos - length:pos])
+            if vr == "LO" and group & 1:
+                if implicit:
+                    creators[tag] = _creator(data[pos - length:pos])
+                elif element <= 0xFF:
+                    raw_creators[tag] = data[pos - length:pos]
             if end is not None and pos > end:
                 raise _Fallback
         return "{" + ",".join(parts) + "}", pos
@@ -386,6 +391,15 @@ def _private_vr(tag: int, creators: dict[int, str]) -> str:
     if creator is not None and _in_private_dictionary(tag, creator):
         raise _Fallback
     return "UN"
+
+
+def _known_private(tag: int, raw_creators: dict[int, bytes]) -> bool:
+    """True for a private data element whose creator (read in explicit VR) the private dictionary knows with it:
+    pydicom converts such an element written as UN to the dictionary's VR."""
+    if not private_data(tag):
+        return False
+    raw = raw_creators.get(tag >> 16 << 16 | (tag & 0xFFFF) >> 8)
+    return raw is not None and _in_private_dictionary(tag, _creator(raw))
 
 
 @lru_cache(maxsize=4096)  # bounded: creators and tags come from the files

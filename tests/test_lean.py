@@ -124,6 +124,30 @@ def test_unconvertible_media_storage_sop_class_is_a_rejection(tmp_path: Path) ->
         assert isinstance(result, Rejection) and result.reason == "invalid-dicom"
 
 
+@pytest.mark.parametrize(("creator", "converted"), [("GEMS_IDEN_01", True), ("NOBODY KNOWS ME", False)])
+def test_a_private_element_written_as_un_is_read_as_its_creator_defines(
+        tmp_path: Path, creator: str, converted: bool) -> None:
+    """Found by an outside attack: (0009,1001) sent as UN under a creator the private dictionary knows (as PACS
+    forward private tags) was stored as UN bytes by both readers, where pydicom gives LO (and so does the same
+    element in an implicit VR file). Under an unknown creator it stays UN, and the lean reader answers."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    add_raw(ds, 0x00090010, "LO", creator.encode() + b" " * (len(creator) % 2), False)
+    ds.add_new(0x00091001, "LO", "SCANNER1")  # pydicom would write a UN it knows as LO: made UN byte by byte
+    known = b"\x09\x00\x01\x10LO\x08\x00SCANNER1"
+    data = encode(ds, EXPLICIT)
+    assert data.count(known) == 1
+    (tmp_path / "f.dcm").write_bytes(data.replace(known, b"\x09\x00\x01\x10UN\x00\x00\x08\x00\x00\x00SCANNER1"))
+    answered = compare(str(tmp_path), "f.dcm", True)
+    result = read_instance(str(tmp_path), FileEntry("f.dcm", (tmp_path / "f.dcm").stat().st_size, 0), True)
+    assert isinstance(result, Instance) and result.header is not None
+    stored = json.loads(result.header)["00091001"]
+    expected = pydicom.dcmread(tmp_path / "f.dcm").to_json_dict()["00091001"]
+    assert stored == expected
+    assert (stored["vr"] == "LO") is converted and answered is not converted
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Byte mutations: truncations, flipped length bytes, flipped VR bytes, random bytes (seeded)
 # --------------------------------------------------------------------------------------------------------------
