@@ -351,6 +351,8 @@ class _Reader:
             return "", pos + length, codec  # main tags only: this value is not needed
         value = self.data[pos:pos + length]
         if tag == _CHARSET:
+            if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
+                raise _Fallback
             codec = _charset_codec(vr, value)
         if top and tag in _MAIN_TAGS:
             self.main[tag] = _main_text(vr, value, codec)

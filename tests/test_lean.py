@@ -148,6 +148,19 @@ def test_a_private_element_written_as_un_is_read_as_its_creator_defines(
     assert (stored["vr"] == "LO") is converted and answered is not converted
 
 
+@pytest.mark.parametrize("charset", [b" ISO_IR 192 ", b"ISO_IR 100\\ ISO_IR 192 "])
+def test_a_character_set_with_a_leading_space_is_read_as_pydicom_reads_it(tmp_path: Path, charset: bytes) -> None:
+    """Found by an outside attack: pydicom keeps the leading space of (0008,0005) (and does not know the name);
+    the lean reader stripped it. It leaves such a file to pydicom."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    add_raw(ds, 0x00080005, "CS", charset, False)
+    add_raw(ds, 0x00081030, "LO", "café".encode(), False)
+    (tmp_path / "f.dcm").write_bytes(encode(ds, EXPLICIT))
+    compare(str(tmp_path), "f.dcm", True)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Byte mutations: truncations, flipped length bytes, flipped VR bytes, random bytes (seeded)
 # --------------------------------------------------------------------------------------------------------------
