@@ -95,12 +95,13 @@ class DicomFolderImporter(_ContextProcessor):
             self.context.watch_inside(event.pathname)
 
     def _waiting_for_marker(self, folder: tuple[str, str], path: str) -> None:
+        self.context.watch_inside(path)  # first: a marker written from now on is an event, before is seen below
         if is_regular_file(os.path.join(path, self.context.watch.finished_marker)):
             log.debug("finished by its marker: %s", path)
             self.context.intake.finished(folder)
+            self.context.unwatch_inside(path)
         else:
             log.debug("waiting for %s in %s", self.context.watch.finished_marker, path)
-            self.context.watch_inside(path)
 
     def _inside(self, event: Any) -> None:
         name = self.context.folder_of(event.path)

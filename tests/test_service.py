@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import threading
@@ -441,5 +442,29 @@ def test_only_a_regular_file_is_the_finished_marker(tmp_path: Path, database: Da
         (marked / "M" / "DONE").write_bytes(b"")
         wait_until(lambda: batch_rows(conn).get("M", ("",))[0] == "done", timeout=15, what="M finished by DONE")
         assert scalar(conn, "SELECT count(*) FROM rejected_file") == 1  # the symlink; the marker is no row
+    finally:
+        process.kill()
+
+
+def test_a_marker_written_just_after_its_folder_is_never_missed(tmp_path: Path, database: DatabaseConfig,
+                                                                conn: Connection) -> None:
+    """Found by an outside attack: the marker was looked for before the folder was watched, so a DONE written in
+    between was never seen (3 of 400 folders waited for a catch-up scan; with rescan_interval = 0, for ever)."""
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    extra = f"\n[watch:marked]\npath = {marked}\nfinished_marker = DONE\n"
+    process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {}, extra=extra, rescan_interval=0),
+                             tmp_path)
+    rng = random.Random(7)
+    try:
+        process.wait_ready()
+        for n in range(300):
+            folder = marked / f"F{n:03d}"
+            folder.mkdir()
+            (folder / "x.txt").write_bytes(b"not DICOM")
+            time.sleep(rng.uniform(0, 0.004))
+            (folder / "DONE").write_bytes(b"")
+        wait_until(lambda: len(batch_rows(conn)) == 300, timeout=60,
+                   what=f"300 folders finished by their marker; {len(batch_rows(conn))} so far")
     finally:
         process.kill()
