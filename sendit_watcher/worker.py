@@ -91,9 +91,10 @@ def _folder(config: Config, batch: Batch) -> str | None:
     except OSError as exc:
         if os.path.islink(folder):  # O_NOFOLLOW|O_DIRECTORY says ENOTDIR or ELOOP for a link
             why = "is a symbolic link now (never followed)"
+        elif exc.errno == errno.ENOTDIR:
+            return None  # a file of that name now: the folder is gone, and its rows go too
         else:
-            why = {errno.ENOTDIR: "is not a directory"}.get(
-                exc.errno or 0, exc.strerror or "cannot be opened")
+            why = exc.strerror or "cannot be opened"
         raise ImportFailed(f"folder {to_text(folder)} {why}; nothing was read") from None
     return folder
 

@@ -163,6 +163,19 @@ def test_a_vanished_folder_loses_its_rows(conn: Connection, config: Config, tmp_
     assert count_rows(conn)["instance"] == count_rows(conn)["rejected_file"] == 0
 
 
+def test_a_folder_replaced_by_a_file_of_its_name_loses_its_rows(conn: Connection, config: Config,
+                                                                 tmp_path: Path) -> None:
+    """Found by an outside attack: the batch failed ("is not a directory") and its rows stayed for good."""
+    folder = tmp_path / "q7"
+    make_study(folder, 2)
+    assert import_folder(conn, config, folder).instances == 2  # type: ignore[union-attr]
+    shutil.rmtree(folder)
+    folder.write_text("x")
+    outcome = import_folder(conn, config, folder)
+    assert isinstance(outcome, Result) and (outcome.status, outcome.instances, outcome.removed) == ("empty", 0, 2)
+    assert count_rows(conn)["instance"] == 0
+
+
 def test_a_changed_file_replaces_its_own_record(conn: Connection, config: Config, tmp_path: Path) -> None:
     folder = tmp_path / "s"
     folder.mkdir()
