@@ -60,7 +60,12 @@ def _seconds(raw: str) -> float:
         raise ValueError(f"{raw!r} is not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{raw!r} is not a finite number of seconds of 0 or more")
+    if value > MAX_SECONDS:  # timers and joins overflow at 2**31 ms
+        raise ValueError(f"{raw!r} is more than {MAX_SECONDS:,} seconds (11.5 days)")
     return value
+
+
+MAX_SECONDS = 1_000_000
 
 
 def _identifier(raw: str) -> str:

@@ -97,6 +97,17 @@ def test_check_config_exits_78_listing_errors(tmp_path: Path, capsys: pytest.Cap
     assert "[watch:x] processor: cannot import module 'no.such'" in err
 
 
+def test_seconds_beyond_what_a_timer_holds_are_a_config_error(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by an outside attack: drain_seconds = 3000000 passed check-config and crashed the stop
+    (OverflowError in a join's timeout)."""
+    path = write(tmp_path, "[watcher]\ndrain_seconds = 3000000\nsettle_seconds = 1e6\n")
+    assert main(["--config", str(path), "check-config"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "[watcher] drain_seconds: '3000000' is more than 1,000,000 seconds" in err
+    assert "settle_seconds" not in err  # 1,000,000 itself is allowed
+
+
 def test_check_config_prints_effective_config_without_password(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, f"[database]\ndsn = host=db password='s3cr et' user=x\n[watch:in]\npath = {tmp_path}\n")
