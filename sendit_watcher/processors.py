@@ -80,6 +80,8 @@ class DicomFolderImporter(_ContextProcessor):
                 intake.vanished(folder)  # its rows, if it was imported, go too
             else:
                 intake.forget(folder)
+            if event.dir:  # moved out of the root, its watches would follow it: outside the root, for ever
+                self.context.unwatch_inside(event.pathname)
         elif not event.dir:
             log.debug("ignoring %s: files directly in a watch root are not batches", event.pathname)
         elif self.context.settings.is_temporary(name):

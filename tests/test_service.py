@@ -468,3 +468,37 @@ def test_a_marker_written_just_after_its_folder_is_never_missed(tmp_path: Path, 
                    what=f"300 folders finished by their marker; {len(batch_rows(conn))} so far")
     finally:
         process.kill()
+
+
+def _inotify_watches(pid: int) -> int:
+    """How many inotify watches the process holds (its fdinfo's 'inotify wd' lines)."""
+    count = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            count += sum(line.startswith("inotify wd") for line in info.read_text().splitlines())
+        except OSError:
+            continue
+    return count
+
+
+def test_a_watched_folder_moved_out_of_the_root_is_no_longer_watched(tmp_path: Path, database: DatabaseConfig,
+                                                                     incoming: Path, conn: Connection) -> None:
+    """Found by an outside attack: the watches of a lingering folder followed it out of the root (81 left for 20
+    folders moved to an archive), watching outside the root until a restart."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming},
+                                          linger_seconds=600), tmp_path)
+    try:
+        process.wait_ready()
+        assert _inotify_watches(process.process.pid) == 1
+        for name in ("A", "B", "C"):
+            make_study(incoming / name / "series1", 1)  # created under its final name: watched inside
+            (incoming / name / "series2").mkdir()
+        wait_until(lambda: all(done(conn, name, 1)() for name in "ABC"), what="A, B and C imported")
+        assert _inotify_watches(process.process.pid) > 1  # lingering, watched inside
+        for name in ("A", "B", "C"):
+            (incoming / name).rename(archive / name)
+        wait_until(lambda: _inotify_watches(process.process.pid) == 1, timeout=10, what="only the root watched")
+    finally:
+        process.kill()
