@@ -9,6 +9,7 @@ answers it queues them and runs a catch-up scan, so nothing is lost even across 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import signal
 import time
@@ -345,10 +346,16 @@ class Service:
             log.error("reload refused, keeping the running configuration: %s", "; ".join(problems))
             self.notify.ready(self.status_line())
             return
+        if new.watcher.role != self.config.watcher.role:  # the workers and the watches are started by role
+            log.warning("reload: role %s -> %s takes effect at the next restart (systemctl restart "
+                        "sendit-watcher); running as %s until then", self.config.watcher.role, new.watcher.role,
+                        self.config.watcher.role)
+            new = dataclasses.replace(new, watcher=dataclasses.replace(new.watcher, role=self.config.watcher.role))
         try:
             self._apply_watches(new)
         finally:  # whatever happened, systemd hears that the reload is over
             self.notify.ready(self.status_line())
+        log.info("reloaded %s: %s", new.source, self.status_line())
 
     def _apply_watches(self, new: Config) -> None:
         old = {w.name: w for w in self.config.watches}
@@ -370,7 +377,6 @@ class Service:
             except SenditError as exc:
                 log.error("reload: %s", exc)
         self.intake.overflow()
-        log.info("reloaded %s: %s", new.source, self.status_line())
 
     def stop(self) -> int:
         """STOPPING=1, then a bounded drain: a folder in hand commits or rolls back whole."""

@@ -267,6 +267,19 @@ def test_reload_gives_every_root_the_new_settle_period(service: ServiceProcess, 
     assert "S" not in batch_rows(conn), "settled with the settle period of before the reload"
 
 
+def test_a_reload_that_changes_the_role_says_it_waits_for_a_restart(service: ServiceProcess, conn: Connection,
+                                                                     incoming: Path, tmp_path: Path,
+                                                                     database: DatabaseConfig) -> None:
+    """Found by an outside attack: a new role was silently ignored on reload (the workers and watches are
+    started by role), and such a reload logged no 'reloaded' line."""
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher")
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in service.log, what="the reload")
+    assert "role all -> watcher takes effect at the next restart" in service.log
+    drop_study(incoming, "R", 2)  # still role all: watched and imported here
+    wait_until(done(conn, "R", 2), what="R imported by the running role")
+
+
 def test_database_unreachable_at_start_goes_ready_degraded(tmp_path: Path, incoming: Path) -> None:
     nowhere = DatabaseConfig(dsn="host=127.0.0.1 port=9 dbname=x user=x", schema="s")
     config = write_config(tmp_path / "watcher.conf", nowhere, {"incoming": incoming})
