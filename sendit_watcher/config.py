@@ -408,11 +408,16 @@ def _watch(section: str, values: dict[str, Any]) -> WatchConfig:
 
 
 def _duplicate_roots(path: Path, watches: list[WatchConfig]) -> Iterator[str]:
+    """Roots that nest, as written or through symbolic links (compared where they lead now)."""
     for i, watch in enumerate(watches):
         for other in watches[:i]:
-            if watch.path == other.path or other.path in watch.path.parents or watch.path in other.path.parents:
+            if _nest(watch.path, other.path) or _nest(watch.path.resolve(), other.path.resolve()):
                 yield (f"{path}: [watch:{watch.name}] path: {watch.path} overlaps [watch:{other.name}] "
                        f"({other.path}); watch roots must not nest")
+
+
+def _nest(one: Path, two: Path) -> bool:
+    return one == two or two in one.parents or one in two.parents
 
 
 def describe(config: Config) -> Iterator[str]:

@@ -72,6 +72,11 @@ def test_nested_roots_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, f"[watch:a]\npath = {tmp_path}\n[watch:b]\npath = {tmp_path}/inner\n")
     with pytest.raises(ConfigError, match="must not nest"):
         configuration.load(str(path))
+    (tmp_path / "a" / "sub").mkdir(parents=True)  # found by an outside attack: nested through a symbolic link
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "sub")
+    path = write(tmp_path, f"[watch:a]\npath = {tmp_path}/a\n[watch:b]\npath = {tmp_path}/link\n")
+    with pytest.raises(ConfigError, match="must not nest"):
+        configuration.load(str(path))
 
 
 def test_missing_named_file_is_an_error_but_missing_default_is_defaults(tmp_path: Path,
