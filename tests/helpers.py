@@ -15,9 +15,12 @@ from pathlib import Path
 import pydicom
 from psycopg import sql
 
+from sendit_watcher import batches
 from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, WatchConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.names import to_disk
+from sendit_watcher.parsers import InlineParser, Parser
+from sendit_watcher.worker import Outcome, import_batch
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -181,3 +184,12 @@ def mirror_problems(conn: Connection, roots: dict[str, Path], marker: str = "") 
 def assert_mirror(conn: Connection, roots: dict[str, Path] | None = None, marker: str = "") -> None:
     problems = mirror_problems(conn, roots or {}, marker)
     assert not problems, "the database does not mirror the disk:\n" + "\n".join(problems[:30])
+
+
+def import_folder(conn: Connection, config: Config, folder: Path, parser: Parser | None = None) -> Outcome:
+    """Import ``folder`` as a worker would (its batch row created if new), in this process; its outcome."""
+    root, path = batches.locate(config, folder)
+    batch_id = batches.ensure(conn, root, path)
+    outcome = import_batch(conn, config, parser or InlineParser(), batch_id)
+    assert outcome is not None
+    return outcome

@@ -12,23 +12,15 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from sendit_watcher import batches, lean
+from sendit_watcher import lean
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
-from sendit_watcher.parsers import InlineParser, Parser, PoolParser
+from sendit_watcher.parsers import InlineParser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
-from sendit_watcher.worker import Outcome, import_batch
+from sendit_watcher.worker import import_batch
 from tests.fix_dicom import make_study
-from tests.helpers import count_rows, make_config, pydicom_test_files
-
-
-def import_folder(conn: Connection, config: Config, folder: Path, parser: Parser | None = None) -> Outcome:
-    root, path = batches.locate(config, folder)
-    batch_id = batches.ensure(conn, root, path)
-    outcome = import_batch(conn, config, parser or InlineParser(), batch_id)
-    assert outcome is not None
-    return outcome
+from tests.helpers import count_rows, import_folder, make_config, pydicom_test_files
 
 
 def files_in(folder: Path) -> int:
