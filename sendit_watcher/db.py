@@ -11,7 +11,7 @@ from psycopg.rows import TupleRow
 from sendit_watcher.config import DatabaseConfig, redact_dsn
 from sendit_watcher.errors import DatabaseUnavailable, one_line
 
-__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass", "wrong_encoding"]
+__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass"]
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -33,11 +33,11 @@ def connect(database: DatabaseConfig, *, autocommit: bool = False, application: 
     encoding, dbname = conn.info.parameter_status("server_encoding"), conn.info.dbname
     if encoding != "UTF8":
         conn.close()
-        raise DatabaseUnavailable(wrong_encoding(database, dbname, encoding or "unknown"))
+        raise DatabaseUnavailable(_wrong_encoding(database, dbname, encoding or "unknown"))
     return conn
 
 
-def wrong_encoding(database: DatabaseConfig, dbname: str, encoding: str) -> str:
+def _wrong_encoding(database: DatabaseConfig, dbname: str, encoding: str) -> str:
     """Why a database that does not store UTF-8 is refused, and how to make one that does."""
     return (f"database {dbname!r} ({redact_dsn(database.dsn) or 'libpq defaults'}) has encoding {encoding};"
             f" DICOM text and file names need UTF8: createdb --encoding=UTF8 --template=template0 NAME"
