@@ -218,19 +218,13 @@ BACKOFF_SECONDS = 5.0  # the first wait after a failure; doubled at each failure
 BACKOFF_CAP_SECONDS = 3600.0
 
 
-def requeue(conn: Connection, batch_ids: list[int]) -> list[str]:
+def requeue(conn: Connection, batch_ids: list[int]) -> None:
     """Queue finished batches again, to be read again from scratch (their fingerprint is forgotten): their
-    folders hold duplicates that are now the only copy of an instance. A folder imported by hand from outside
-    every root is not queued (no worker has its root): it is read from scratch at its next ``import``; returns
-    the paths of those."""
-    if not batch_ids:
-        return []
-    conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL, next_attempt_at = NULL"
-                 " WHERE id = ANY(%s) AND root <> %s", (BatchStatus.QUEUED, batch_ids, OUTSIDE_ROOTS))
-    conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
-    rows = conn.execute("UPDATE batch SET fingerprint = NULL WHERE id = ANY(%s) AND root = %s RETURNING path",
-                        (batch_ids, OUTSIDE_ROOTS)).fetchall()
-    return [OUTSIDE_ROOTS + str(row[0]) for row in rows]
+    folders hold duplicates that are now the only copy of an instance."""
+    if batch_ids:
+        conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL, next_attempt_at = NULL"
+                     " WHERE id = ANY(%s)", (BatchStatus.QUEUED, batch_ids))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
 
 
 def record_failure(conn: Connection, batch: Batch, host: str, error: str, fingerprint: str | None) -> bool:

@@ -130,9 +130,7 @@ def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str]) -> se
     if not freed:
         return set()
     rows = conn.execute(_FREE_DUPLICATES, {"sops": freed}).fetchall()
-    for folder in batches.requeue(conn, sorted({batch for batch, _ in rows if batch != batch_id})):
-        log.warning("%s, imported by hand, holds the only copy of instances whose original is gone; "
-                    "`sendit-watcher import %s` records them", folder, folder)
+    batches.requeue(conn, sorted({batch for batch, _ in rows if batch != batch_id}))
     return {path for batch, path in rows if batch == batch_id}
 
 

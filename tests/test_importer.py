@@ -168,25 +168,6 @@ def test_a_folder_replaced_by_a_file_of_its_name_loses_its_rows(conn: Connection
     assert count_rows(conn)["instance"] == 0
 
 
-def test_a_folder_imported_by_hand_whose_original_is_gone_is_not_left_queued(
-        conn: Connection, database: DatabaseConfig, tmp_path: Path) -> None:
-    """Found by an outside attack: the copy imported by hand from outside every root was re-queued when its
-    original went, and stayed queued for ever (no worker has the root '/'), its duplicate rows gone."""
-    root = tmp_path / "root"
-    make_study(root / "st", 2)
-    config = make_config(database, {"a": root})
-    assert import_folder(conn, config, root / "st").instances == 2  # type: ignore[union-attr]
-    shutil.copytree(root / "st", tmp_path / "archive" / "st")
-    copy = import_folder(conn, config, tmp_path / "archive" / "st")
-    assert isinstance(copy, Result) and (copy.root, copy.instances, copy.rejected) == ("/", 0, 2)
-    shutil.rmtree(root / "st")
-    assert import_folder(conn, config, root / "st").instances == 0  # type: ignore[union-attr]
-    status = conn.execute("SELECT status, fingerprint FROM batch WHERE root = '/'").fetchone()
-    assert status == ("done", None)  # not queued: read from scratch at its next import
-    again = import_folder(conn, config, tmp_path / "archive" / "st")
-    assert isinstance(again, Result) and (again.instances, again.rejected) == (2, 0)
-
-
 def test_a_changed_file_replaces_its_own_record(conn: Connection, config: Config, tmp_path: Path) -> None:
     folder = tmp_path / "s"
     folder.mkdir()
