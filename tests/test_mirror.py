@@ -277,6 +277,7 @@ OPERATIONS = st.lists(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=OPERATIONS, folders=st.integers(2, 3))
 @example(operations=[("unpack", 0, 0, 0, True), ("rename", 0, 0, 1, True)], folders=2)  # one mtime, mv over
+@example(operations=[("duplicate", 0, 0, 1, False), ("delete", 1, 0, 0, False)], folders=2)  # its original deleted
 def test_mirror_holds_after_any_sequence(operations: list[tuple[str, int, int, int, bool]], folders: int,
                                          conffile: Path, conn: Connection, tmp_path: Path) -> None:
     conn.execute("TRUNCATE main_tag_conflict, rejected_file, instance, series, study, patient, batch CASCADE")
