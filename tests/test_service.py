@@ -313,6 +313,7 @@ def test_a_processor_that_raises_never_stops_the_notifier(tmp_path: Path, databa
 
 
 @pytest.mark.slow
+@pytest.mark.host_global  # lowers fs.inotify.max_queued_events
 def test_burst_with_queue_overflow_imports_every_folder_exactly_once(tmp_path: Path, database: DatabaseConfig,
                                                                      incoming: Path, conn: Connection,
                                                                      figures: Callable[[str], None]) -> None:

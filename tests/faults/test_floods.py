@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import EXIT_CONFIG
@@ -18,6 +20,8 @@ from tests.fix_service import REPO, ServiceProcess, write_config
 from tests.helpers import scalar, wait_until
 
 LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
+# The limit is the whole machine's (per user, every process of root counts): no other test run may go on meanwhile.
+pytestmark = pytest.mark.host_global
 
 
 def watches_in_use() -> int:
