@@ -291,7 +291,9 @@ class RootGuard:
     """A worker's view of which of its host's roots are themselves: each root checked again at most every
     ``every`` seconds, or at once when ``lost`` says so; a worker claims batches of those roots only."""
 
-    def __init__(self, config: Config, every: float = 5.0) -> None:
+    EVERY = 5.0
+
+    def __init__(self, config: Config, every: float = EVERY) -> None:
         self.config = config
         self.every = every
         self._checked: dict[str, tuple[float, bool]] = {}
