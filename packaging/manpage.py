@@ -61,6 +61,11 @@ Queue failed batches again.
 .B metrics \fR[\fB\-\-textfile\fR \fIPATH\fR]
 Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR.
 .TP
+.B adopt\-root \fINAME\fR
+Accept the watch root \fINAME\fR as it is now on this host, after a deliberate change (a new share, a root
+made anew). A root that is not the file system it was at first sight (unmounted, another file system) is lost:
+none of its rows is removed until it is back or adopted.
+.TP
 .B migrate
 Create or upgrade the database schema.
 .TP

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sendit_watcher import batches
+from sendit_watcher import batches, roots
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig, WatchConfig
 from sendit_watcher.db import connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
 from sendit_watcher.names import to_disk, to_text
+from sendit_watcher.roots import Verdict
 from sendit_watcher.walk import fingerprint, is_regular_file, newest_change, walk
 
 __all__ = ["ScanResult", "scan_roots", "Scanner"]
@@ -36,6 +37,7 @@ class ScanResult:
     young: list[Folder] = field(default_factory=list)
     waiting: list[Folder] = field(default_factory=list)  # no finished_marker yet
     gone: list[Folder] = field(default_factory=list)  # recorded with rows, no longer on disk
+    lost: dict[str, Verdict] = field(default_factory=dict)  # roots not themselves: not scanned, nothing gone
     folders: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -50,18 +52,38 @@ class ScanResult:
         return None if folder in self.seen_failed else self.rows_read_at.get(folder[0])
 
 
-def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
-               settle_seconds: float, skip: set[Folder]) -> ScanResult:
-    """Compare every finished folder under each root with its batch row's fingerprint."""
+def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
+               is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> ScanResult:
+    """Compare every finished folder under each root with its batch row's fingerprint. A root is scanned only
+    when it is itself on this host (roots.check) right before it is listed, and its folders missing from the
+    listing are reported gone only when it is still itself after (not unmounted during the scan)."""
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
-        for name, watch in roots.items():
+        for name, watch in watches.items():
+            verdict = roots.check(conn, host, watch)
+            if not verdict.itself:
+                result.lost[name] = verdict
+                continue
             result.rows_read_at[name] = batches.database_time(conn)
             known = batches.known_folders(conn, name)
-            _scan_root(watch, known, is_temporary, settle_seconds, skip, result)
+            found = ScanResult()
+            _scan_root(watch, known, is_temporary, settle_seconds, skip, found)
+            if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
+                result.lost[name] = verdict
+                continue
+            _merge(found, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _merge(found: ScanResult, into: ScanResult) -> None:
+    into.changed += found.changed
+    into.young += found.young
+    into.waiting += found.waiting
+    into.gone += found.gone
+    into.folders += found.folders
+    into.seen_failed |= found.seen_failed
 
 
 def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatus]],
@@ -127,11 +149,11 @@ class Scanner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
-              settle_seconds: float, skip: set[Folder]) -> None:
+    def start(self, database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
+              is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> None:
         def work() -> None:
             try:
-                self._result = scan_roots(database, roots, is_temporary, settle_seconds, skip)
+                self._result = scan_roots(database, watches, host, is_temporary, settle_seconds, skip)
             except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
                 self._result = ScanResult(error=describe(exc))
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from sendit_watcher import __version__, batches, handoff, metrics, report, status
+from sendit_watcher import __version__, batches, handoff, metrics, report, roots, status
 from sendit_watcher import config as configuration
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
          _add_listen_options)
     _add(commands, "retry", "queue failed batches again", _add_retry_options)
     _add(commands, "metrics", "print Prometheus text-format metrics", _add_metrics_options)
+    _add(commands, "adopt-root", "accept a watch root as it is now on this host, after a deliberate change "
+         "(a new share, a root moved)", _add_adopt_options)
     _add(commands, "migrate", "create or upgrade the database schema", None)
     _add(commands, "check-config", "validate the configuration and print it (passwords hidden)", None)
     return parser
@@ -100,6 +102,10 @@ def _add_retry_options(sub: argparse.ArgumentParser) -> None:
 def _add_metrics_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--textfile", type=Path, metavar="PATH",
                      help="write to PATH atomically (node_exporter textfile collector) instead of stdout")
+
+
+def _add_adopt_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("root", metavar="NAME", help="the watch root's name (its [watch:NAME] section)")
 
 
 def _add_status_options(sub: argparse.ArgumentParser) -> None:
@@ -211,7 +217,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     with _open(config) as conn:
         rows = status.recent_batches(conn, args.limit)
         totals = status.totals(conn)
-    print(report.status_json(rows, totals) if args.json else report.status_table(rows, totals))
+        records = roots.records(conn)
+    print(report.status_json(rows, totals, records) if args.json else report.status_table(rows, totals, records))
     return EXIT_OK
 
 
@@ -248,6 +255,21 @@ def _metrics(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _adopt_root(config: Config, args: argparse.Namespace) -> int:
+    watch = config.watch_named(args.root)
+    if watch is None:
+        names = ", ".join(w.name for w in config.watches) or "none"
+        print(f"sendit-watcher: adopt-root: no [watch:{args.root}] in {config.source} (roots: {names})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    host = config.watcher.host_name
+    with _open(config) as conn:
+        identity = roots.adopt(conn, host, watch)
+    print(f"watch root {watch.name} ({watch.path}) adopted on host {host} as it is now: {identity.describe()}"
+          f"{', a mount point' if identity.mount_point else ''}; the service watches it again within seconds")
+    return EXIT_OK
+
+
 def _run(config: Config, args: argparse.Namespace) -> int:
     from sendit_watcher.service import serve
 
@@ -256,5 +278,5 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "run": _run, "import": _import, "status": _status, "listen": _listen, "retry": _retry, "metrics": _metrics,
-    "migrate": _migrate, "check-config": _check_config,
+    "migrate": _migrate, "check-config": _check_config, "adopt-root": _adopt_root,
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.db import Connection
+from sendit_watcher.roots import records
 from sendit_watcher.status import by_status_and_host
 
 __all__ = ["render", "write_textfile"]
@@ -40,6 +41,10 @@ def render(conn: Connection) -> str:
         lines += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", *samples]
     lines += ["# HELP sendit_queue_depth batches waiting for a worker", "# TYPE sendit_queue_depth gauge",
               f"sendit_queue_depth {queued}"]
+    lines += ["# HELP sendit_root_lost 1 while a watch root is not itself on a host (unmounted, another file system,"
+              " missing): its rows are kept, its batches wait", "# TYPE sendit_root_lost gauge"]
+    lines += [f"sendit_root_lost{_labels(root=r.root, host=r.host)} {0 if r.lost_reason is None else 1}"
+              for r in records(conn)]
     return "\n".join(lines) + "\n"
 
 

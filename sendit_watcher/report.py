@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.importer import Result
+from sendit_watcher.roots import RootRecord
 from sendit_watcher.status import BatchRow, Totals
 from sendit_watcher.worker import Failure, Outcome
 
@@ -65,8 +66,8 @@ def outcome_json(folder: str, outcome: Outcome) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def status_table(rows: list[BatchRow], totals: Totals) -> str:
-    """Recent batches as an aligned table, then the totals."""
+def status_table(rows: list[BatchRow], totals: Totals, roots: Iterable[RootRecord] = ()) -> str:
+    """Recent batches as an aligned table, then the totals, then the roots lost on some host."""
     header = ("ID", "STATUS", "ROOT:FOLDER", "FILES", "INSTANCES", "REJECTED", "SECONDS", "FINISHED", "HOST")
     lines = [header] + [_cells(row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -79,7 +80,9 @@ def status_table(rows: list[BatchRow], totals: Totals) -> str:
              f"{totals.instances:,} instances, {totals.rejected:,} rejected files"]
     errors = [f"batch {row.id}: {row.last_error}" for row in rows
               if row.status == BatchStatus.FAILED and row.last_error]
-    return "\n".join(text + (["", "errors:"] + errors if errors else []))
+    lost = [f"{root.root} on {root.host}: {root.lost_reason} (since {_when(root.lost_since)}); its rows are kept"
+            for root in roots if root.lost_reason is not None]
+    return "\n".join(text + (["", "errors:"] + errors if errors else []) + (["", "LOST ROOTS:"] + lost if lost else []))
 
 
 def _cells(row: BatchRow) -> tuple[str, ...]:
@@ -92,6 +95,9 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-def status_json(rows: Iterable[BatchRow], totals: Totals) -> str:
-    """The same as the table, as one JSON document."""
-    return json.dumps({"batches": [asdict(row) for row in rows], "totals": asdict(totals)}, default=str, indent=2)
+def status_json(rows: Iterable[BatchRow], totals: Totals, roots: Iterable[RootRecord] = ()) -> str:
+    """The same as the table, as one JSON document; ``lost_roots``: each root lost on a host, why and since when."""
+    lost = [{"root": r.root, "host": r.host, "reason": r.lost_reason, "since": r.lost_since}
+            for r in roots if r.lost_reason is not None]
+    return json.dumps({"batches": [asdict(row) for row in rows], "totals": asdict(totals), "lost_roots": lost},
+                      default=str, indent=2)

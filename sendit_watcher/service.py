@@ -20,7 +20,7 @@ from types import FrameType
 
 import psycopg
 
-from sendit_watcher import batches
+from sendit_watcher import batches, roots
 from sendit_watcher import config as configuration
 from sendit_watcher.catchup import Scanner, ScanResult
 from sendit_watcher.config import Config
@@ -31,6 +31,7 @@ from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.migrate import migrate
 from sendit_watcher.names import to_text
 from sendit_watcher.processors import check_processor
+from sendit_watcher.roots import Verdict
 from sendit_watcher.sdnotify import SdNotifier
 from sendit_watcher.supervisor import Supervisor
 from sendit_watcher.walk import newest_change
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.2  # longest sleep of the loop: signals, watchdog and timers are served at least this often
 _STATUS_EVERY = 2.0
-_DEVICE_CHECK_EVERY = 5.0  # seconds between looks at which file system each root is on
+_ROOT_CHECK_EVERY = 5.0  # seconds between checks that each root is itself (roots.py)
 
 
 class SignalQueue:
@@ -140,6 +141,33 @@ class DatabaseLink:
             self.conn.close()
 
 
+class RootChecks:
+    """Each root's verdict (roots.check), taken off the main loop (a stat may block on a dead NFS server) on a
+    connection of its own; without a database there is no verdict (nothing is removed without one either)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.conn: Connection | None = None
+
+    def run(self) -> tuple[float, dict[str, Verdict]]:
+        """(when the checks began, the verdict on each configured root)."""
+        began = time.monotonic()
+        config = self.config
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = connect(config.database, application="sendit-watcher root check")
+            return began, {w.name: roots.check(self.conn, config.watcher.host_name, w) for w in config.watches}
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            log.debug("root check without a database: %s", describe(exc))
+            self.close()
+            return began, {}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class Service:
     """One running watcher: its intake, watcher, workers, database link and timers."""
 
@@ -155,8 +183,10 @@ class Service:
         self.guard = Guard()
         self.stat_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settle-check")
         self.settle_checks: dict[Folder, Future[float | None]] = {}
-        self.device_check: Future[dict[str, int]] | None = None
-        self.next_device_check = 0.0
+        self.root_checks = RootChecks(config)
+        self.root_check: Future[tuple[float, dict[str, Verdict]]] | None = None
+        self.next_root_check = 0.0
+        self.verdicts: dict[str, Verdict] = {}  # the latest verdict on each root
         self.last_scan = 0.0
         self.scan_failures = 0
         self.scan_not_before = 0.0  # back-off after a failed catch-up scan
@@ -240,14 +270,20 @@ class Service:
                 self.watcher.unwatch(path)
 
     def _rewatch(self) -> None:
-        if self.device_check is not None and self.device_check.done():
-            self.watcher.remounted(self.device_check.result())
-            self.device_check = None
-        if self.device_check is None and time.monotonic() >= self.next_device_check:
-            self.next_device_check = time.monotonic() + _DEVICE_CHECK_EVERY
-            self.device_check = self.stat_pool.submit(self.watcher.devices)
+        """Check every _ROOT_CHECK_EVERY seconds that each root is itself; watch again a lost root found itself."""
+        if self.root_check is not None and self.root_check.done():
+            check, self.root_check = self.root_check, None
+            self._judged(*check.result())
+        if self.root_check is None and time.monotonic() >= self.next_root_check:
+            self.next_root_check = time.monotonic() + _ROOT_CHECK_EVERY
+            self.root_check = self.stat_pool.submit(self.root_checks.run)
         if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
             self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
+
+    def _judged(self, checked_at: float, verdicts: dict[str, Verdict]) -> None:
+        self.verdicts.update(verdicts)
+        if self.config.watcher.runs_watcher:
+            self.watcher.judged(verdicts, checked_at)
 
     def _timeout(self) -> float:
         deadline = self.intake.next_deadline()
@@ -298,10 +334,10 @@ class Service:
             self.link.reconnected = False
             skip = self.intake.scan_started()
             self.last_scan = time.monotonic()
-            roots = {name: root.watch for name, root in self.watcher.roots.items()  # never a lost one: its
-                     if name not in self.watcher.lost_roots}  # mount point would look like a root emptied
-            self.scanner.start(self.config.database, roots, self.config.watcher.is_temporary,
-                               self.config.watcher.settle_seconds, skip)
+            watches = {name: root.watch for name, root in self.watcher.roots.items()  # never a lost one: its
+                       if name not in self.watcher.lost_roots}  # mount point would look like a root emptied
+            self.scanner.start(self.config.database, watches, self.config.watcher.host_name,
+                               self.config.watcher.is_temporary, self.config.watcher.settle_seconds, skip)
 
     def _absorb(self, result: ScanResult) -> None:
         if result.error is not None:
@@ -312,6 +348,8 @@ class Service:
             self.intake.overflow()
             return
         self.scan_failures = 0
+        if result.lost:  # not itself when the scan came to it: not scanned, nothing of it gone
+            self._judged(time.monotonic(), result.lost)
         for folder in result.changed:
             self.intake.finished(folder, result.scan_began(folder))
         for folder in result.gone:
@@ -364,6 +402,7 @@ class Service:
         self.intake.reconfigure(new.watcher.settle_seconds, new.watcher.linger_seconds, new.watcher.linger_folders)
         self.watcher.reconfigure(new.watcher)
         self.link.reconfigure(new)
+        self.root_checks.config = new
         if new.watcher.runs_workers:
             self.workers.replace(new)  # workers resolve root names with the new file
         if not new.watcher.runs_watcher:
@@ -388,6 +427,8 @@ class Service:
         self.stat_pool.shutdown(wait=False, cancel_futures=True)
         self.watcher.close()
         self.link.close()
+        if self.root_check is None or self.root_check.done():  # else its thread still uses the connection
+            self.root_checks.close()
         log.info("stopped%s", f"; {killed} worker(s) killed after the drain period" if killed else "")
         return EXIT_OK
 
@@ -396,8 +437,10 @@ class Service:
         roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
         parts = [f"watching {roots}" if self.config.watcher.runs_watcher else
                  f"worker only ({self.config.importer.worker_count} on {self.config.watcher.host_name})"]
-        if self.watcher.lost_roots:
-            parts.append("LOST ROOT " + ", ".join(sorted(self.watcher.lost_roots)) + " (waiting for it)")
+        lost = self.lost_roots()
+        if lost:
+            parts.append("LOST ROOT " + ", ".join(f"{name} ({why})" for name, why in sorted(lost.items()))
+                         + " (waiting for it; nothing of it is removed)")
         if self.intake.pending:
             parts.append(f"{self.intake.pending:,} settling")
         conn = self.link.get()
@@ -414,6 +457,15 @@ class Service:
         if counts.seconds_since_last is not None:
             parts.append(f"last {_ago(counts.seconds_since_last)}")
         return "; ".join(parts)
+
+
+    def lost_roots(self) -> dict[str, str]:
+        """Each lost root of this host and why: lost to the watcher (an event), or by the latest verdict."""
+        configured = {watch.name for watch in self.config.watches}
+        lost = {name: why for name, why in self.watcher.lost_roots.items() if name in configured}
+        lost.update((name, v.reason or "lost") for name, v in self.verdicts.items()
+                    if not v.itself and name in configured)
+        return lost
 
 
 def _ago(seconds: float) -> str:

@@ -27,6 +27,7 @@ from sendit_watcher.errors import DatabaseUnavailable, describe
 from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.parsers import AdaptiveParser
+from sendit_watcher.roots import RootGuard
 from sendit_watcher.worker import import_next
 
 __all__ = ["Supervisor", "worker_main"]
@@ -69,8 +70,9 @@ def worker_main(config: Config, index: int, parent: int) -> None:
 def _serve_queue(conn: Connection, config: Config, parser: AdaptiveParser, parent: int) -> None:
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_CHANNEL)))
     conn.commit()
+    guard = RootGuard(config)  # batches of a root that is not itself on this host are never claimed here
     while not _Stop.requested and os.getppid() == parent:
-        if import_next(conn, config, parser) is None:
+        if import_next(conn, config, parser, guard) is None:
             _wait_for_work(conn)
 
 

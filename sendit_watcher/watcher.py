@@ -1,11 +1,13 @@
 """The inotify side: watch each root (and folders still settling inside them), read events, dispatch them
-to the processors behind a firewall, report overflows to the intake, and keep track of lost roots."""
+to the processors behind a firewall, report overflows to the intake, and keep track of lost roots (lost by an
+inotify event, or by a verdict of roots.py; watched again only after a verdict that it is itself)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +17,8 @@ import pyinotify
 from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
-from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
+from sendit_watcher.roots import Verdict
 from sendit_watcher.walk import Rejection, walk_stats
 
 __all__ = ["Watcher", "INSIDE_EVENTS", "INSIDE_WATCH_LIMIT"]
@@ -76,8 +78,7 @@ class _Root:
     context: WatchContext
     firewall: Firewall
     mask: int
-    device: int | None = None  # the file system it is watched on
-    mounted: bool = False  # it was a mount point (another file system than its parent's) when last watched
+    device: int | None = None  # the device it was watched on: a verdict that it is on another one rewatches it
 
     @property
     def wd(self) -> int:
@@ -93,7 +94,9 @@ class Watcher:
         self.manager = pyinotify.WatchManager()
         self.notifier = pyinotify.Notifier(self.manager, default_proc_fun=_OverflowHandler(intake=intake))
         self.roots: dict[str, _Root] = {}
-        self.lost_roots: set[str] = set()
+        self.lost_roots: dict[str, str] = {}  # name -> why
+        self._lost_at: dict[str, float] = {}  # when it was lost (monotonic)
+        self._itself_at: dict[str, float] = {}  # when the latest check that found it itself began
 
     def reconfigure(self, settings: WatcherConfig) -> None:
         """New [watcher] settings for every root, watched already or not."""
@@ -111,9 +114,9 @@ class Watcher:
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
         if missing_ok and not os.path.lexists(watch.path):
             self.roots[watch.name] = root
-            self.lost_roots.add(watch.name)
+            self._lose(watch.name, "missing (it does not exist yet)")
             log.error("watch root %s ([watch:%s]) does not exist (yet); watching it once it appears",
-                      watch.path, watch.name, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+                      watch.path, watch.name)
             return
         self._attach(root)
         self.roots[watch.name] = root
@@ -121,26 +124,57 @@ class Watcher:
 
     def _root_lost(self, name: str, event: Any) -> None:
         log.error("watch root %s ([watch:%s]) is gone (%s); waiting for it to come back",
-                  self.roots[name].watch.path, name, event.maskname, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
-        self.lost_roots.add(name)
+                  self.roots[name].watch.path, name, event.maskname)
+        self._lose(name, f"gone ({event.maskname})")
+
+    def _lose(self, name: str, reason: str, at: float | None = None) -> None:
+        self.lost_roots[name] = reason
+        self._lost_at[name] = time.monotonic() if at is None else at
+
+    def judged(self, verdicts: dict[str, Verdict], checked_at: float) -> None:
+        """Verdicts of roots.check on the roots (checks that began at ``checked_at``): one that is not itself is
+        lost and no longer watched (its empty mount point must not look like a root emptied); one that is itself
+        may be watched again, and is when it is on another device than it was watched on (mounted over)."""
+        for name, verdict in verdicts.items():
+            root = self.roots.get(name)
+            if root is None:
+                continue
+            if not verdict.itself:
+                if name not in self.lost_roots:
+                    log.warning("watch root %s ([watch:%s]) is not itself (%s); no longer watched until it is",
+                                root.watch.path, name, verdict.reason)
+                    self._detach(root)
+                    self._lose(name, verdict.reason or "lost")
+                else:
+                    self.lost_roots[name] = verdict.reason or self.lost_roots[name]
+                continue
+            self._itself_at[name] = max(checked_at, self._itself_at.get(name, checked_at))
+            attached = name not in self.lost_roots and root.wd >= 0
+            if attached and verdict.now is not None and root.device not in (None, verdict.now.device):
+                log.warning("watch root %s ([watch:%s]) is on another device now (mounted or remounted); "
+                            "watching it again", root.watch.path, name)
+                self._lose(name, "remounted", at=checked_at - 1.0)
+
+    def _detach(self, root: _Root) -> None:
+        if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
+            self.manager.rm_watch(root.wd, quiet=True)
+        root.firewall.root_wd = -1
 
     def _attach(self, root: _Root) -> None:
         path = str(root.watch.path)
         _check_directory(root.watch)
-        device, parent = os.stat(path).st_dev, os.stat(os.path.dirname(path) or "/").st_dev
-        if root.mounted and device == parent:
-            raise WatchError(f"[watch:{root.watch.name}] path {path} is an empty mount point now (its file system "
-                             f"was unmounted); waiting for it to be mounted again")
+        device = os.stat(path).st_dev
         try:
             wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
         except pyinotify.WatchManagerError as exc:
             raise WatchError(_watch_failure(root.watch, exc)) from None
         root.firewall.root_wd = wds[path]
-        root.device, root.mounted = device, device != parent
+        root.device = device
 
     def remove_root(self, name: str) -> None:
         root = self.roots.pop(name)
-        self.lost_roots.discard(name)
+        for state in (self.lost_roots, self._lost_at, self._itself_at):
+            state.pop(name, None)
         if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
             self.manager.rm_watch(root.wd, quiet=True)
         for path in [w.path for w in self.manager.watches.values() if _is_inside(w.path, root.watch.path)]:
@@ -190,41 +224,22 @@ class Watcher:
         except Exception:  # noqa: BLE001 - pyinotify's own bookkeeping failed on one event
             log.exception("pyinotify failed to process an event; carrying on")
 
-    def devices(self) -> dict[str, int]:
-        """The file system each watched root is on now (a stat, which may block on a dead NFS server: call it
-        off the main loop)."""
-        found = {}
-        for name, root in list(self.roots.items()):
-            try:
-                found[name] = os.stat(root.watch.path).st_dev
-            except OSError:
-                continue  # gone: the inotify events say so
-        return found
-
-    def remounted(self, devices: dict[str, int]) -> None:
-        """Roots whose file system changed under them (mounted over, unmounted) are watched again."""
-        for name, device in devices.items():
-            root = self.roots.get(name)
-            if root is not None and name not in self.lost_roots and root.device not in (None, device):
-                log.warning("watch root %s ([watch:%s]) is on another file system now (mounted or unmounted); "
-                            "watching it again", root.watch.path, name, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
-                self.lost_roots.add(name)
-
     def rewatch_lost_roots(self) -> list[str]:
-        """Watch again every lost root that exists again; returns their names."""
+        """Watch again every lost root that a check begun after its loss found itself; returns their names."""
         back = []
         for name in sorted(self.lost_roots):
             root = self.roots.get(name)
             if root is None:
-                self.lost_roots.discard(name)
+                del self.lost_roots[name]
                 continue
-            if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
-                self.manager.rm_watch(root.wd, quiet=True)
+            if self._itself_at.get(name, -1.0) <= self._lost_at.get(name, 0.0):
+                continue
+            self._detach(root)
             try:
                 self._attach(root)
             except WatchError:
                 continue
-            self.lost_roots.discard(name)
+            del self.lost_roots[name]
             log.warning("watch root %s ([watch:%s]) is back and watched again", root.watch.path, name)
             back.append(name)
         return back

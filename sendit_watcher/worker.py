@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from sendit_watcher import batches
+from sendit_watcher import batches, roots
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
@@ -24,6 +24,7 @@ from sendit_watcher.importer import Result, import_claimed
 from sendit_watcher.logs import MESSAGE_BATCH_FAILED, batch_fields
 from sendit_watcher.names import to_text
 from sendit_watcher.parsers import InlineParser, Parser
+from sendit_watcher.roots import RootGuard, Verdict
 from sendit_watcher.walk import fingerprint, open_folder, walk
 
 __all__ = ["Failure", "Outcome", "import_next", "import_batch", "FolderPool"]
@@ -46,10 +47,13 @@ Outcome = Result | Failure
 Progress = Callable[[int, int], None]
 
 
-def import_next(conn: Connection, config: Config, parser: Parser) -> Outcome | None:
-    """Claim the oldest free queued batch of a root this host has and import it; None when there is none."""
-    roots = [watch.name for watch in config.watches]
-    return _run(conn, config, parser, lambda: batches.claim(conn, roots), None)
+def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGuard | None = None) -> Outcome | None:
+    """Claim the oldest free queued batch of a root this host has, and that is itself here (``guard``), and import
+    it; None when there is none."""
+    names = guard.usable(conn) if guard is not None else [watch.name for watch in config.watches]
+    if not names:
+        return None
+    return _run(conn, config, parser, lambda: batches.claim(conn, names), None, guard)
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
@@ -58,8 +62,17 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
+class _RootLost(Exception):
+    """A claimed batch's folder is missing (or cannot be opened) and its root is not itself on this host: the
+    batch is released untouched (rolled back, still queued), never emptied."""
+
+    def __init__(self, batch: Batch, verdict: Verdict) -> None:
+        super().__init__(verdict.reason)
+        self.batch, self.verdict = batch, verdict
+
+
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
-         progress: Progress | None) -> Outcome | None:
+         progress: Progress | None, guard: RootGuard | None = None) -> Outcome | None:
     claimed: Batch | None = None
     try:
         with conn.transaction():
@@ -67,15 +80,53 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             if claimed is None:
                 return None
             watch = config.watch_named(claimed.root)
-            result = import_claimed(conn, claimed, _folder(config, claimed), parser, config.watcher.host_name,
-                                    full_header=config.importer.full_header, progress=progress,
-                                    leave_out=watch.finished_marker if watch else "")
+            result = import_claimed(conn, claimed, _folder_here(conn, config, claimed), parser,
+                                    config.watcher.host_name, full_header=config.importer.full_header,
+                                    progress=progress, leave_out=watch.finished_marker if watch else "")
+    except _RootLost as lost:
+        return _released(conn, config, lost, guard)
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
         return _fail(conn, config, claimed, exc)
     _log_result(result)
     return result
+
+
+def _folder_here(conn: Connection, config: Config, batch: Batch) -> str | None:
+    """``_folder``, but a folder that is missing or cannot be opened is first blamed on its root: when the root
+    is not itself on this host (unmounted, another file system), _RootLost. Folders of OUTSIDE_ROOTS (ad-hoc
+    imports, relative to /) have no root to lose."""
+    try:
+        folder = _folder(config, batch)
+    except ImportFailed:
+        _unless_root_lost(conn, config, batch)
+        raise
+    if folder is None:
+        _unless_root_lost(conn, config, batch)
+    return folder
+
+
+def _unless_root_lost(conn: Connection, config: Config, batch: Batch) -> None:
+    watch = config.watch_named(batch.root) if batch.root != batches.OUTSIDE_ROOTS else None
+    if watch is not None:
+        verdict = roots.assess(conn, config.watcher.host_name, watch)
+        if not verdict.itself:
+            raise _RootLost(batch, verdict)
+
+
+def _released(conn: Connection, config: Config, lost: _RootLost, guard: RootGuard | None) -> Failure:
+    """The batch was rolled back (still queued, its rows untouched); the root's lost state is recorded (and
+    logged once), and this worker claims nothing of that root until it is back."""
+    watch = config.watch_named(lost.batch.root)
+    assert watch is not None
+    verdict = guard.lost(conn, watch) if guard is not None else roots.check(conn, config.watcher.host_name, watch)
+    reason = verdict.reason or lost.verdict.reason or "lost"
+    log.warning("batch %d (%s:%s) released untouched: its folder is missing here and its root is not itself on "
+                "this host (%s); it stays queued", lost.batch.id, lost.batch.root, lost.batch.path, reason)
+    return Failure(lost.batch.id, lost.batch.root, lost.batch.path,
+                   f"not imported: watch root [watch:{watch.name}] is lost on host {config.watcher.host_name} "
+                   f"({reason}); the batch stays queued", status=BatchStatus.QUEUED)
 
 
 def _folder(config: Config, batch: Batch) -> str | None:

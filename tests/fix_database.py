@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sendit_watcher import batches, handoff, report, status
+from sendit_watcher import batches, handoff, report, roots, status
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.migrate import migrate
@@ -24,9 +24,10 @@ SHOWN: list[tuple[str, str]] = []
 def shown_by(conn: Connection, schema: str) -> list[tuple[str, str]]:
     """(where, text) for everything the schema's batches would show: last_error, status, status --json, listen."""
     errors = conn.execute("SELECT id, last_error FROM batch WHERE last_error IS NOT NULL").fetchall()
-    rows, totals = status.recent_batches(conn, 1_000_000), status.totals(conn)
+    rows, totals, records = status.recent_batches(conn, 1_000_000), status.totals(conn), roots.records(conn)
     texts = [(f"last_error of batch {batch_id}", str(error)) for batch_id, error in errors]
-    texts += [("status", report.status_table(rows, totals)), ("status --json", report.status_json(rows, totals))]
+    texts += [("status", report.status_table(rows, totals, records)),
+              ("status --json", report.status_json(rows, totals, records))]
     texts += [("listen", handoff.as_json(record)) for record in batches.finished_after(conn, 0)]
     return [(f"{where} in schema {schema}", text) for where, text in texts]
 

@@ -229,11 +229,13 @@ def test_a_reload_with_a_processor_that_cannot_be_built_is_refused_whole(
 
 
 def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn: Connection,
-                                                   incoming: Path) -> None:
-    shutil.rmtree(incoming)
+                                                   incoming: Path, tmp_path: Path) -> None:
+    wait_until(lambda: scalar(conn, "SELECT count(*) FROM root_identity WHERE root = 'incoming'") == 1,
+               what="the root's identity recorded")
+    incoming.rename(tmp_path / "away")  # the same directory comes back (a root made anew is another one)
     service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT incoming" in line)
     assert "watch root" in service.log and "is gone" in service.log
-    incoming.mkdir()
+    (tmp_path / "away").rename(incoming)
     make_study(incoming / "G.tmp", 2)
     (incoming / "G.tmp").rename(incoming / "G")
     wait_until(done(conn, "G", 2), what="G imported after the root came back")
@@ -249,9 +251,9 @@ def test_the_loss_of_a_third_party_processors_root_is_noticed(tmp_path: Path, da
                              tmp_path)
     try:
         process.wait_ready()
-        shutil.rmtree(other)
+        other.rename(tmp_path / "away")
         process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT other" in line)
-        other.mkdir()
+        (tmp_path / "away").rename(other)
         process.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line)
     finally:
         process.kill()

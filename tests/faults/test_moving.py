@@ -98,9 +98,10 @@ def test_an_unmounted_root_keeps_its_rows_and_is_watched_again_once_mounted(
     """The mount point left behind by an unmounted share is not the root emptied: its rows stay, STATUS says
     LOST ROOT, and a share mounted again is watched (a rename into it is seen at once, not at a rescan)."""
 
-    root = tmp_path / "share"
-    root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+    root, store = tmp_path / "share", tmp_path / "store"  # the share: the store, bind-mounted (it keeps its
+    root.mkdir()                                           # content across an unmount, as an NFS export does)
+    store.mkdir()
+    subprocess.run(["mount", "--bind", str(store), str(root)], check=True)
     service = ServiceProcess(write_config(tmp_path / "w.conf", database, {"share": root}, rescan_interval=1),
                              tmp_path)
     try:
@@ -112,11 +113,12 @@ def test_an_unmounted_root_keeps_its_rows_and_is_watched_again_once_mounted(
         service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT share" in line, 15)
         time.sleep(3)  # three rescan intervals in which the empty mount point must not empty A's rows
         assert scalar(conn, "SELECT status || instances FROM batch WHERE path = 'A'") == "done2"
-        subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+        subprocess.run(["mount", "--bind", str(store), str(root)], check=True)
         service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
         drop_study(root, "B", 2)
         wait_until(lambda: scalar(conn, "SELECT status || instances FROM batch WHERE path = 'B'") == "done2",
                    timeout=15, what="B imported from the share mounted again")
+        assert scalar(conn, "SELECT status || instances || imports FROM batch WHERE path = 'A'") == "done21"
         assert service.process.poll() is None
     finally:
         service.kill()

@@ -412,7 +412,7 @@ def test_a_scan_that_saw_a_failed_batch_changed_queues_it_whenever_it_failed(con
     began = batches.database_time(conn)
     assert batches.record_failure(conn, batch, "test-host", "provoked", "1:stale-fingerprint")
     watch = WatchConfig("incoming", root, 0, "sendit_watcher.processors.DicomFolderImporter")
-    result = scan_roots(database, {"incoming": watch}, lambda name: name.endswith(".tmp"), 0.0, set())
+    result = scan_roots(database, {"incoming": watch}, "test-host", lambda name: name.endswith(".tmp"), 0.0, set())
     assert sorted(result.changed) == [("incoming", "F"), ("incoming", "N")]
     assert result.seen_failed == {("incoming", "F")}
     assert result.scan_began(("incoming", "F")) is None

@@ -1,0 +1,317 @@
+"""Whether a watch root is still the file system it was: absence is not deletion (issue 19).
+
+A root's identity is recorded per host at first sight (table ``root_identity``): its device and inode, whether
+it is a mount point, and the file system it is on (type, source and fsid, from /proc/self/mountinfo and
+statvfs). Every step that would remove rows or record a folder ``empty`` because it is absent first asks
+``check`` (or ``assess``, inside a transaction) for a verdict: the root is itself, or lost with a reason. A
+lost root is recorded with its reason and the time it was lost, logged once when it is lost and once when it is
+back, and ``adopt`` accepts a root's identity as it is now after a deliberate change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from psycopg.rows import class_row
+
+from sendit_watcher.batches import BatchStatus
+from sendit_watcher.config import Config, WatchConfig
+from sendit_watcher.db import Connection
+from sendit_watcher.errors import SenditError
+from sendit_watcher.logs import MESSAGE_ROOT_LOST
+
+__all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
+           "check", "adopt", "records", "MOUNTINFO"]
+
+log = logging.getLogger(__name__)
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What makes a root itself: its directory (device, inode), whether it is a mount point, and the file system
+    it is on (type and source as mounted, statvfs's fsid: 0 where the file system gives none)."""
+
+    device: int
+    inode: int
+    mount_point: bool
+    fs_type: str
+    fs_source: str
+    fs_id: int
+
+    def same_file_system(self, other: Identity) -> bool:
+        """The fsid decides where both have one (stable across device renames and remounts of a disk); else the
+        type and the source as mounted (an NFS export's server:/path)."""
+        if self.fs_id and other.fs_id:
+            return self.fs_id == other.fs_id
+        return (self.fs_type, self.fs_source) == (other.fs_type, other.fs_source)
+
+    def describe(self) -> str:
+        return f"{self.fs_type or '?'} {self.fs_source or '?'}, inode {self.inode}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A root is itself, or lost with a reason. ``now`` is its identity as just seen (None: missing); ``record``
+    the identity to store (first sight, or a change that is accepted), with ``note`` saying what changed."""
+
+    root: str
+    itself: bool
+    reason: str | None = None
+    now: Identity | None = None
+    record: Identity | None = None
+    note: str | None = None
+
+
+def judge(root: str, recorded: Identity | None, now: Identity | None, empty_while_recorded: int = 0) -> Verdict:
+    """The verdict on a root from its recorded identity and the one seen now. ``empty_while_recorded``: the root
+    is empty now and the database records this many finished folders of it (0 otherwise)."""
+    def lost(reason: str) -> Verdict:
+        return Verdict(root, False, reason, now)
+
+    if now is None:
+        return lost("missing (it does not exist or is not a directory)")
+    if recorded is None:
+        if not now.mount_point and empty_while_recorded:
+            return lost(f"empty and not a mount point while {empty_while_recorded} folders of it are recorded; "
+                        f"is its file system mounted?")
+        return Verdict(root, True, now=now, record=now, note="recorded at first sight")
+    if recorded.mount_point and not now.mount_point:
+        return lost("not mounted (it was a mount point at first sight)")
+    if recorded.inode != now.inode:
+        return lost("another directory or file system than at first sight")
+    if not recorded.mount_point and now.mount_point:
+        return Verdict(root, True, now=now, record=now, note="a file system was mounted on it since first sight")
+    if not recorded.same_file_system(now):
+        return lost(f"another file system ({now.fs_type} {now.fs_source}) than at first sight "
+                    f"({recorded.fs_type} {recorded.fs_source})")
+    if recorded != now:
+        return Verdict(root, True, now=now, record=now, note="its device number changed (a remount)")
+    return Verdict(root, True, now=now)
+
+
+def identity_now(path: Path) -> Identity | None:
+    """The identity of the directory at ``path`` (a symbolic link followed, as the watch follows it); None when
+    there is none. Other OSErrors (a dead NFS server's EIO or ESTALE) are raised."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    real = os.fsencode(os.path.realpath(path))
+    point, fs_type, source = _mount_of(real, info.st_dev)
+    return Identity(info.st_dev, info.st_ino, point == real, fs_type, source, os.statvfs(path).f_fsid)
+
+
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _mount_of(path: bytes, device: int) -> tuple[bytes, str, str]:
+    """(mount point, type, source) of the mount ``path`` is on: the last (topmost) mount whose mount point is
+    ``path`` or its nearest ancestor. Without a readable mountinfo: a mount point is where the device changes."""
+    try:
+        with open(MOUNTINFO, "rb") as lines:
+            mounts = [_parse_mount(line) for line in lines]
+    except OSError:
+        parent = os.stat(os.path.dirname(path) or b"/").st_dev
+        return (path if parent != device else b""), "", ""
+    best: tuple[bytes, str, str] = (b"/", "", "")
+    for point, fs_type, source in mounts:
+        inside = path == point or path.startswith(point.rstrip(b"/") + b"/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fs_type, source)
+    return best
+
+
+def _parse_mount(line: bytes) -> tuple[bytes, str, str]:
+    """One line of mountinfo: ``ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER``."""
+    before, _, after = line.rstrip(b"\n").partition(b" - ")
+    point = _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), before.split(b" ")[4])
+    fs_type, source = (after.split(b" ") + [b"", b""])[:2]
+    return point, fs_type.decode(errors="replace"), _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), source).decode(
+        errors="replace")
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+# --- the record, per root and host ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RootRecord:
+    """A root_identity row: the identity recorded (None: lost at first sight) and the lost state."""
+
+    root: str
+    host: str
+    device: Decimal | None
+    inode: Decimal | None
+    mount_point: bool | None
+    fs_type: str | None
+    fs_source: str | None
+    fs_id: Decimal | None
+    recorded_at: datetime | None
+    lost_reason: str | None
+    lost_since: datetime | None
+
+    @property
+    def identity(self) -> Identity | None:
+        if self.device is None or self.inode is None or self.mount_point is None:
+            return None
+        return Identity(int(self.device), int(self.inode), self.mount_point, self.fs_type or "",
+                        self.fs_source or "", int(self.fs_id or 0))
+
+
+LostRoot = RootRecord  # a record with a lost_reason, as `status` and `metrics` show it
+
+_COLUMNS = ("SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason,"
+            " lost_since FROM root_identity")
+
+
+def _record_of(conn: Connection, root: str, host: str, *, lock: bool = False) -> RootRecord | None:
+    query = _COLUMNS + " WHERE root = %s AND host = %s" + (" FOR UPDATE" if lock else "")
+    with conn.cursor(row_factory=class_row(RootRecord)) as cursor:
+        return cursor.execute(query, (root, host)).fetchone()  # type: ignore[arg-type]
+
+
+def records(conn: Connection) -> list[RootRecord]:
+    """Every root's record on every host (``status``, ``metrics``)."""
+    with conn.cursor(row_factory=class_row(RootRecord)) as cursor:
+        found = cursor.execute(_COLUMNS + " ORDER BY root, host").fetchall()
+    conn.rollback()
+    return found
+
+
+def _finished_folders(conn: Connection, root: str) -> int:
+    row = conn.execute("SELECT count(*) FROM batch WHERE root = %s AND status = %s AND files > 0",
+                       (root, BatchStatus.DONE)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
+    """The verdict on a root now, read only (usable inside the transaction that claimed a batch)."""
+    record = _record_of(conn, watch.name, host)
+    recorded = record.identity if record else None
+    try:
+        now = identity_now(watch.path)
+    except OSError as exc:
+        return Verdict(watch.name, False, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+    empty = 0
+    if recorded is None and now is not None and not now.mount_point:
+        folders = _finished_folders(conn, watch.name)
+        empty = folders if folders and _is_empty(watch.path) else 0
+    return judge(watch.name, recorded, now, empty)
+
+
+def check(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
+    """The verdict on a root now, recorded in a transaction of its own: an identity seen first or accepted is
+    stored, the lost state set or cleared; the change from itself to lost, and back, is logged once."""
+    with conn.transaction():
+        verdict = assess(conn, host, watch)
+        before = _record_of(conn, watch.name, host, lock=True)
+        was_lost = before is not None and before.lost_reason is not None
+        if verdict.itself:
+            _store(conn, host, watch.name, verdict)
+        else:
+            conn.execute("INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
+                         " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
+                         " lost_since = coalesce(root_identity.lost_since, now())",
+                         (watch.name, host, verdict.reason))
+    _log_change(watch, host, verdict, was_lost)
+    return verdict
+
+
+def _store(conn: Connection, host: str, root: str, verdict: Verdict) -> None:
+    """An accepted identity (when it changed) and the lost state cleared."""
+    if verdict.record is None:
+        conn.execute("UPDATE root_identity SET lost_reason = NULL, lost_since = NULL WHERE root = %s AND host = %s"
+                     " AND lost_reason IS NOT NULL", (root, host))
+        return
+    _write_identity(conn, host, root, verdict.record)
+
+
+def _write_identity(conn: Connection, host: str, root: str, identity: Identity) -> None:
+    conn.execute(
+        "INSERT INTO root_identity (root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (root, host) DO UPDATE SET"
+        " device = EXCLUDED.device, inode = EXCLUDED.inode, mount_point = EXCLUDED.mount_point,"
+        " fs_type = EXCLUDED.fs_type, fs_source = EXCLUDED.fs_source, fs_id = EXCLUDED.fs_id,"
+        " recorded_at = now(), lost_reason = NULL, lost_since = NULL",
+        (root, host, Decimal(identity.device), Decimal(identity.inode), identity.mount_point, identity.fs_type,
+         identity.fs_source, Decimal(identity.fs_id)))
+
+
+def _log_change(watch: WatchConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
+    where = f"watch root {watch.path} ([watch:{watch.name}]) on host {host}"
+    if not verdict.itself and not was_lost:
+        log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (after a "
+                  "deliberate change: sendit-watcher adopt-root %s)", where, verdict.reason, watch.name,
+                  extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+    elif verdict.itself and was_lost:
+        log.warning("%s is back (itself again); catching up", where, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+    if verdict.itself and verdict.note and verdict.now is not None:
+        level = logging.WARNING if verdict.note.startswith("a file system was mounted") else logging.INFO
+        log.log(level, "%s: %s (%s)", where, verdict.note, verdict.now.describe())
+
+
+class RootNotFound(SenditError):
+    """``adopt-root`` of a root that has no directory to adopt."""
+
+
+def adopt(conn: Connection, host: str, watch: WatchConfig) -> Identity:
+    """Accept the root's identity as it is now on this host (after a deliberate change: a new share, a root
+    moved); its lost state is cleared. RootNotFound when there is no directory there."""
+    now = identity_now(watch.path)
+    if now is None:
+        raise RootNotFound(f"[watch:{watch.name}] path {watch.path} does not exist or is not a directory on host "
+                           f"{host}; mount it or create it, then adopt it")
+    with conn.transaction():
+        _write_identity(conn, host, watch.name, now)
+    log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
+             now.describe())
+    return now
+
+
+class RootGuard:
+    """A worker's view of which of its host's roots are themselves: each root checked again at most every
+    ``every`` seconds, or at once when ``lost`` says so; a worker claims batches of those roots only."""
+
+    EVERY = 5.0
+
+    def __init__(self, config: Config, every: float = EVERY) -> None:
+        self.config = config
+        self.every = every
+        self._checked: dict[str, tuple[float, bool]] = {}
+
+    def usable(self, conn: Connection) -> list[str]:
+        """The names of this host's roots that are themselves now."""
+        names = []
+        for watch in self.config.watches:
+            at, itself = self._checked.get(watch.name, (-self.every, False))
+            if time.monotonic() - at >= self.every:
+                itself = check(conn, self.config.watcher.host_name, watch).itself
+                self._checked[watch.name] = (time.monotonic(), itself)
+            if itself:
+                names.append(watch.name)
+        return names
+
+    def lost(self, conn: Connection, watch: WatchConfig) -> Verdict:
+        """A folder of ``watch`` is missing and its root was not itself: check it now, recorded and logged."""
+        verdict = check(conn, self.config.watcher.host_name, watch)
+        self._checked[watch.name] = (time.monotonic(), verdict.itself)
+        return verdict

@@ -1,0 +1,361 @@
+"""Absence is not deletion (issue 19): a watch root that is not the file system it was (unmounted, another
+file system, a directory made anew, a worker host that cannot see it) never has a row removed nor a batch
+emptied; it is reported lost (STATUS, `status`, `metrics`, the journal) until it is back or adopted.
+
+The shares are real mounts (the tests run as root): a bind mount of a store directory is a share that can be
+unmounted and mounted again with its content, a tmpfs is another file system."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sendit_watcher import batches, roots
+from sendit_watcher.catchup import scan_roots
+from sendit_watcher.cli import main
+from sendit_watcher.config import Config, DatabaseConfig
+from sendit_watcher.db import Connection
+from sendit_watcher.parsers import InlineParser
+from sendit_watcher.roots import RootGuard
+from sendit_watcher.worker import Failure, import_next
+from tests.fix_dicom import drop_study, make_study
+from tests.fix_service import ServiceProcess, write_config
+from tests.helpers import make_config, scalar, scalar_int, wait_until
+
+HOST = "test-host"
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def unmounted_at_end(*points: Path) -> Iterator[None]:
+    """Whatever happens, nothing stays mounted on ``points`` (stacked mounts too)."""
+    try:
+        yield
+    finally:
+        for point in points:
+            while os.path.ismount(point) or _mounted_by_bind(point):
+                if subprocess.run(["umount", "-l", str(point)], check=False).returncode:
+                    break
+
+
+def _mounted_by_bind(point: Path) -> bool:
+    real = os.fsencode(os.path.realpath(point))
+    with open("/proc/self/mountinfo", "rb") as lines:
+        return any(line.split(b" ")[4] == real for line in lines)
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(store, root): ``root`` is the store bind-mounted, a share whose content survives an unmount."""
+    store, root = tmp_path / "store", tmp_path / "incoming"
+    store.mkdir()
+    root.mkdir()
+    with unmounted_at_end(root):
+        mount("--bind", str(store), str(root))
+        yield store, root
+
+
+def run_cli(config: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--config", str(config), *args])
+    return code, out.getvalue()
+
+
+def rows_by_folder(conn: Connection) -> dict[str, tuple[str, int, int]]:
+    """(status, instance rows, imports) of every batch, by folder."""
+    rows = conn.execute("SELECT b.path, b.status, (SELECT count(*) FROM instance i WHERE i.batch = b.id), b.imports"
+                        " FROM batch b").fetchall()
+    conn.rollback()
+    return {path: (status, count, imports) for path, status, count, imports in rows}
+
+
+def lost_status(line: str, name: str) -> bool:
+    return line.startswith("STATUS=") and f"LOST ROOT {name}" in line
+
+
+# --- the verdict, in this process ------------------------------------------------------------------------------
+
+
+def test_a_root_deleted_and_made_again_empty_is_lost_until_adopted(tmp_path: Path, database: DatabaseConfig,
+                                                                   conn: Connection) -> None:
+    root = tmp_path / "incoming"
+    root.mkdir()
+    config = make_config(database, {"incoming": root})
+    watch = config.watches[0]
+    assert roots.check(conn, HOST, watch).itself  # first sight: recorded
+    drop_study(root, "A", 2)
+    batches.enqueue(conn, "incoming", "A")
+    assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is not None
+    assert rows_by_folder(conn)["A"][:2] == ("done", 2)
+    held = os.open(root, os.O_RDONLY)  # the old directory's inode stays taken: the new one cannot reuse its number
+    try:
+        shutil.rmtree(root)
+        root.mkdir()
+        verdict = roots.check(conn, HOST, watch)
+        assert not verdict.itself and "another directory" in (verdict.reason or "")
+        result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
+        assert result.gone == [] and "incoming" in result.lost
+        batches.enqueue_known(conn, "incoming", "A")  # as an inotify IN_DELETE would have queued it
+        assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is None  # never claimed
+        assert rows_by_folder(conn)["A"] == ("queued", 2, 1)
+        lost = scalar(conn, "SELECT lost_reason FROM root_identity WHERE root = 'incoming' AND host = %s", HOST)
+        assert "another directory" in str(lost)
+        roots.adopt(conn, HOST, watch)  # the operator: this empty directory is the root now
+        assert roots.check(conn, HOST, watch).itself
+        assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is not None
+        assert rows_by_folder(conn)["A"][:2] == ("empty", 0)  # adopted: A is gone from it, its rows with it
+    finally:
+        os.close(held)
+
+
+def test_an_empty_directory_at_first_sight_while_folders_are_recorded_is_lost(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A host seeing a root for the first time, as an empty directory that is no mount point, while the database
+    records finished folders of it (a worker host whose share is not mounted): lost, and nothing recorded."""
+    root = tmp_path / "incoming"
+    root.mkdir()
+    config = make_config(database, {"incoming": root})
+    assert roots.check(conn, HOST, config.watches[0]).itself  # this host's first sight
+    drop_study(root, "A", 2)
+    batches.enqueue(conn, "incoming", "A")
+    assert import_next(conn, config, InlineParser()) is not None
+    shutil.rmtree(root / "A")
+    verdict = roots.check(conn, "other-host", config.watches[0])
+    assert not verdict.itself and "empty and not a mount point while 1 folders" in (verdict.reason or "")
+    assert scalar(conn, "SELECT device FROM root_identity WHERE host = 'other-host'") is None
+    assert roots.check(conn, HOST, config.watches[0]).itself  # the host that knows it: itself (A was deleted)
+
+
+def test_a_claimed_batch_whose_root_is_unmounted_is_released_untouched(
+        share: tuple[Path, Path], database: DatabaseConfig, conn: Connection) -> None:
+    """Even without the guard (a root lost between the claim and the import), a worker that finds the folder
+    missing re-checks the root and releases the batch: still queued, its rows kept, nothing emptied."""
+    store, root = share
+    config = make_config(database, {"incoming": root})
+    assert roots.check(conn, HOST, config.watches[0]).itself  # recorded as a mount point
+    drop_study(root, "A", 3)
+    batches.enqueue(conn, "incoming", "A")
+    import_next(conn, config, InlineParser())
+    assert rows_by_folder(conn)["A"] == ("done", 3, 1)
+    unmount(root)
+    batches.enqueue(conn, "incoming", "A")  # as a rescan of the empty mount point would have, were it unguarded
+    outcome = import_next(conn, config, InlineParser())
+    assert isinstance(outcome, Failure) and outcome.status == "queued" and "not mounted" in outcome.error
+    assert rows_by_folder(conn)["A"] == ("queued", 3, 1)
+    assert "not mounted" in str(scalar(conn, "SELECT lost_reason FROM root_identity WHERE root = 'incoming'"))
+    mount("--bind", str(store), str(root))
+    assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is not None
+    assert rows_by_folder(conn)["A"] == ("done", 3, 1)  # unchanged: not even imported again
+    assert scalar(conn, "SELECT lost_reason FROM root_identity WHERE root = 'incoming'") is None
+
+
+# --- the property: any sequence of unmount, mount, folder added or deleted, catch-up and import ----------------
+
+STEPS = st.lists(st.sampled_from(["unmount", "mount", "add", "delete", "scan", "drain"]), min_size=1, max_size=14)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS)
+def test_rows_go_only_for_folders_missing_from_a_root_that_is_itself(
+        steps: list[str], share: tuple[Path, Path], database: DatabaseConfig, conn: Connection) -> None:
+    """After every step: a folder on the share that was imported keeps every row, and while the share is
+    unmounted no folder loses its rows; once it is mounted, caught up and drained, the rows are the share's."""
+    store, root = share
+    conn.execute("TRUNCATE main_tag_conflict, rejected_file, instance, series, study, patient, batch, root_identity"
+                 " CASCADE")
+    conn.commit()
+    for folder in store.iterdir():
+        shutil.rmtree(folder)
+    if not os.path.ismount(root) and not _mounted_by_bind(root):
+        mount("--bind", str(store), str(root))
+    config = make_config(database, {"incoming": root})
+    counter = iter(range(1000))
+    drop_study(root, "F0", 2)
+    catch_up_and_drain(config, database, conn)
+    mounted = True
+    for step in steps:
+        before = rows_by_folder(conn)
+        with_rows_before = {f for f, (_, count, _) in before.items() if count}
+        empty_before = {f for f, (status, _, _) in before.items() if status == "empty"}
+        if step == "unmount" and mounted:
+            unmount(root)
+            mounted = False
+        elif step == "mount" and not mounted:
+            mount("--bind", str(store), str(root))
+            mounted = True
+        elif step == "add":
+            make_study(store / f"F{next(counter) + 1}", 2)
+        elif step == "delete" and any(store.iterdir()):
+            shutil.rmtree(sorted(store.iterdir())[0])
+        elif step == "scan":
+            catch_up(config, database, conn)
+        elif step == "drain":
+            drain(config, conn)
+        rows = rows_by_folder(conn)
+        for folder in store.iterdir():  # imported and on the share: every row kept, whatever the mount
+            if rows.get(folder.name, ("", 0, 0))[2]:
+                assert rows[folder.name][1] == 2, (steps, folder.name, rows)
+        if not mounted:
+            assert with_rows_before <= {f for f, (_, count, _) in rows.items() if count}, (steps, rows)
+            assert {f for f, (status, _, _) in rows.items() if status == "empty"} <= empty_before, (steps, rows)
+    if not mounted:
+        mount("--bind", str(store), str(root))
+    catch_up_and_drain(config, database, conn)
+    rows = rows_by_folder(conn)
+    assert {f for f, (_, count, _) in rows.items() if count} == {f.name for f in store.iterdir()}, (steps, rows)
+
+
+def catch_up(config: Config, database: DatabaseConfig, conn: Connection) -> None:
+    """What the service does with a catch-up scan's result: queue what changed and what is gone."""
+    result = scan_roots(database, {w.name: w for w in config.watches}, HOST, lambda name: False, 0.0, set())
+    for root, name in result.changed:
+        batches.enqueue(conn, root, name)
+    for root, name in result.gone:
+        batches.enqueue_known(conn, root, name)
+
+
+def drain(config: Config, conn: Connection) -> None:
+    guard = RootGuard(config, every=0)
+    for _ in range(100):
+        if import_next(conn, config, InlineParser(), guard) is None:
+            return
+    raise AssertionError("the queue never drained")
+
+
+def catch_up_and_drain(config: Config, database: DatabaseConfig, conn: Connection) -> None:
+    catch_up(config, database, conn)
+    drain(config, conn)
+
+
+# --- the service ----------------------------------------------------------------------------------------------
+
+
+def test_a_restart_while_the_share_is_unmounted_removes_no_row_and_reports_the_root_lost(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root})
+    first = ServiceProcess(config, tmp_path)
+    try:
+        first.wait_ready()
+        drop_study(root, "A", 2)
+        drop_study(root, "B", 3)
+        wait_until(lambda: rows_by_folder(conn) == {"A": ("done", 2, 1), "B": ("done", 3, 1)}, what="A and B")
+    finally:
+        assert first.stop() == 0
+    unmount(root)
+    second = ServiceProcess(config, tmp_path)
+    try:
+        second.wait_ready()
+        line = second.notify.wait_for(lambda line: lost_status(line, "incoming"), 15)
+        assert "not mounted" in line
+        wait_until(lambda: "catch-up scan:" in second.log, what="the catch-up scan at start")
+        assert rows_by_folder(conn) == {"A": ("done", 2, 1), "B": ("done", 3, 1)}
+        assert second.log.count("is lost: not mounted") == 1  # once, not at every check
+        code, out = run_cli(config, "status", "--json")
+        lost = json.loads(out)["lost_roots"]
+        assert code == 0 and [(r["root"], r["host"]) for r in lost] == [("incoming", HOST)]
+        assert "not mounted" in lost[0]["reason"] and lost[0]["since"]
+        assert "LOST ROOTS:" in run_cli(config, "status")[1]
+        assert f'sendit_root_lost{{root="incoming",host="{HOST}"}} 1' in run_cli(config, "metrics")[1]
+        scans = second.log.count("catch-up scan:")
+        mount("--bind", str(store), str(root))
+        second.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
+        wait_until(lambda: second.log.count("catch-up scan:") > scans, what="a catch-up once it is back")
+        assert "is back" in second.log
+        assert rows_by_folder(conn) == {"A": ("done", 2, 1), "B": ("done", 3, 1)}  # nothing imported again
+        assert f'sendit_root_lost{{root="incoming",host="{HOST}"}} 0' in run_cli(config, "metrics")[1]
+        drop_study(root, "C", 1)
+        wait_until(lambda: rows_by_folder(conn).get("C") == ("done", 1, 1), what="C imported")
+    finally:
+        second.kill()
+
+
+def test_another_file_system_mounted_on_the_root_is_lost_until_adopted(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root}, rescan_interval=1)
+    service = ServiceProcess(config, tmp_path)
+    try:
+        service.wait_ready()
+        drop_study(root, "A", 2)
+        wait_until(lambda: rows_by_folder(conn) == {"A": ("done", 2, 1)}, what="A imported")
+        unmount(root)
+        mount("-t", "tmpfs", "sendit-test-other", str(root))  # another share, mounted where the first one was
+        service.notify.wait_for(lambda line: lost_status(line, "incoming")
+                                and "another directory or file system" in line, 20)
+        make_study(root / "B", 1)  # the other share's folder: not ours to import while the root is lost
+        scans = service.log.count("catch-up scan:")
+        wait_until(lambda: service.log.count("catch-up scan:") >= scans + 3, what="three catch-up scans")
+        assert rows_by_folder(conn) == {"A": ("done", 2, 1)}
+        code, out = run_cli(config, "adopt-root", "incoming")
+        assert code == 0 and "adopted" in out
+        service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
+        wait_until(lambda: {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"A": ("empty", 0), "B": ("done", 1)},
+                   what="the adopted share mirrored: A gone from it, B imported")
+    finally:
+        service.kill()
+    assert run_cli(config, "adopt-root", "nosuchroot")[0] == 64
+
+
+def test_a_worker_host_whose_share_is_unmounted_never_claims_and_never_empties(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Host A watches and imports; host B (role worker) has the share mounted at first sight, then loses it.
+    B claims nothing, empties nothing, removes nothing; A imports every folder."""
+    store, root_a = share
+    root_b = tmp_path / "b-incoming"
+    root_b.mkdir()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with unmounted_at_end(root_b):
+        mount("--bind", str(store), str(root_b))
+        a = ServiceProcess(write_config(tmp_path / "a.conf", database, {"incoming": root_a}, workers=1,
+                                        host="host-a"), tmp_path / "a")
+        b = ServiceProcess(write_config(tmp_path / "b.conf", database, {"incoming": root_b}, workers=1,
+                                        host="host-b", role="worker"), tmp_path / "b")
+        try:
+            a.wait_ready()
+            b.wait_ready()
+            wait_until(lambda: scalar_int(conn, "SELECT count(*) FROM root_identity WHERE host = 'host-b'"
+                                          " AND mount_point") == 1, what="B's first sight: a mount point")
+            for n in range(4):
+                drop_study(root_a, f"E{n}", 2)
+            wait_until(lambda: scalar_int(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == 4,
+                       what="E0-E3 imported")
+            unmount(root_b)
+            b.notify.wait_for(lambda line: line.startswith("STATUS=worker only") and "LOST ROOT incoming" in line
+                              and "not mounted" in line, 20)
+            time.sleep(RootGuard.EVERY + 1)  # B's workers' own view of the root is at most this old
+            by_b = {str(p) for (p,) in conn.execute("SELECT path FROM batch WHERE host = 'host-b'").fetchall()}
+            conn.rollback()
+            for n in range(20):
+                drop_study(root_a, f"F{n:02d}", 2)
+            shutil.rmtree(root_a / "E0")  # deleted on the share, which A sees: its rows go (A removes them)
+            wait_until(lambda: scalar_int(conn, "SELECT count(*) FROM batch WHERE status = 'done'") == 23
+                       and scalar_int(conn, "SELECT count(*) FROM batch WHERE status = 'empty'") == 1,
+                       timeout=90, what="F00-F19 imported, E0 removed")
+        finally:
+            a.kill()
+            b.kill()
+    assert {str(p) for (p,) in conn.execute("SELECT path FROM batch WHERE host = 'host-b'").fetchall()} <= by_b
+    assert scalar(conn, "SELECT host FROM batch WHERE status = 'empty'") == "host-a"
+    assert scalar_int(conn, "SELECT count(*) FROM instance") == 46
+    assert "is lost: not mounted" in b.log and "released" not in b.log
