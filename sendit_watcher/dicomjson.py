@@ -17,10 +17,14 @@ from sendit_watcher.elements import (
     Decoder,
 )
 
-__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE"]
+__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE",
+           "VALUE_LIMIT"]
 
 # Binary values up to this many bytes are kept as InlineBinary; larger ones are bulk data and left out.
 INLINE_BINARY_LIMIT = 256
+# Any value longer than this, in the file or as JSON, is left out like bulk data (its element stays, with its VR);
+# a top-level value longer than this in the file is never even read.
+VALUE_LIMIT = 1 << 20
 
 
 # VRs whose fast-path values are already JSON-ready (tags as hex, numbers unpacked from binary)

@@ -33,7 +33,7 @@ from typing import Any, cast
 from pydicom import valuerep
 from pydicom.datadict import private_dictionary_VR
 
-from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, _scalar, storable
+from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, _scalar, storable
 from sendit_watcher.elements import (
     _CHARSET_AFFECTED,
     _CODECS,
@@ -56,6 +56,9 @@ ENABLED = True  # the module-level switch: False makes headers.read_instance use
 COUNTS = {"lean": 0, "fallback": 0}  # files this process read with the lean reader, and files it handed back
 
 FIRST_READ = 65536  # bytes of the first read; a longer header is read on in doubling steps
+# A top-level value longer than this is not stored (its element is, with its VR): it is seeked past, never read,
+# as pydicom's dcmread(defer_size=...) does in headers' path (dicomjson.VALUE_LIMIT).
+DEFER_SIZE = VALUE_LIMIT
 _PREAMBLE = 128
 _SYNTAXES = {b"1.2.840.10008.1.2": ("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
              b"1.2.840.10008.1.2\x00": ("1.2.840.10008.1.2", True),
@@ -195,6 +198,20 @@ class _Reader:
         self.data += chunk
         return True
 
+    def skip(self, tag: int, pos: int, length: int) -> int:
+        """Pass over the top-level value of ``length`` bytes at ``pos`` without reading it (what is not in memory
+        yet is seeked past, and what is of it is dropped); the position after it. A value that runs past the end
+        of the file ends the dataset there, as pydicom's deferred read has it."""
+        if self.implicit and tag in _US_OR_SS or tag >> 16 & 1 and tag & 0xFFFF <= 0xFF:
+            raise _Fallback  # its VR comes from values pydicom reads (pixel representation, private creator)
+        end = pos + length
+        if end <= len(self.data):
+            return end
+        if self.fd is not None and not self.eof:
+            os.lseek(self.fd, end - len(self.data), os.SEEK_CUR)
+        self.data = self.data[:pos]  # the file's bytes from here on follow at ``pos``
+        return pos
+
     def file_meta(self, pos: int) -> tuple[dict[int, bytes], int]:
         """Group 0002 (explicit VR little endian, defined lengths, each element with its dictionary VR): its
         values by tag, and where it ends."""
@@ -265,6 +282,7 @@ class _Reader:
         unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
+        value_limit = DEFER_SIZE
         data = self.data
         size = len(data)
         while pos != end:
@@ -315,6 +333,13 @@ class _Reader:
                 size = len(data)
                 if json:
                     append(entry)
+            elif top and length > value_limit:  # not stored: skipped, never read (pydicom's defer_size)
+                pos = self.skip(tag, pos, length)
+                data = self.data
+                size = len(data)
+                if json:
+                    append(_key(tag) + f'{{"vr":"{vr}"}}')
+                continue
             else:
                 stop = pos + length
                 if stop > size:
@@ -343,8 +368,8 @@ class _Reader:
         if vr == "SQ":
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
-        if length == _UNDEFINED:
-            raise _Fallback
+        if length == _UNDEFINED or (top and length > DEFER_SIZE and tag != _CHARSET):
+            raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
         if pos + length > len(self.data):
             self.need(pos + length)
         if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
