@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,15 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from sendit_watcher import lean
-from sendit_watcher.dicomjson import VALUE_LIMIT, dataset_to_json, is_multi_value, jsonb_safe, storable
+from sendit_watcher import dicomjson, lean
+from sendit_watcher.dicomjson import (
+    VALUE_LIMIT,
+    dataset_to_json,
+    is_multi_value,
+    jsonb_safe,
+    storable,
+    too_large_detail,
+)
 from sendit_watcher.elements import FALLBACK, Decoder, _dictionary_vr, deferred
 from sendit_watcher.errors import one_line
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath
@@ -115,9 +123,10 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         return reject("empty-file", "zero bytes")
     fast = lean.read_fields(folder, entry.path, full_header) if lean.ENABLED else None
     if fast is not None:  # the lean reader only ever answers for an importable instance
+        too_large = fast.pop(lean.TOO_LARGE, False)
         read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
-        problem = _key_problem(read)
-        return reject(*problem) if problem else _bounded(read)
+        problem = _key_problem(read) or (("header-too-large", too_large_detail()) if too_large else None)
+        return reject(*problem) if problem else _bounded(read, reject)
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
@@ -152,21 +161,26 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
             return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
     problem = _key_problem(instance)
-    return reject(*problem) if problem else _bounded(instance)
+    return reject(*problem) if problem else _bounded(instance, reject)
 
 
 
 
-def _bounded(instance: Instance) -> Instance:
+def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Instance | Rejection:
     """The instance with every element value longer than VALUE_LIMIT left out of its JSON header (the element
-    stays, with its VR): PostgreSQL's jsonb holds at most 256 MB, and such values are bulk data in all but VR."""
+    stays, with its VR): such values are bulk data in all but VR. A header still longer than HEADER_LIMIT (in
+    UTF-8) is a rejection, ``header-too-large``: it would not fit a row (SQLSTATE 54000 for the whole folder)."""
     header = instance.header
     if header is None or len(header) <= VALUE_LIMIT:
         return instance
     model = json.loads(header)
-    if not _drop_long_values(model):
-        return instance
-    return dataclasses.replace(instance, header=json.dumps(model, ensure_ascii=False, separators=(",", ":")))
+    if _drop_long_values(model):
+        header = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
+        instance = dataclasses.replace(instance, header=header)
+    del model
+    if len(header) > dicomjson.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > dicomjson.HEADER_LIMIT:
+        return reject("header-too-large", too_large_detail())
+    return instance
 
 
 def _drop_long_values(model: dict[str, Any]) -> bool:
