@@ -171,13 +171,14 @@ def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Ins
     stays, with its VR): such values are bulk data in all but VR. A header still longer than HEADER_LIMIT (in
     UTF-8) is a rejection, ``header-too-large``: it would not fit a row (SQLSTATE 54000 for the whole folder)."""
     header = instance.header
-    if header is None or len(header) <= VALUE_LIMIT:
+    if header is None:
         return instance
-    model = json.loads(header)
-    if _drop_long_values(model):
-        header = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
-        instance = dataclasses.replace(instance, header=header)
-    del model
+    if len(header) > VALUE_LIMIT:
+        model = json.loads(header)
+        if _drop_long_values(model):
+            header = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
+            instance = dataclasses.replace(instance, header=header)
+        del model
     if len(header) > dicomjson.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > dicomjson.HEADER_LIMIT:
         return reject("header-too-large", too_large_detail())
     return instance
