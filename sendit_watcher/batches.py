@@ -20,7 +20,9 @@ from sendit_watcher.db import Connection
 from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
-           "FINISH_LOCK", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim", "claim_id", "finish",
+           "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
+           "claim_id", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
+           "finish",
            "record_failure", "retry", "requeue", "known_folders", "queue_counts", "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
@@ -156,6 +158,58 @@ def claim(conn: Connection, roots: list[str]) -> Batch | None:
     return _mark_importing(conn, batch)
 
 
+DEATHS_LIMIT = 3  # a batch whose import killed its worker this many times is failed, not tried again at once
+
+
+def next_queued(conn: Connection, roots: list[str]) -> Batch | None:
+    """Lock the oldest queued batch of one of ``roots`` that is not backing off, without claiming it (SKIP
+    LOCKED): its deaths are read and its attempt recorded before the claim (``start_attempt``)."""
+    with conn.cursor(row_factory=class_row(Batch)) as cursor:
+        return cursor.execute(
+            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+            " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
+
+
+def deaths(conn: Connection, batch_id: int) -> list[str]:
+    """How each worker that died importing this batch since it last finished or failed ended, oldest first."""
+    rows = conn.execute("SELECT died FROM batch_attempt WHERE batch = %s AND died IS NOT NULL ORDER BY started_at",
+                        (batch_id,)).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def start_attempt(conn: Connection, batch_id: int, host: str, pid: int) -> None:
+    """Record that worker ``pid`` of ``host`` starts importing the batch (commit it before the claim: a worker
+    that dies leaves it); an earlier attempt of this worker that ended without dying (a lost connection) goes."""
+    conn.execute("DELETE FROM batch_attempt WHERE host = %s AND pid = %s AND died IS NULL", (host, pid))
+    conn.execute("INSERT INTO batch_attempt (batch, host, pid) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                 (batch_id, host, pid))
+
+
+def end_attempt(conn: Connection, batch_id: int, host: str, pid: int) -> None:
+    """Forget an attempt that never claimed its batch (another worker took it first)."""
+    with conn.transaction():
+        conn.execute("DELETE FROM batch_attempt WHERE batch = %s AND host = %s AND pid = %s AND died IS NULL",
+                     (batch_id, host, pid))
+
+
+def record_death(conn: Connection, host: str, pid: int, how: str) -> None:
+    """Mark the attempt of worker ``pid`` of ``host``, which died (``how``: "killed by signal 9 (SIGKILL)")."""
+    with conn.transaction():
+        conn.execute("UPDATE batch_attempt SET died = %s WHERE host = %s AND pid = %s AND died IS NULL",
+                     (how, host, pid))
+
+
+def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
+    """Claim one batch for this transaction if it is still queued and free (SKIP LOCKED); None otherwise."""
+    with conn.cursor(row_factory=class_row(Batch)) as cursor:
+        batch = cursor.execute(
+            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch WHERE id = %s AND status = %s"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) FOR UPDATE SKIP LOCKED",
+            (batch_id, BatchStatus.QUEUED)).fetchone()
+    return _mark_importing(conn, batch)
+
+
 def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
@@ -187,6 +241,7 @@ def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files
                                             "counted": 0 if unchanged else 1, "empty": BatchStatus.EMPTY,
                                             "done": BatchStatus.DONE}).fetchone()
     assert finished is not None
+    conn.execute(_FORGET_ATTEMPTS, (batch.id,))
     return finished
 
 
@@ -212,6 +267,7 @@ WITH counts AS (
 )
 SELECT status, instances, rejected FROM done
 """
+_FORGET_ATTEMPTS = "DELETE FROM batch_attempt WHERE batch = %s"
 
 
 BACKOFF_SECONDS = 5.0  # the first wait after a failure; doubled at each failure in a row
@@ -239,6 +295,7 @@ def record_failure(conn: Connection, batch: Batch, host: str, error: str, finger
                                        "seq": batch.finished_seq}).rowcount
         if updated:
             conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(batch.id)))
+            conn.execute(_FORGET_ATTEMPTS, (batch.id,))
     return bool(updated)
 
 

@@ -17,10 +17,25 @@ from sendit_watcher.elements import (
     Decoder,
 )
 
-__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE"]
+__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE",
+           "VALUE_LIMIT", "HEADER_LIMIT", "too_large_detail"]
 
 # Binary values up to this many bytes are kept as InlineBinary; larger ones are bulk data and left out.
 INLINE_BINARY_LIMIT = 256
+# Any value longer than this, in the file or as JSON, is left out like bulk data (its element stays, with its VR);
+# a top-level value longer than this in the file is never even read.
+VALUE_LIMIT = 1 << 20
+# A file whose stored header (its DICOM JSON, in UTF-8) is longer than this is rejected as header-too-large:
+# PostgreSQL's jsonb holds at most 256 MB, and a header of small numbers takes up to 6 times its text there.
+HEADER_LIMIT = 32 << 20
+
+
+
+
+def too_large_detail() -> str:
+    """The rejection's detail: the same whichever reader found it, and however far it read."""
+    return (f"its header is more than {HEADER_LIMIT >> 20} MiB as DICOM JSON, the most one file may store "
+            "(PostgreSQL's jsonb holds at most 256 MB)")
 
 
 # VRs whose fast-path values are already JSON-ready (tags as hex, numbers unpacked from binary)

@@ -13,8 +13,8 @@ from pydicom import valuerep
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
-__all__ = ["Decoder", "FALLBACK", "known_un", "TEXT_VRS", "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS",
-           "SINGLE_VALUED", "STRIPPED_VRS"]
+__all__ = ["Decoder", "FALLBACK", "deferred", "known_un", "TEXT_VRS", "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS",
+           "FLOAT_VRS", "SINGLE_VALUED", "STRIPPED_VRS"]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
@@ -62,6 +62,9 @@ class Decoder:
                 yield tag, "", None
                 continue
             vr = raw.VR or _dictionary_vr(tag)
+            if deferred(raw):  # longer than the read's defer_size: its element without its value, never read
+                yield tag, (vr or "UN").split(" ", 1)[0], raw
+                continue
             if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in _CHARSET_AFFECTED) \
                     or _known_un(vr, tag):
                 yield tag, "", None
@@ -74,6 +77,8 @@ class Decoder:
         if not isinstance(raw, RawDataElement):
             return None
         vr = raw.VR or _dictionary_vr(tag)
+        if deferred(raw):
+            return (vr or "UN").split(" ", 1)[0], raw
         if vr is None or " " in vr or vr == "SQ" or (vr in _CHARSET_AFFECTED and self.codec is None) or \
                 _known_un(vr, tag):
             return None
@@ -103,9 +108,17 @@ class Decoder:
         if found is None:
             return None
         vr, raw = found
+        if raw is not None and deferred(raw):
+            return None  # too long to have been read (headers rejects such a key)
         if raw is None or vr not in TEXT_VRS:
             return FALLBACK
         return "\\".join(v for v in self.values(vr, raw) if v is not None)
+
+
+def deferred(raw: RawDataElement) -> bool:
+    """True for an element whose value pydicom did not read (longer than dcmread's defer_size): reading it
+    would open the file again, so its value is never asked for."""
+    return raw.value is None and raw.length != 0
 
 
 def known_un(tag: int) -> bool:

@@ -12,15 +12,24 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from sendit_watcher import lean
-from sendit_watcher.dicomjson import dataset_to_json, is_multi_value, jsonb_safe, storable
-from sendit_watcher.elements import FALLBACK, Decoder
+from sendit_watcher import dicomjson, lean
+from sendit_watcher.dicomjson import (
+    VALUE_LIMIT,
+    dataset_to_json,
+    is_multi_value,
+    jsonb_safe,
+    storable,
+    too_large_detail,
+)
+from sendit_watcher.elements import FALLBACK, Decoder, _dictionary_vr, deferred
 from sendit_watcher.errors import one_line
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 
@@ -114,9 +123,10 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         return reject("empty-file", "zero bytes")
     fast = lean.read_fields(folder, entry.path, full_header) if lean.ENABLED else None
     if fast is not None:  # the lean reader only ever answers for an importable instance
+        too_large = fast.pop(lean.TOO_LARGE, False)
         read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
-        problem = _key_problem(read)
-        return reject(*problem) if problem else _bounded(read)
+        problem = _key_problem(read) or (("header-too-large", too_large_detail()) if too_large else None)
+        return reject(*problem) if problem else _bounded(read, reject)
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
@@ -137,6 +147,9 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         return reject("not-dicom", one_line(exc))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         return reject(*_classify_failure(exc))
+    too_long = _deferred_key(dataset)
+    if too_long:
+        return reject("oversized-value", too_long)
     try:
         fields = Decoder(dataset)
         instance = _instance(entry, fields, full_header)
@@ -148,22 +161,27 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
             return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
     problem = _key_problem(instance)
-    return reject(*problem) if problem else _bounded(instance)
+    return reject(*problem) if problem else _bounded(instance, reject)
 
 
-VALUE_LIMIT = 1 << 20  # characters of one element's JSON value; longer ones are left out, like bulk data
 
 
-def _bounded(instance: Instance) -> Instance:
+def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Instance | Rejection:
     """The instance with every element value longer than VALUE_LIMIT left out of its JSON header (the element
-    stays, with its VR): PostgreSQL's jsonb holds at most 256 MB, and such values are bulk data in all but VR."""
+    stays, with its VR): such values are bulk data in all but VR. A header still longer than HEADER_LIMIT (in
+    UTF-8) is a rejection, ``header-too-large``: it would not fit a row (SQLSTATE 54000 for the whole folder)."""
     header = instance.header
-    if header is None or len(header) <= VALUE_LIMIT:
+    if header is None:
         return instance
-    model = json.loads(header)
-    if not _drop_long_values(model):
-        return instance
-    return dataclasses.replace(instance, header=json.dumps(model, ensure_ascii=False, separators=(",", ":")))
+    if len(header) > VALUE_LIMIT:
+        model = json.loads(header)
+        if _drop_long_values(model):
+            header = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
+            instance = dataclasses.replace(instance, header=header)
+        del model
+    if len(header) > dicomjson.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > dicomjson.HEADER_LIMIT:
+        return reject("header-too-large", too_large_detail())
+    return instance
 
 
 def _drop_long_values(model: dict[str, Any]) -> bool:
@@ -192,10 +210,38 @@ def _read(folder: str, path: str, tags: list[int] | None) -> tuple[Any, bool]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _NotRegular("not a regular file when opened")
         try:
-            return pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=tags), False
+            dataset, forced = _dcmread(handle, tags, False), False
         except InvalidDicomError:
             handle.seek(0)  # no 'DICM' preamble: a bare dataset is still acceptable if it is one
-            return pydicom.dcmread(handle, stop_before_pixels=True, force=True, specific_tags=tags), True
+            dataset, forced = _dcmread(handle, tags, True), True
+        _read_deferred_sequences(dataset, handle)
+        return dataset, forced
+
+
+def _dcmread(handle: Any, tags: list[int] | None, force: bool) -> Any:
+    """pydicom's read of the header; a top-level value longer than VALUE_LIMIT is not read (defer_size: it is
+    seeked past), and never will be: it is not stored."""
+    return pydicom.dcmread(handle, stop_before_pixels=True, force=force, specific_tags=tags, defer_size=VALUE_LIMIT)
+
+
+def _read_deferred_sequences(dataset: Any, handle: Any) -> None:
+    """Read the top-level sequences of defined length that dcmread deferred (defer_size takes any element), from
+    the file still open: a sequence's items are stored, whatever their size."""
+    elements = getattr(dataset, "_dict", {})
+    for tag, raw in list(elements.items()):
+        if isinstance(raw, RawDataElement) and deferred(raw) and _sequence_vr(int(tag), raw):
+            handle.seek(raw.value_tell)
+            value = handle.read(raw.length)
+            if len(value) != raw.length:
+                raise EOFError("file ends inside a sequence")
+            elements[tag] = raw._replace(value=value)
+
+
+def _sequence_vr(tag: int, raw: RawDataElement) -> bool:
+    """True for an element pydicom reads as a sequence: SQ in the file, or in the dictionary for an implicit VR
+    element or one written as UN."""
+    vr = str(getattr(raw.VR, "value", raw.VR)) if raw.VR else None
+    return vr == "SQ" or (vr in (None, "UN") and _dictionary_vr(tag) == "SQ")
 
 
 def _classify_failure(exc: Exception) -> tuple[str, str]:
@@ -350,6 +396,8 @@ _KEYS = (("patient_id", "PatientID (0010,0020)"), ("issuer_of_patient_id", "Issu
          ("sop_instance_uid", "SOPInstanceUID (0008,0018)"))
 
 
+_KEY_TAG_NAMES = ((PATIENT_ID, _KEYS[0][1]), (ISSUER_OF_PATIENT_ID, _KEYS[1][1]), (STUDY_INSTANCE_UID, _KEYS[2][1]),
+                  (SERIES_INSTANCE_UID, _KEYS[3][1]), (SOP_INSTANCE_UID, _KEYS[4][1]))
 _UIDS = _KEYS[2:]
 _UID_CHARACTERS = re.compile(r"[\x20-\x7e]*")  # printable ASCII: the same text from every byte string it can be
 
@@ -364,6 +412,16 @@ def _key_problem(instance: Instance) -> tuple[str, str] | None:
     for field, name in _UIDS:
         if not _UID_CHARACTERS.fullmatch(getattr(instance, field)):
             return "invalid-uid", f"{name} holds a NUL, a control character or bytes that are not ASCII"
+    return None
+
+
+def _deferred_key(dataset: Any) -> str | None:
+    """Why a key main tag too long to have been read (longer than VALUE_LIMIT) cannot be a database key."""
+    elements = getattr(dataset, "_dict", {})
+    for tag, name in _KEY_TAG_NAMES:
+        raw = elements.get(tag)
+        if isinstance(raw, RawDataElement) and deferred(raw):
+            return f"{name} is {raw.length:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
     return None
 
 

@@ -22,6 +22,7 @@ that does not fit, a truncated file, any exception. Correctness never depends on
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import stat
@@ -33,7 +34,8 @@ from typing import Any, cast
 from pydicom import valuerep
 from pydicom.datadict import private_dictionary_VR
 
-from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, _scalar, storable
+from sendit_watcher import dicomjson as _dicomjson
+from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, _scalar, storable
 from sendit_watcher.elements import (
     _CHARSET_AFFECTED,
     _CODECS,
@@ -50,12 +52,16 @@ from sendit_watcher.elements import (
 )
 from sendit_watcher.walk import open_beneath
 
-__all__ = ["ENABLED", "COUNTS", "read_fields", "reset_counts"]
+__all__ = ["ENABLED", "COUNTS", "TOO_LARGE", "read_fields", "reset_counts"]
 
 ENABLED = True  # the module-level switch: False makes headers.read_instance use the pydicom path for every file
+TOO_LARGE = "too_large"  # a field set when the header is longer than dicomjson.HEADER_LIMIT (it is None then)
 COUNTS = {"lean": 0, "fallback": 0}  # files this process read with the lean reader, and files it handed back
 
 FIRST_READ = 65536  # bytes of the first read; a longer header is read on in doubling steps
+# A top-level value longer than this is not stored (its element is, with its VR): it is seeked past, never read,
+# as pydicom's dcmread(defer_size=...) does in headers' path (dicomjson.VALUE_LIMIT).
+DEFER_SIZE = VALUE_LIMIT
 _PREAMBLE = 128
 _SYNTAXES = {b"1.2.840.10008.1.2": ("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
              b"1.2.840.10008.1.2\x00": ("1.2.840.10008.1.2", True),
@@ -115,6 +121,10 @@ class _Fallback(Exception):
     """The reader is not sure of this file: pydicom reads it."""
 
 
+class _HeaderTooLarge(Exception):
+    """The header is longer than HEADER_LIMIT as JSON: known before it is read or written whole."""
+
+
 def reset_counts() -> None:
     COUNTS["lean"] = COUNTS["fallback"] = 0
 
@@ -142,11 +152,18 @@ def _read_file(folder: str, path: str, full_header: bool) -> dict[str, Any] | No
 
 def parse(data: bytes, eof: bool, full_header: bool, fd: int | None = None) -> dict[str, Any] | None:
     """The Instance fields of the file whose first bytes are ``data`` (all of it when ``eof``; ``fd`` reads on
-    from there), or None."""
+    from there), or None. A header longer than HEADER_LIMIT is not written: the fields say TOO_LARGE instead."""
     try:
         return _parse(_Reader(data, eof, full_header, fd))
     except _Fallback:
         return None
+    except _HeaderTooLarge:  # read on for the main tags only: the file may be a rejection of an earlier kind
+        if fd is not None:
+            os.lseek(fd, len(data), os.SEEK_SET)
+        fields = parse(data, eof, False, fd)
+    if fields is not None:
+        fields[TOO_LARGE] = True
+    return fields
 
 
 def _parse(reader: _Reader) -> dict[str, Any]:
@@ -179,6 +196,7 @@ class _Reader:
         self.implicit = False
         self.main: dict[int, str] = {}
         self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
+        self.kept = 0  # characters of the large values' JSON written so far (``counted``)
 
     def need(self, end: int) -> None:
         """Read on when the bytes so far end before ``end``; fall back when the file does."""
@@ -194,6 +212,30 @@ class _Reader:
             return False
         self.data += chunk
         return True
+
+    def counted(self, fragment: str) -> str:
+        """``fragment``, counted towards the header's size: raise _HeaderTooLarge as soon as the fragments that
+        headers._bounded keeps are longer than HEADER_LIMIT, so that a too large header is neither read nor
+        written whole. Their characters are at most the final header's UTF-8 bytes, so this never rejects a
+        header that fits."""
+        if len(fragment) > VALUE_LIMIT // 2 and not _kept(fragment):  # up to half: its value's JSON fits
+            return fragment
+        self.kept += len(fragment)
+        if self.kept > _dicomjson.HEADER_LIMIT:
+            raise _HeaderTooLarge
+        return fragment
+
+    def skip(self, pos: int, length: int) -> int:
+        """Pass over the top-level value of ``length`` bytes at ``pos`` without reading it (what is not in memory
+        yet is seeked past, and what is of it is dropped); the position after it. A value that runs past the end
+        of the file ends the dataset there, as pydicom's deferred read has it."""
+        end = pos + length
+        if end <= len(self.data):
+            return end
+        if self.fd is not None and not self.eof:
+            os.lseek(self.fd, end - len(self.data), os.SEEK_CUR)
+        self.data = self.data[:pos]  # the file's bytes from here on follow at ``pos``
+        return pos
 
     def file_meta(self, pos: int) -> tuple[dict[int, bytes], int]:
         """Group 0002 (explicit VR little endian, defined lengths, each element with its dictionary VR): its
@@ -265,6 +307,7 @@ class _Reader:
         unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
+        value_limit = DEFER_SIZE
         data = self.data
         size = len(data)
         while pos != end:
@@ -315,6 +358,16 @@ class _Reader:
                 size = len(data)
                 if json:
                     append(entry)
+            elif top and (length > value_limit or not json and pos + length > size) and not (
+                    group & 1 and element <= 0xFF):  # not stored: skipped, never read (pydicom's defer_size)
+                if json and implicit and tag in _US_OR_SS:
+                    raise _Fallback  # pydicom resolves its VR from (0028,0103): leave it to pydicom
+                pos = self.skip(pos, length)
+                data = self.data
+                size = len(data)
+                if json:
+                    append(_key(tag) + f'{{"vr":"{vr}"}}')
+                continue
             else:
                 stop = pos + length
                 if stop > size:
@@ -323,8 +376,10 @@ class _Reader:
                     size = len(data)
                 if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
                     value = data[pos:stop]
-                    append((length <= fragment_limit and fragments.get((tag, vr, value, codec)))
-                           or _fragment(tag, vr, value, codec))
+                    if length <= fragment_limit:
+                        append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
+                    else:
+                        append(self.counted(_fragment(tag, vr, value, codec)))
                 pos = stop
             if vr == "LO" and group & 1:
                 if implicit:
@@ -343,8 +398,8 @@ class _Reader:
         if vr == "SQ":
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
-        if length == _UNDEFINED:
-            raise _Fallback
+        if length == _UNDEFINED or (top and length > DEFER_SIZE and tag != _CHARSET):
+            raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
         if pos + length > len(self.data):
             self.need(pos + length)
         if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
@@ -379,6 +434,12 @@ class _Reader:
                 raise _Fallback
             items.append(item)
         return _sequence_entry(items), pos
+
+
+def _kept(fragment: str) -> bool:
+    """Whether headers._bounded keeps this element's value (its rule, on this element alone)."""
+    value = json.loads("{" + fragment + "}").popitem()[1].get("Value")
+    return value is None or len(json.dumps(value, ensure_ascii=False)) <= VALUE_LIMIT
 
 
 def _private_vr(tag: int, creators: dict[int, str]) -> str:

@@ -235,11 +235,25 @@ class Service:
         self.guard.call("queueing finished folders", self._flush)
         self.guard.call("the catch-up scan", self._catch_up)
         self.guard.call("watching lost roots again", self._rewatch)
-        self.guard.call("supervising the workers", self.workers.supervise)
+        self.guard.call("supervising the workers", self._supervise)
         self.notify.watchdog()
         if time.monotonic() - self.last_status >= _STATUS_EVERY:
             self.last_status = time.monotonic()
             self.guard.call("sending STATUS", lambda: self.notify.status(self.status_line()))
+
+    def _supervise(self) -> None:
+        """Replace dead workers, and mark the import each one had started as died (batches.record_death), so a
+        folder that kills its workers is failed after DEATHS_LIMIT deaths; a stop never marks one."""
+        died = self.workers.supervise()
+        conn = self.link.get() if died else None
+        if conn is None:
+            return
+        for pid, how in died:
+            try:
+                batches.record_death(conn, self.config.watcher.host_name, pid, how)
+            except psycopg.Error as exc:
+                self.link.failed(exc)
+                return
 
     def _settle(self) -> None:
         """Start a stat check (off the main loop) of each folder whose quiet period is over; act on finished ones."""

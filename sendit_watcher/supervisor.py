@@ -89,6 +89,18 @@ def _sleep(seconds: float, parent: int) -> None:
         time.sleep(0.1)
 
 
+def ended(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit code ("was killed by signal 9 (SIGKILL: out of memory?)")."""
+    if exitcode is None or exitcode >= 0:
+        return f"exited with status {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = "unknown signal"
+    oom = ": out of memory?" if -exitcode == signal.SIGKILL else ""
+    return f"was killed by signal {-exitcode} ({name}{oom})"
+
+
 class Supervisor:
     """Starts, supervises, replaces and stops the worker processes."""
 
@@ -108,14 +120,19 @@ class Supervisor:
         process.start()
         return process
 
-    def supervise(self) -> None:
-        """Replace any worker that died (its claim was released with its connection); reap retired ones."""
+    def supervise(self) -> list[tuple[int, str]]:
+        """Replace any worker that died (its claim was released with its connection); reap retired ones. Returns
+        (pid, how it ended) of each worker that died, for batches.record_death."""
         self.retiring = [p for p in self.retiring if p.is_alive()]
+        died: list[tuple[int, str]] = []
         for index, process in enumerate(self.processes):
             if not process.is_alive():
-                log.error("worker %d (pid %s) exited with %s; starting a new one", index, process.pid,
-                          process.exitcode)
+                how = ended(process.exitcode)
+                log.error("worker %d (pid %s) %s; starting a new one", index, process.pid, how)
+                if process.pid is not None and process.exitcode:
+                    died.append((process.pid, how))
                 self.processes[index] = self._spawn(index)
+        return died
 
     def replace(self, config: Config) -> None:
         """Start workers for a new configuration; the old ones finish the folder in hand and exit."""

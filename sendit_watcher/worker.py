@@ -11,6 +11,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -49,11 +50,37 @@ Progress = Callable[[int, int], None]
 
 def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGuard | None = None) -> Outcome | None:
     """Claim the oldest free queued batch of a root this host has, and that is itself here (``guard``), and import
-    it; None when there is none."""
-    names = guard.usable(conn) if guard is not None else [watch.name for watch in config.watches]
-    if not names:
+    it; None when there is none.
+
+    The attempt is recorded first, committed (batches.start_attempt), so that a worker killed while importing
+    (the OOM killer) leaves a trace its supervisor marks; a batch that has killed DEATHS_LIMIT workers is failed
+    here instead, and the folders after it are imported."""
+    roots = guard.usable(conn) if guard is not None else [watch.name for watch in config.watches]
+    if not roots:
         return None
-    return _run(conn, config, parser, lambda: batches.claim(conn, names), None, guard)
+    host, pid = config.watcher.host_name, os.getpid()
+    while True:
+        failure: Failure | None = None
+        with conn.transaction():
+            candidate = batches.next_queued(conn, roots)
+            if candidate is None:
+                return None
+            died = batches.deaths(conn, candidate.id)
+            if len(died) >= batches.DEATHS_LIMIT:
+                failure = _fail(conn, config, candidate, ImportFailed(_died_reason(died)))
+            else:
+                batches.start_attempt(conn, candidate.id, host, pid)
+        if failure is not None:
+            return failure
+        outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), None, guard)
+        if outcome is not None:
+            return outcome
+        batches.end_attempt(conn, candidate.id, host, pid)  # another worker took it meanwhile: the next one
+
+
+def _died_reason(died: list[str]) -> str:
+    return (f"the worker importing this folder died {len(died)} times without finishing it (the last {died[-1]});"
+            " failed so that the folders after it are imported; `sendit-watcher retry` tries again")
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
