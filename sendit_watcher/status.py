@@ -84,9 +84,9 @@ def totals(conn: Connection) -> Totals:
     for counted in tally(conn):
         batches[counted.status] = batches.get(counted.status, 0) + counted.batches
     with conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(_TOTALS).fetchone()
-    assert rows is not None
-    return Totals(batches=batches, **rows)
+        counts = cursor.execute(_TOTALS).fetchone()
+    assert counts is not None
+    return Totals(batches=batches, **counts)
 
 
 HostCounts = Tally  # batches of one status last handled by one host, with the sums of their counts

@@ -14,8 +14,8 @@ CREATE INDEX batch_recent ON batch ((coalesce(finished_at, queued_at)) DESC, id 
 
 -- Batch counts and sums by status and host, for `status`, `metrics` and the service's STATUS=: every change
 -- to batch adds its difference here (statement triggers; inserts only, so writers never wait for each other),
--- and a reader folds the differences into one row per (status, host) under TALLY_LOCK (status.py). The sums
--- over this table are the sums over batch, at any moment, for every committed change.
+-- and each worker, after its batch, folds the differences into one row per (status, host) in one transaction
+-- (batches.fold_tally). The sums over this table equal the sums over batch in every snapshot.
 CREATE TABLE batch_tally (
     status      text NOT NULL,
     host        text NOT NULL,              -- '' for a batch no host has handled yet
