@@ -56,7 +56,9 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
                is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> ScanResult:
     """Compare every finished folder under each root with its batch row's fingerprint. A root is scanned only
     when it is itself on this host (roots.check) right before it is listed, and its folders missing from the
-    listing are reported gone only when it is still itself after (not unmounted during the scan)."""
+    listing are reported gone only when it is still itself after (not unmounted during the scan). Only the rows
+    of the folders listed, and of those that may be gone, are read: memory and time follow the folders on disk,
+    not the history of folders deleted long ago."""
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
@@ -65,10 +67,13 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
             if not verdict.itself:
                 result.lost[name] = verdict
                 continue
+            entries = _list_root(watch)
+            if entries is None:
+                continue
             result.rows_read_at[name] = batches.database_time(conn)
-            known = batches.known_folders(conn, name)
+            known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}))
             found = ScanResult()
-            _scan_root(watch, known, is_temporary, settle_seconds, skip, found)
+            _scan_root(watch, entries, known, is_temporary, settle_seconds, skip, found)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
                 continue
@@ -86,15 +91,19 @@ def _merge(found: ScanResult, into: ScanResult) -> None:
     into.seen_failed |= found.seen_failed
 
 
-def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatus]],
+def _list_root(watch: WatchConfig) -> list[str] | None:
+    """The sub-folders of a root, sorted by name; None (logged) when it cannot be listed."""
+    try:
+        return sorted(e.name for e in os.scandir(watch.path) if e.is_dir(follow_symlinks=False))
+    except OSError as exc:
+        log.error("catch-up cannot list watch root %s: %s", watch.path, exc.strerror or exc)
+        return None
+
+
+def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus]],
                is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
-    try:
-        entries = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
-    except OSError as exc:
-        log.error("catch-up cannot list watch root %s: %s", root, exc.strerror or exc)
-        return
     listed = {to_text(folder_name) for folder_name in entries}
     for path, (stamp, status) in known.items():
         if path not in listed and status is not BatchStatus.QUEUED and not (stamp or "0:").startswith("0:"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
-from sendit_watcher.batches import BatchStatus
+from sendit_watcher.batches import BatchStatus, Tally, tally
 from sendit_watcher.db import Connection
 
 __all__ = ["BatchRow", "Totals", "HostCounts", "recent_batches", "totals", "by_status_and_host"]
@@ -51,23 +51,21 @@ class Totals:
         return self.batches.get(BatchStatus.DONE, 0)
 
 
-# A worker holds pg_advisory_xact_lock(batch id) while importing; bigint keys show as classid<<32 | objid.
+# A worker holds pg_advisory_xact_lock(batch id) while importing; bigint keys show as classid<<32 | objid. The
+# newest rows come first from the index batch_recent (migration 0007), and only they meet pg_locks.
 _RECENT = """
 SELECT b.id, b.root, b.path,
        CASE WHEN l.pid IS NOT NULL THEN %(importing)s ELSE b.status END AS status,
        b.files, b.instances, b.rejected, b.seconds, b.finished_at, b.host, b.last_error
-FROM batch b
+FROM (SELECT * FROM batch ORDER BY coalesce(finished_at, queued_at) DESC, id DESC LIMIT %(limit)s) b
 LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
      AND (l.classid::bigint << 32 | l.objid::bigint) = b.id
 ORDER BY coalesce(b.finished_at, b.queued_at) DESC, b.id DESC
-LIMIT %(limit)s
 """
 
 _TOTALS = """
-SELECT coalesce((SELECT json_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM batch GROUP BY status) s),
-                '{}') AS batches,
-       (SELECT count(*) FROM patient) AS patients, (SELECT count(*) FROM study) AS studies,
+SELECT (SELECT count(*) FROM patient) AS patients, (SELECT count(*) FROM study) AS studies,
        (SELECT count(*) FROM series) AS series, (SELECT count(*) FROM instance) AS instances,
        (SELECT count(*) FROM rejected_file) AS rejected, (SELECT max(finished_at) FROM batch) AS last_finished
 """
@@ -80,38 +78,20 @@ def recent_batches(conn: Connection, limit: int = 20) -> list[BatchRow]:
 
 
 def totals(conn: Connection) -> Totals:
-    """Batch counts by status and row counts of the hierarchy."""
-    with conn.cursor(row_factory=class_row(Totals)) as cursor:
-        row = cursor.execute(_TOTALS).fetchone()
-    assert row is not None
-    return row
+    """Batch counts by status (from batch_tally: flat in the number of batch rows) and row counts of the
+    hierarchy."""
+    batches: dict[str, int] = {}
+    for counted in tally(conn):
+        batches[counted.status] = batches.get(counted.status, 0) + counted.batches
+    with conn.cursor(row_factory=dict_row) as cursor:
+        counts = cursor.execute(_TOTALS).fetchone()
+    assert counts is not None
+    return Totals(batches=batches, **counts)
 
 
-@dataclass(frozen=True)
-class HostCounts:
-    """Batches of one status last handled by one host, with the sums of their counts (for ``metrics``)."""
-
-    status: BatchStatus
-    host: str
-    batches: int
-    files: int
-    instances: int
-    rejected: int
-    seconds: float
-    attempts: int
-
-
-_BY_STATUS_AND_HOST = """
-SELECT status, coalesce(host, '') AS host, count(*) AS batches, coalesce(sum(files), 0) AS files,
-       coalesce(sum(instances), 0) AS instances, coalesce(sum(rejected), 0) AS rejected,
-       coalesce(sum(seconds), 0)::float8 AS seconds, coalesce(sum(attempts), 0) AS attempts
-FROM batch GROUP BY status, host ORDER BY status, host
-"""
+HostCounts = Tally  # batches of one status last handled by one host, with the sums of their counts
 
 
 def by_status_and_host(conn: Connection) -> list[HostCounts]:
-    """Batch counts and sums grouped by status and host."""
-    with conn.cursor(row_factory=class_row(HostCounts)) as cursor:
-        rows = cursor.execute(_BY_STATUS_AND_HOST).fetchall()
-    conn.rollback()
-    return rows
+    """Batch counts and sums grouped by status and host (host '' for a batch no host has handled yet)."""
+    return tally(conn)

@@ -115,9 +115,12 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
-        return _fail(conn, config, claimed, exc)
-    _log_result(result)
-    return result
+        outcome: Outcome = _fail(conn, config, claimed, exc)
+    else:
+        _log_result(result)
+        outcome = result
+    batches.fold_tally(conn)  # the counts this batch changed, folded where they are made: reading them stays cheap
+    return outcome
 
 
 def _folder_here(conn: Connection, config: Config, batch: Batch) -> str | None:
