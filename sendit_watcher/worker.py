@@ -49,17 +49,20 @@ Progress = Callable[[int, int], None]
 def import_next(conn: Connection, config: Config, parser: Parser) -> Outcome | None:
     """Claim the oldest free queued batch of a root this host has and import it; None when there is none."""
     roots = [watch.name for watch in config.watches]
-    return _run(conn, config, parser, lambda: batches.claim(conn, roots), None)
+    return _run(conn, config, parser, lambda: batches.claim(conn, roots), None, queued=True)
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
                  progress: Progress | None = None) -> Outcome | None:
-    """Claim one given batch (waiting for a worker that holds it) and import it."""
+    """Claim one given batch (waiting for a worker that holds it) and import it, as it is on disk now (asked for
+    by hand: even when it was queued as a removal)."""
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
-         progress: Progress | None) -> Outcome | None:
+         progress: Progress | None, *, queued: bool = False) -> Outcome | None:
+    """Claim, then import; a batch taken from the queue (``queued``) as a removal only loses its rows: what is
+    on disk under its name now, if anything, is a new folder, which the watcher queues once it is finished."""
     claimed: Batch | None = None
     try:
         with conn.transaction():
@@ -67,7 +70,8 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             if claimed is None:
                 return None
             watch = config.watch_named(claimed.root)
-            result = import_claimed(conn, claimed, _folder(config, claimed), parser, config.watcher.host_name,
+            folder = None if queued and claimed.removal else _folder(config, claimed)
+            result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
                                     full_header=config.importer.full_header, progress=progress,
                                     leave_out=watch.finished_marker if watch else "")
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
