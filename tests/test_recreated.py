@@ -20,11 +20,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sendit_watcher import batches
+from sendit_watcher.catchup import scan_roots
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
+from sendit_watcher.importer import Result
+from sendit_watcher.parsers import InlineParser
+from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import assert_mirror, regular_files, scalar_int, wait_until
+from tests.helpers import assert_mirror, import_folder, make_config, regular_files, scalar_int, wait_until
 
 SETTLE = 1.0
 
@@ -215,6 +220,57 @@ def test_a_folder_recreated_while_the_service_was_down_settles_before_it_is_read
         assert_mirror(conn, {"incoming": incoming})
     finally:
         process.kill()
+
+
+# --- the batch protocol and the worker, in this process -------------------------------------------------------
+
+def test_a_removal_is_held_back_and_then_reads_nothing_of_a_folder_there_again(
+        database: DatabaseConfig, conn: Connection, incoming: Path) -> None:
+    config = make_config(database, {"incoming": incoming})
+    make_study(incoming / "A", 3)
+    import_folder(conn, config, incoming / "A")
+    shutil.rmtree(incoming / "A")
+    make_study(incoming / "A", 1)  # a new A, the first file of a copy under way
+    batch_id = batches.enqueue_known(conn, "incoming", "A", hold_seconds=0.5)
+    assert import_next(conn, config, InlineParser()) is None  # held back
+    time.sleep(0.6)
+    removal = import_next(conn, config, InlineParser())
+    assert isinstance(removal, Result) and removal.batch_id == batch_id
+    assert (removal.status, removal.files, removal.removed, removal.unchanged) == ("empty", 0, 3, False)
+    assert rows_of(conn, "A") == {}  # nothing of the new A was read
+    assert batches.enqueue(conn, "incoming", "A") == batch_id  # the new A has settled
+    imported = import_next(conn, config, InlineParser())
+    assert isinstance(imported, Result) and (imported.status, imported.files) == ("done", 1)
+    assert_mirror(conn, {"incoming": incoming})
+
+
+def test_a_folder_back_before_its_removal_is_taken_is_the_same_folder(
+        database: DatabaseConfig, conn: Connection, incoming: Path) -> None:
+    config = make_config(database, {"incoming": incoming})
+    make_study(incoming / "A", 3)
+    import_folder(conn, config, incoming / "A")
+    before = rows_of(conn, "A")
+    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600)  # A -> A.tmp ...
+    assert batches.enqueue(conn, "incoming", "A") is not None  # ... -> A: finished by rename
+    again = import_next(conn, config, InlineParser())
+    assert isinstance(again, Result) and again.unchanged and again.status == "done"
+    assert rows_of(conn, "A") == before
+
+
+def test_catch_up_takes_a_folder_present_under_a_queued_removal_as_one_to_import(
+        database: DatabaseConfig, conn: Connection, incoming: Path) -> None:
+    """Stopped after a removal was queued, restarted after A came back: the scan must not leave A to the
+    removal alone (it skips queued batches), or the new A would never be read."""
+    config = make_config(database, {"incoming": incoming})
+    make_study(incoming / "A", 2)
+    import_folder(conn, config, incoming / "A")
+    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600)
+    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.is_temporary, 0.0, set())
+    assert found.changed == [("incoming", "A")] and found.gone == []
+    batches.enqueue(conn, "incoming", "B")  # an import queued: still left to its worker
+    make_study(incoming / "B", 1)
+    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.is_temporary, 0.0, set())
+    assert ("incoming", "B") not in found.changed
 
 
 # --- generated sequences (hypothesis) --------------------------------------------------------------------------
