@@ -25,6 +25,7 @@ from sendit_watcher.catchup import scan_roots
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
+from sendit_watcher.intake import Intake
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
@@ -271,6 +272,17 @@ def test_catch_up_takes_a_folder_present_under_a_queued_removal_as_one_to_import
     make_study(incoming / "B", 1)
     found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.is_temporary, 0.0, set())
     assert ("incoming", "B") not in found.changed
+
+
+def test_only_a_folder_renamed_to_another_final_name_is_removed_without_waiting() -> None:
+    intake = Intake(settle_seconds=1.0)
+    intake.vanished(("incoming", "A"))  # A -> A.tmp, or rm -rf A: it may come back
+    assert intake.hold_removal(("incoming", "A"))
+    intake.moved_within(("incoming", "A"))  # ... it was A -> A2
+    assert not intake.hold_removal(("incoming", "A"))
+    intake.gone_recorded(("incoming", "A"))
+    intake.vanished(("incoming", "A"))
+    assert intake.hold_removal(("incoming", "A"))
 
 
 # --- generated sequences (hypothesis) --------------------------------------------------------------------------
