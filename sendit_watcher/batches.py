@@ -54,6 +54,7 @@ class Batch:
     fingerprint: str | None
     imports: int
     finished_seq: int | None = None  # at claim time: a failure is never recorded over a later success
+    removal: bool = False  # queued because its folder was deleted or moved away (enqueue_known)
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None 
         conn.execute("INSERT INTO batch (root, path) VALUES (%s, %s) ON CONFLICT (root, path) DO NOTHING",
                      (root, path))
         row = conn.execute(
-            "SELECT id, status, finished_at FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
-            (root, path)).fetchone()
+            "SELECT id, status, finished_at, removal FROM batch WHERE root = %s AND path = %s"
+            " FOR UPDATE SKIP LOCKED", (root, path)).fetchone()
         if row is None:
             return None
         batch_id, status = int(row[0]), BatchStatus(row[1])
@@ -128,24 +129,38 @@ def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None 
         if status is not BatchStatus.QUEUED:
             conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
                          (BatchStatus.QUEUED, batch_id))
+        if row[3]:  # a removal still waiting: the folder is back, finished, and is to be imported instead
+            conn.execute("UPDATE batch SET removal = false, next_attempt_at = NULL WHERE id = %s", (batch_id,))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))  # wakes idle workers
     return batch_id
 
 
-def enqueue_known(conn: Connection, root: str, path: str) -> int | None:
-    """Queue a folder that is gone from disk, so that a worker removes its rows; 0 (nothing to do) for a folder
-    never recorded; None when a worker holds it right now (try again later)."""
+def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 0.0) -> int | None:
+    """Queue the removal of a folder that is gone from disk: a worker removes its rows and reads nothing, not
+    before ``hold_seconds`` (a folder back by then is queued again by ``enqueue``, as the same folder, and
+    nothing is removed). 0 (nothing to do) for a folder never recorded; None when a worker holds it right now
+    (try again later)."""
     with conn.transaction():
-        row = conn.execute("SELECT id, status FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
+        row = conn.execute("SELECT id FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
                            (root, path)).fetchone()
         if row is None:
             exists = conn.execute("SELECT 1 FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
             return None if exists else 0
-        if row[1] != BatchStatus.QUEUED:
-            conn.execute("UPDATE batch SET status = %s, queued_at = now() WHERE id = %s",
-                         (BatchStatus.QUEUED, row[0]))
+        conn.execute(_QUEUE_REMOVAL, {"queued": BatchStatus.QUEUED, "hold": hold_seconds, "batch": row[0]})
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(row[0])))
     return int(row[0])
+
+
+# A removal already waiting keeps its time; any other batch (a queued import too: its folder is gone now, and
+# what comes back under its name is a new folder) becomes a removal, held back for hold seconds.
+_QUEUE_REMOVAL = """
+UPDATE batch SET
+    next_attempt_at = CASE WHEN status = %(queued)s AND removal THEN next_attempt_at
+                           ELSE clock_timestamp() + make_interval(secs => %(hold)s) END,
+    queued_at = CASE WHEN status = %(queued)s THEN queued_at ELSE now() END,
+    status = %(queued)s, removal = true
+WHERE id = %(batch)s
+"""
 
 
 def claim(conn: Connection, roots: list[str]) -> Batch | None:
@@ -153,7 +168,7 @@ def claim(conn: Connection, roots: list[str]) -> Batch | None:
     this transaction (SKIP LOCKED); None when there is none free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
     return _mark_importing(conn, batch)
@@ -167,7 +182,7 @@ def next_queued(conn: Connection, roots: list[str]) -> Batch | None:
     LOCKED): its deaths are read and its attempt recorded before the claim (``start_attempt``)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         return cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
 
@@ -205,8 +220,9 @@ def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
     """Claim one batch for this transaction if it is still queued and free (SKIP LOCKED); None otherwise."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch WHERE id = %s AND status = %s"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) FOR UPDATE SKIP LOCKED",
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
+            " WHERE id = %s AND status = %s AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+            " FOR UPDATE SKIP LOCKED",
             (batch_id, BatchStatus.QUEUED)).fetchone()
     return _mark_importing(conn, batch)
 
@@ -214,7 +230,7 @@ def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
 def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
+        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
                                " WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
     return _mark_importing(conn, batch)
 
@@ -259,7 +275,7 @@ WITH counts AS (
         instances = counts.instances, rejected = counts.rejected,
         imports = imports + %(counted)s, attempts = 0, last_error = NULL, next_attempt_at = NULL,
         host = CASE WHEN %(counted)s = 1 THEN %(host)s ELSE host END,
-        failed_fingerprint = NULL,
+        failed_fingerprint = NULL, removal = false,
         finished_at = clock_timestamp(), seconds = %(seconds)s,
         finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
     FROM counts WHERE id = %(batch)s
@@ -279,8 +295,9 @@ def requeue(conn: Connection, batch_ids: list[int]) -> None:
     """Queue finished batches again, to be read again from scratch (their fingerprint is forgotten): their
     folders hold duplicates that are now the only copy of an instance."""
     if batch_ids:
-        conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL, next_attempt_at = NULL"
-                     " WHERE id = ANY(%s)", (BatchStatus.QUEUED, batch_ids))
+        conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL,"
+                     " next_attempt_at = CASE WHEN removal THEN next_attempt_at END WHERE id = ANY(%s)",
+                     (BatchStatus.QUEUED, batch_ids))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
 
 
@@ -331,26 +348,28 @@ def database_time(conn: Connection) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def known_folders(conn: Connection, root: str, listed: list[str]) -> dict[str, tuple[str | None, BatchStatus]]:
+def known_folders(conn: Connection, root: str, listed: list[str]
+                  ) -> dict[str, tuple[str | None, BatchStatus, bool]]:
     """For the catch-up scan, the folders recorded under ``root`` that matter to it: those ``listed`` on disk,
-    and those that may have to be reported gone (not queued, with files at their last import); each with its
-    status and the fingerprint it had when it was last imported (or, for a failed one, when it failed). Rows of
-    folders whose removal was imported are never read: the cost is that of the folders on disk."""
+    and those that may have to be reported gone (not queued, with files at their last import); each with the
+    fingerprint it had when it was last imported (or, for a failed one, when it failed), its status and whether
+    it is queued as a removal. Rows of folders whose removal was imported are never read: the cost is that of
+    the folders on disk."""
     # The planner cannot tell how few rows the partial index holds and would estimate all of them, which costs
     # a JIT compilation (0.07-0.2 s in a new session) for a query of milliseconds.
     conn.execute("SET LOCAL jit = off")
     rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed}).fetchall()
     conn.rollback()
-    return {path: (stamp, BatchStatus(status)) for path, stamp, status in rows}
+    return {path: (stamp, BatchStatus(status), removal) for path, stamp, status, removal in rows}
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
 # word and with literals, so that the planner proves the index applies; the first half uses (root, path).
 _KNOWN_FOLDERS = """
-SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status
+SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
-SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status
+SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
   AND coalesce(CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, '0:') NOT LIKE '0:%%'

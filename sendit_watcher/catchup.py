@@ -100,12 +100,12 @@ def _list_root(watch: WatchConfig) -> list[str] | None:
         return None
 
 
-def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus]],
+def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus, bool]],
                is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
     listed = {to_text(folder_name) for folder_name in entries}
-    for path, (stamp, status) in known.items():
+    for path, (stamp, status, _) in known.items():
         if path not in listed and status is not BatchStatus.QUEUED and not (stamp or "0:").startswith("0:"):
             result.gone.append((name, to_disk(path)))
     for folder_name in entries:
@@ -125,7 +125,7 @@ def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[st
             result.changed.append(folder)
 
 
-def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus] | None,
+def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus, bool] | None,
                  settle_seconds: float, result: ScanResult) -> None:
     if _needs_import(path, marker, row):
         newest = newest_change(path)
@@ -135,10 +135,12 @@ def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, 
             result.seen_failed.add(folder)
 
 
-def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus] | None) -> bool:
+def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus, bool] | None) -> bool:
     if row is None:
         return True
-    stored, status = row
+    stored, status, removal = row
+    if status is BatchStatus.QUEUED and removal:
+        return True  # queued to remove the rows of a folder that was gone: this one is to be imported (settled)
     if status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
         return False
     try:

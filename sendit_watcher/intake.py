@@ -33,6 +33,7 @@ class Intake:
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
     lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
     gone: dict[Folder, float] = field(default_factory=dict)  # moved away or deleted: its rows go too (next try)
+    renamed: set[Folder] = field(default_factory=set)  # gone ones that are in the root under another final name
     # Ready folders that only a catch-up scan found (no event since), with the database time it read their batch
     # rows: a batch that failed after that, unseen by the scan, is left failed (see batches.enqueue).
     scanned: dict[Folder, datetime] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class Intake:
         elif folder not in self.ready:
             self.scanned[folder] = scan_began
         self.gone.pop(folder, None)
+        self.renamed.discard(folder)
         self.settling.pop(folder, None)
         self.ready.setdefault(folder, 0.0)
 
@@ -96,6 +98,17 @@ class Intake:
         """The folder was moved away or deleted: whatever was imported of it is to be removed."""
         self.forget(folder)
         self.gone[folder] = self.clock()
+        self.renamed.discard(folder)
+
+    def moved_within(self, folder: Folder) -> None:
+        """The gone folder is in the root under another final name: it is not coming back, so the removal of its
+        rows is not held back (the other folder's files would be duplicates of them until then)."""
+        if folder in self.gone:
+            self.renamed.add(folder)
+
+    def hold_removal(self, folder: Folder) -> bool:
+        """Whether the removal of a gone folder's rows waits for the settle period (it may be renamed back)."""
+        return folder not in self.renamed
 
     def due_gone(self) -> list[Folder]:
         now = self.clock()
@@ -103,6 +116,7 @@ class Intake:
 
     def gone_recorded(self, folder: Folder) -> None:
         self.gone.pop(folder, None)
+        self.renamed.discard(folder)
 
     def gone_later(self, folder: Folder, seconds: float = 1.0) -> None:
         self.gone[folder] = self.clock() + seconds
@@ -113,6 +127,7 @@ class Intake:
             self.forget(folder)
         for folder in [f for f in self.gone if f[0] == name]:
             del self.gone[folder]
+            self.renamed.discard(folder)
 
     def overflow(self) -> None:
         """Events were lost: the next loop turn reconciles every root with the database."""

@@ -75,6 +75,8 @@ class DicomFolderImporter(_ContextProcessor):
         if not name:
             return
         folder = (self.context.watch.name, name)
+        if event.mask & pyinotify.IN_MOVED_TO and event.dir and not self.context.settings.is_temporary(name):
+            self._moved_within(event)
         if event.mask & (pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE):
             if event.dir and not self.context.settings.is_temporary(name):
                 intake.vanished(folder)  # its rows, if it was imported, go too
@@ -95,6 +97,13 @@ class DicomFolderImporter(_ContextProcessor):
             log.debug("created under its final name, settling: %s", event.pathname)
             intake.activity(folder)
             self.context.watch_inside(event.pathname)
+
+    def _moved_within(self, event: Any) -> None:
+        """A folder renamed to this final name from another one in the root (``mv A A2``): A is not coming back,
+        and its rows are not to be held back while A2's files would be their duplicates."""
+        source = getattr(event, "src_pathname", None) or ""
+        if source and os.path.dirname(source) == str(self.context.watch.path):
+            self.context.intake.moved_within((self.context.watch.name, os.path.basename(source)))
 
     def _waiting_for_marker(self, folder: tuple[str, str], path: str) -> None:
         self.context.watch_inside(path)  # first: a marker written from now on is an event, before is seen below

@@ -72,7 +72,8 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
                 batches.start_attempt(conn, candidate.id, host, pid)
         if failure is not None:
             return failure
-        outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), None, guard)
+        outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), None, guard,
+                       queued=True)
         if outcome is not None:
             return outcome
         batches.end_attempt(conn, candidate.id, host, pid)  # another worker took it meanwhile: the next one
@@ -85,7 +86,8 @@ def _died_reason(died: list[str]) -> str:
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
                  progress: Progress | None = None) -> Outcome | None:
-    """Claim one given batch (waiting for a worker that holds it) and import it."""
+    """Claim one given batch (waiting for a worker that holds it) and import it, as it is on disk now (asked for
+    by hand: even when it was queued as a removal)."""
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
@@ -99,7 +101,9 @@ class _RootLost(Exception):
 
 
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
-         progress: Progress | None, guard: RootGuard | None = None) -> Outcome | None:
+         progress: Progress | None, guard: RootGuard | None = None, *, queued: bool = False) -> Outcome | None:
+    """Claim, then import; a batch taken from the queue (``queued``) as a removal only loses its rows: what is
+    on disk under its name now, if anything, is a new folder, which the watcher queues once it is finished."""
     claimed: Batch | None = None
     try:
         with conn.transaction():
@@ -107,9 +111,10 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             if claimed is None:
                 return None
             watch = config.watch_named(claimed.root)
-            result = import_claimed(conn, claimed, _folder_here(conn, config, claimed), parser,
-                                    config.watcher.host_name, full_header=config.importer.full_header,
-                                    progress=progress, leave_out=watch.finished_marker if watch else "")
+            folder = None if queued and claimed.removal else _folder_here(conn, config, claimed)
+            result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
+                                    full_header=config.importer.full_header, progress=progress,
+                                    leave_out=watch.finished_marker if watch else "")
     except _RootLost as lost:
         return _released(conn, config, lost, guard)
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's

@@ -34,12 +34,12 @@ NAMES = ("A", "B")  # few names, so that histories revisit them
 _bytes = count(1)
 
 
-def full_known(conn: Connection) -> dict[str, tuple[str | None, BatchStatus]]:
+def full_known(conn: Connection) -> dict[str, tuple[str | None, BatchStatus, bool]]:
     """Every row of the root, as the scan read them before: the reference the scan's decisions must match."""
     rows = conn.execute("SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END,"
-                        " status FROM batch WHERE root = %s", (ROOT,)).fetchall()
+                        " status, removal FROM batch WHERE root = %s", (ROOT,)).fetchall()
     conn.rollback()
-    return {path: (stamp, BatchStatus(state)) for path, stamp, state in rows}
+    return {path: (stamp, BatchStatus(state), removal) for path, stamp, state, removal in rows}
 
 
 def decisions(result: ScanResult) -> dict[str, list[object]]:
