@@ -266,11 +266,13 @@ def test_catch_up_takes_a_folder_present_under_a_queued_removal_as_one_to_import
     make_study(incoming / "A", 2)
     import_folder(conn, config, incoming / "A")
     batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600)
-    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.is_temporary, 0.0, set())
+    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.host_name, config.watcher.is_temporary,
+                       0.0, set())
     assert found.changed == [("incoming", "A")] and found.gone == []
     batches.enqueue(conn, "incoming", "B")  # an import queued: still left to its worker
     make_study(incoming / "B", 1)
-    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.is_temporary, 0.0, set())
+    found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.host_name, config.watcher.is_temporary,
+                       0.0, set())
     assert ("incoming", "B") not in found.changed
 
 
