@@ -9,8 +9,8 @@ workers truly concurrently on generated programs."""
 
 from __future__ import annotations
 
+import itertools
 import os
-import random
 import shutil
 import threading
 import time
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sendit_watcher import batches
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.parsers import InlineParser
@@ -193,4 +192,119 @@ def test_b_reimported_while_a_removal_frees_its_committed_duplicates(conn: Conne
     removing_a.result()
     drain(conn, config)
     assert_mirror(conn, {"r": root})
+    nothing_left_queued(conn)
+
+
+# --- two workers at once on generated programs (hypothesis) ----------------------------------------------------
+
+STEP = st.tuples(st.sampled_from(["import", "delete", "rename", "copy", "queue"]), st.integers(0, 9),
+                 st.integers(0, 9))
+PROGRAM = st.lists(STEP, min_size=1, max_size=4)
+PAUSES = st.lists(st.sampled_from([0, 0, 5, 60]), min_size=1, max_size=12)  # ms before a statement of WINDOWS
+WINDOWS = (MERGE_DUPLICATES, MERGE_REJECTED, FREE_DUPLICATES, "\nINSERT INTO instance", "DELETE FROM instance")
+FOLDERS = st.lists(st.sets(st.integers(0, 3), min_size=1), min_size=3, max_size=3)  # which pool files each holds
+EXAMPLES = int(os.environ.get("SENDIT_RACE_EXAMPLES", "20"))  # about a minute on 2 cores
+
+
+class Disk:
+    """The folders of one example: under the watch root, or outside every root (imported by hand)."""
+
+    def __init__(self, base: Path, pool: list[Path], holds: list[set[int]]) -> None:
+        self.root, self.outside = base / "r", base / "outside"
+        self.lock, self.names = threading.Lock(), iter(range(10**6))
+        self.folders = [self.root / "F0", self.root / "F1", self.outside / "O2"]
+        for folder, files in zip(self.folders, holds, strict=True):
+            folder.mkdir(parents=True)
+            for n in files:
+                shutil.copy2(pool[n], folder / pool[n].name)
+
+    def pick(self, n: int) -> Path:
+        with self.lock:
+            return self.folders[n % len(self.folders)]
+
+    def new_folder(self, outside: bool) -> Path:
+        with self.lock:
+            folder = (self.outside if outside else self.root) / f"C{next(self.names)}"
+            self.folders.append(folder)
+            return folder
+
+
+def change(disk: Disk, op: str, a: int, b: int) -> Path | None:
+    """Carry out one step's change on disk; the folder to import after it (None: take from the queue)."""
+    folder = disk.pick(a)
+    try:
+        if op == "delete":
+            shutil.rmtree(folder)
+        elif op == "rename":
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            if files:
+                files[b % len(files)].rename(folder / f"renamed{next(disk.names)}.dcm")
+        elif op == "copy":
+            target = disk.new_folder(outside=b % 3 == 0)
+            shutil.copytree(folder, target)
+            folder = target
+    except (OSError, shutil.Error):
+        pass  # the other worker deleted or changed it meanwhile: import what is there
+    return None if op == "queue" else folder
+
+
+def shaken(conn: Connection, pauses: list[int]) -> None:
+    """Before the n-th of its statements that decide on rows another import may be changing (WINDOWS), the
+    connection pauses ``pauses[n % len(pauses)]`` milliseconds: the two workers' statements and commits
+    interleave in the ways hypothesis draws."""
+    statements = itertools.count()
+    execute = conn.execute
+
+    def hooked(query: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(query, str) and query.startswith(WINDOWS):
+            time.sleep(pauses[next(statements) % len(pauses)] / 1000)
+        return execute(query, *args, **kwargs)
+
+    conn.execute = hooked  # type: ignore[method-assign]
+
+
+def take_step(conn: Connection, config: Config, folder: Path | None) -> object:
+    """The import a worker does after a change: the folder's, or the next from the queue."""
+    return import_next(conn, config, InlineParser()) if folder is None else import_folder(conn, config, folder)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(holds=FOLDERS, first=PROGRAM, second_program=PROGRAM, first_pauses=PAUSES, second_pauses=PAUSES)
+# F1's copies of F0's instances are duplicates; F0 is deleted while F1, one of its copies renamed, is imported
+@example(holds=[{0, 1}, {0, 1}, {2}], first=[("delete", 0, 0)], second_program=[("rename", 1, 0)],
+         first_pauses=[60], second_pauses=[0, 0, 0, 60])
+def test_mirror_holds_after_two_workers_interleave(holds: list[set[int]], first: list[tuple[str, int, int]],
+                                                   second_program: list[tuple[str, int, int]],
+                                                   first_pauses: list[int], second_pauses: list[int],
+                                                   conn: Connection, second: Connection,
+                                                   database: DatabaseConfig, tmp_path: Path) -> None:
+    """Two workers, each with its own connection, run generated programs of imports, deletions, renames, copies
+    (into the root or outside every root) and queue takes at the same time over folders that share SOP
+    instances; the queue drained (and every folder changed since its last import imported, as the watcher would
+    queue it), the mirror holds and nothing is left queued. SENDIT_RACE_EXAMPLES sets how many programs."""
+    conn.execute("TRUNCATE reread, main_tag_conflict, rejected_file, instance, series, study, patient, batch CASCADE")
+    conn.commit()
+    base = tmp_path / f"ex-{time.monotonic_ns()}"
+    pool = base / "pool"
+    make_study(pool, 4)
+    disk = Disk(base, sorted(pool.iterdir()), holds)
+    config = make_config(database, {"r": disk.root})
+    for folder in list(disk.folders):
+        import_folder(conn, config, folder)
+    shaken(conn, first_pauses)
+    shaken(second, second_pauses)
+    for one, two in itertools.zip_longest(first, second_program, fillvalue=("queue", 0, 0)):
+        folders = change(disk, *one), change(disk, *two)  # both changes on disk, then both imports at once
+        workers = [Worker(c, lambda c, f=f: take_step(c, config, f)) for c, f in zip((conn, second), folders,
+                                                                                     strict=True)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.result()
+    conn.execute = type(conn).execute.__get__(conn)  # type: ignore[method-assign]
+    drain(conn, config)
+    for folder in disk.folders:  # the watcher queues what changed since its last import; nothing else is read
+        import_folder(conn, config, folder)
+    drain(conn, config)
+    assert_mirror(conn, {"r": disk.root})
     nothing_left_queued(conn)
