@@ -9,7 +9,10 @@ workers truly concurrently on generated programs."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import logging
 import os
 import shutil
 import threading
@@ -195,6 +198,35 @@ def test_b_reimported_while_a_removal_frees_its_committed_duplicates(conn: Conne
     nothing_left_queued(conn)
 
 
+def test_a_folder_imported_by_hand_is_never_left_queued(conn: Connection, database: DatabaseConfig,
+                                                        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """B, imported by hand from outside every root, holds copies of A's instances. A's removal by this host reads
+    B's copies itself (no worker has B's root '/'); by a host that did not import B (it cannot know B's folder
+    is the same there), B is recorded to be read again, never queued, and the log says how; B's next import by
+    hand reads them."""
+    root = tmp_path / "r"
+    here, elsewhere = make_config(database, {"r": root}), make_config(database, {"r": root})
+    elsewhere = dataclasses.replace(elsewhere, watcher=dataclasses.replace(elsewhere.watcher, host="other-host"))
+    for name, remover in (("same-host", here), ("other-host", elsewhere)):
+        a, b = root / f"A-{name}", tmp_path / "outside" / f"B-{name}"
+        make_study(a, 2)
+        copy_of(a, b)
+        import_folder(conn, here, a)
+        import_folder(conn, here, b)
+        shutil.rmtree(a)
+        with caplog.at_level(logging.WARNING, logger="sendit_watcher.importer"):
+            import_folder(conn, remover, a)
+        nothing_queued = scalar_int(conn, "SELECT count(*) FROM batch WHERE status = 'queued'") == 0
+        assert nothing_queued, name
+        if remover is here:
+            assert_mirror(conn, {"r": root})
+        else:
+            assert "cannot be read here" in caplog.text
+            import_folder(conn, here, b)
+            assert_mirror(conn, {"r": root})
+        nothing_left_queued(conn)
+
+
 # --- two workers at once on generated programs (hypothesis) ----------------------------------------------------
 
 STEP = st.tuples(st.sampled_from(["import", "delete", "rename", "copy", "queue"]), st.integers(0, 9),
@@ -203,7 +235,7 @@ PROGRAM = st.lists(STEP, min_size=1, max_size=4)
 PAUSES = st.lists(st.sampled_from([0, 0, 5, 60]), min_size=1, max_size=12)  # ms before a statement of WINDOWS
 WINDOWS = (MERGE_DUPLICATES, MERGE_REJECTED, FREE_DUPLICATES, "\nINSERT INTO instance", "DELETE FROM instance")
 FOLDERS = st.lists(st.sets(st.integers(0, 3), min_size=1), min_size=3, max_size=3)  # which pool files each holds
-EXAMPLES = int(os.environ.get("SENDIT_RACE_EXAMPLES", "20"))  # about a minute on 2 cores
+EXAMPLES = int(os.environ.get("SENDIT_RACE_EXAMPLES", "40"))  # about a minute on 2 cores
 
 
 class Disk:
@@ -295,8 +327,8 @@ def test_mirror_holds_after_two_workers_interleave(holds: list[set[int]], first:
     shaken(second, second_pauses)
     for one, two in itertools.zip_longest(first, second_program, fillvalue=("queue", 0, 0)):
         folders = change(disk, *one), change(disk, *two)  # both changes on disk, then both imports at once
-        workers = [Worker(c, lambda c, f=f: take_step(c, config, f)) for c, f in zip((conn, second), folders,
-                                                                                     strict=True)]
+        workers = [Worker(c, functools.partial(take_step, config=config, folder=f))
+                   for c, f in zip((conn, second), folders, strict=True)]
         for worker in workers:
             worker.start()
         for worker in workers:
