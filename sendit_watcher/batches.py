@@ -22,14 +22,17 @@ from sendit_watcher.names import to_disk, to_text
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
            "claim_id", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
-           "finish", "record_failure", "retry", "requeue", "known_folders", "Tally", "TALLY_LOCK", "tally",
-           "fold_tally", "queue_counts", "finished_after", "latest_seq"]
+           "finish", "record_failure", "retry", "requeue", "lock_mirror", "reread_pending", "take_reread",
+           "lock_if_free", "known_folders", "Tally", "TALLY_LOCK", "tally", "fold_tally", "queue_counts",
+           "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
 QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
-# Advisory lock held from a batch's finishing step to its commit, so finished_seq follows commit order.
-# Negative, like the migration lock, so it never meets a batch id.
+# The mirror lock: an advisory lock every import takes before its first write to the rows of the mirror
+# (instance, rejected_file, main_tag_conflict, patient, study, series, requeues) and holds to its commit; so
+# finished_seq follows commit order, and no two imports ever decide on rows the other is changing (see
+# importer.import_claimed). Negative, like the migration lock, so it never meets a batch id.
 FINISH_LOCK = -0x5E4D18
 TALLY_LOCK = -0x5E4D19  # held while batch_tally's differences are folded (one folder at a time; others skip)
 
@@ -165,12 +168,19 @@ WHERE id = %(batch)s
 
 def claim(conn: Connection, roots: list[str]) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
-    this transaction (SKIP LOCKED); None when there is none free."""
+    this transaction (SKIP LOCKED), or failing that one to be read again (``requeue``); None when there is none
+    free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
             "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
+        if batch is None:
+            batch = cursor.execute(
+                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal FROM reread r"
+                " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s)"
+                " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
+                " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots,)).fetchone()
     return _mark_importing(conn, batch)
 
 
@@ -178,13 +188,21 @@ DEATHS_LIMIT = 3  # a batch whose import killed its worker this many times is fa
 
 
 def next_queued(conn: Connection, roots: list[str]) -> Batch | None:
-    """Lock the oldest queued batch of one of ``roots`` that is not backing off, without claiming it (SKIP
-    LOCKED): its deaths are read and its attempt recorded before the claim (``start_attempt``)."""
+    """Lock the oldest queued batch of one of ``roots`` that is not backing off, or failing that one to be read
+    again (``requeue``), without claiming it (SKIP LOCKED): its deaths are read and its attempt recorded before
+    the claim (``start_attempt``, then ``claim_queued``)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        return cursor.execute(
+        batch = cursor.execute(
             "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
+        if batch is None:
+            batch = cursor.execute(
+                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal FROM reread r"
+                " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s)"
+                " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
+                " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots,)).fetchone()
+    return batch
 
 
 def deaths(conn: Connection, batch_id: int) -> list[str]:
@@ -217,12 +235,13 @@ def record_death(conn: Connection, host: str, pid: int, how: str) -> None:
 
 
 def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
-    """Claim one batch for this transaction if it is still queued and free (SKIP LOCKED); None otherwise."""
+    """Claim one batch for this transaction if it is still queued (or to be read again) and free (SKIP
+    LOCKED); None otherwise."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
             "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
-            " WHERE id = %s AND status = %s AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
-            " FOR UPDATE SKIP LOCKED",
+            " WHERE id = %s AND (status = %s OR EXISTS (SELECT 1 FROM reread WHERE reread.batch = batch.id))"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) FOR UPDATE SKIP LOCKED",
             (batch_id, BatchStatus.QUEUED)).fetchone()
     return _mark_importing(conn, batch)
 
@@ -250,7 +269,7 @@ def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files
     """Record a successful import in the claiming transaction: counts, fingerprint, and unless nothing changed,
     the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
     if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+        lock_mirror(conn)
     with conn.cursor(row_factory=class_row(Finished)) as cursor:
         finished = cursor.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
                                             "new": new_instances, "removed": removed, "seconds": seconds,
@@ -291,14 +310,49 @@ BACKOFF_SECONDS = 5.0  # the first wait after a failure; doubled at each failure
 BACKOFF_CAP_SECONDS = 3600.0
 
 
-def requeue(conn: Connection, batch_ids: list[int]) -> None:
-    """Queue finished batches again, to be read again from scratch (their fingerprint is forgotten): their
-    folders hold duplicates that are now the only copy of an instance."""
-    if batch_ids:
-        conn.execute("UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL,"
-                     " next_attempt_at = CASE WHEN removal THEN next_attempt_at END WHERE id = ANY(%s)",
-                     (BatchStatus.QUEUED, batch_ids))
-        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
+def lock_mirror(conn: Connection) -> None:
+    """Take the mirror lock (FINISH_LOCK) until this transaction ends; taking it again is free."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+
+
+def requeue(conn: Connection, batch_ids: list[int]) -> list[int]:
+    """Have finished batches read again from scratch: their folders hold duplicates that are now the only copy
+    of an instance. Called under the mirror lock, it never waits for a batch row: a batch no one holds is queued
+    (its fingerprint forgotten); one a worker or another transaction holds right now is recorded in ``reread``
+    instead (its importer reads it again under the mirror lock, after this commits; otherwise the row makes
+    the batch claimable). A folder imported by hand from outside every root is never queued (no worker has
+    its root): returns the ids of those recorded in ``reread``, for the next ``import`` of the folder."""
+    if not batch_ids:
+        return []
+    queued = {row[0] for row in conn.execute(
+        "UPDATE batch SET status = %s, queued_at = now(), fingerprint = NULL,"
+        " next_attempt_at = CASE WHEN removal THEN next_attempt_at END"
+        " WHERE id IN (SELECT id FROM batch WHERE id = ANY(%s) AND root <> %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING id", (BatchStatus.QUEUED, batch_ids, OUTSIDE_ROOTS))}
+    rest = sorted(set(batch_ids) - queued)
+    conn.execute("INSERT INTO reread (batch) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING", (rest,))
+    conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "requeued"))
+    return [row[0] for row in conn.execute("SELECT id FROM batch WHERE id = ANY(%s) AND root = %s",
+                                            (rest, OUTSIDE_ROOTS))]
+
+
+def reread_pending(conn: Connection, batch_id: int) -> bool:
+    """Whether the batch's folder is to be read again from scratch (``requeue`` recorded it in ``reread``)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM reread WHERE batch = %s)", (batch_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def take_reread(conn: Connection, batch_id: int) -> None:
+    """The import that holds the batch reads its folder again now, under the mirror lock: the request is met."""
+    conn.execute("DELETE FROM reread WHERE batch = %s", (batch_id,))
+
+
+def lock_if_free(conn: Connection, batch_ids: list[int], root: str) -> list[tuple[int, str, str | None]]:
+    """Lock those of the batches under ``root`` that no one holds, without waiting (SKIP LOCKED); their (id,
+    path, host of their last import)."""
+    rows = conn.execute("SELECT id, path, host FROM batch WHERE id = ANY(%s) AND root = %s ORDER BY id"
+                        " FOR UPDATE SKIP LOCKED", (batch_ids, root)).fetchall()
+    return [(int(r[0]), str(r[1]), r[2]) for r in rows]
 
 
 def record_failure(conn: Connection, batch: Batch, host: str, error: str, fingerprint: str | None) -> bool:
@@ -306,7 +360,10 @@ def record_failure(conn: Connection, batch: Batch, host: str, error: str, finger
     own, with an exponential back-off before it may be claimed again, and tell listeners. Nothing is recorded
     when another worker finished the batch since it was claimed; returns whether it was recorded."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+        # The batch's row first, then the mirror lock: an import holding the mirror lock never waits for a batch
+        # row, so taking them in this order never closes a circle with a worker that holds this row.
+        conn.execute("SELECT 1 FROM batch WHERE id = %s FOR UPDATE", (batch.id,))
+        lock_mirror(conn)
         updated = conn.execute(_FAIL, {"failed": BatchStatus.FAILED, "error": error[:2000], "host": host,
                                        "fingerprint": fingerprint, "base": BACKOFF_SECONDS,
                                        "cap": BACKOFF_CAP_SECONDS, "batch": batch.id,

@@ -18,6 +18,7 @@ from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
 from sendit_watcher.dicomjson import storable
 from sendit_watcher.headers import Instance
+from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
 
@@ -52,28 +53,68 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
                    leave_out: str = "") -> Result:
     """Import a batch claimed in the current transaction; the caller commits or rolls back. The batch's rows
     end up mirroring the folder as it is now: rows of files that are gone are removed, and a duplicate whose
-    original went with them becomes the instance. ``folder`` None: the folder is gone, and so are its rows."""
+    original went with them becomes the instance. ``folder`` None: the folder is gone, and so are its rows.
+
+    Concurrency: the files are parsed and staged (the slow part) while other imports run; every decision on the
+    shared rows is then taken again and carried out under the mirror lock (batches.lock_mirror), held to
+    commit. Under READ COMMITTED each statement sees what was committed before it started, and the previous
+    holder of the lock committed before releasing it; so each import's locked part sees every other import's
+    rows as committed, and the imports act on the mirror one after another, as the one-at-a-time tests prove
+    right. Without it, an import that recorded duplicates of A's instances (rows not yet committed) and A's
+    removal (looking for A's duplicates in its own snapshot) missed each other, and the duplicates pointed at
+    nothing. The lock holder never waits for a batch row (batches.requeue, lock_if_free: SKIP LOCKED), so a
+    worker that holds its batch and waits for the lock never closes a circle."""
     started = time.monotonic()
     entries = list(walk(folder, leave_out)) if folder is not None else []
     stamp = fingerprint(entries)
-    if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
+    if (stamp == batch.fingerprint and not _has_retryable(conn, batch.id)
+            and not batches.reread_pending(conn, batch.id)):  # the last import saw exactly this
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
-    todo, gone, dropped = _reconcile(conn, batch.id, entries)
+    planned = _to_read(_known(conn, batch.id), entries)[0] if folder is not None else []
+    if planned:  # parsed and staged before the lock, from the rows as they were a moment ago
+        assert folder is not None
+        _stage(conn, batch.id, folder, planned, parser, full_header, progress)
+    batches.lock_mirror(conn)
+    batches.take_reread(conn, batch.id)
+    todo, gone, dropped = _reconcile(conn, batch.id, entries)  # the rows as they are now: nobody else writes
+    staged = _restage(conn, batch.id, folder, todo, planned, parser, full_header) if folder is not None else 0
     freed = [sop for sop, _ in dropped]
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
-    new_instances = 0
-    if folder is not None:
-        new_instances = _merge(conn, batch.id, _stage(conn, batch.id, folder, todo, parser, full_header, progress))
-    promoted = _promote_duplicates(conn, batch.id, freed)
+    new_instances = _merge(conn, batch.id, staged) if folder is not None else 0
+    promoted = _promote_duplicates(conn, batch.id, freed, parser, full_header, host)
     if promoted and folder is not None:  # duplicates in this folder whose original is gone: now the instance
-        conn.execute("DELETE FROM staging")
         again = [e for e in entries if e.path in promoted]
-        new_instances += _merge(conn, batch.id, _stage(conn, batch.id, folder, again, parser, full_header, None))
+        new_instances += _merge(conn, batch.id, _stage_only(conn, batch.id, folder, again, parser, full_header))
     new_instances -= _returning(conn, batch.id, freed)  # a renamed or rewritten file is not a new instance
     arrived = [e.path for e in todo]  # a gone file's SOP read again here, not promoted from a duplicate: moved
     moved = _returning(conn, batch.id, [sop for sop, still_there in dropped if not still_there], arrived)
     return _finish(conn, batch, host, stamp, len(entries), new_instances, max(0, len(gone) - moved), started)
+
+
+def _restage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection],
+             planned: list[FileEntry | Rejection], parser: Parser, full_header: bool) -> int:
+    """Make the staging table hold exactly ``todo`` (the files to read, as decided under the mirror lock) from
+    what was staged before it (``planned``); returns how many staged rows are instances. Rarely differs: a
+    concurrent import freed some of this folder's duplicates, or read some of them in."""
+    wanted = {e.path for e in todo}
+    done = {e.path for e in planned}
+    conn.execute(_CREATE_STAGING)
+    if done - wanted:
+        conn.execute("DELETE FROM staging WHERE path = ANY(%s)", (sorted(done - wanted),))
+    missing = [e for e in todo if e.path not in done]
+    if missing:
+        _stage(conn, batch_id, folder, missing, parser, full_header, None)
+    row = conn.execute("SELECT count(*) FROM staging WHERE reason IS NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _stage_only(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection], parser: Parser,
+                full_header: bool) -> int:
+    """Empty the staging table, then stage ``todo``; returns how many are instances."""
+    conn.execute(_CREATE_STAGING)
+    conn.execute("DELETE FROM staging")
+    return _stage(conn, batch_id, folder, todo, parser, full_header, None)
 
 
 def _returning(conn: Connection, batch_id: int, freed: list[str], paths: list[str] | None = None) -> int:
@@ -96,19 +137,33 @@ def _has_retryable(conn: Connection, batch_id: int) -> bool:
     return bool(row and row[0])
 
 
+def _known(conn: Connection, batch_id: int) -> dict[str, tuple[int, int, int | None]]:
+    """The batch's recorded files (rejections worth another try left out) and their (size, mtime, ctime)."""
+    return {path: (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
+        "SELECT path, size, mtime_ns, ctime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size,"
+        " mtime_ns, ctime_ns FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)",
+        (batch_id, batch_id, list(RETRYABLE)))}
+
+
+def _to_read(known: dict[str, tuple[int, int, int | None]], entries: list[FileEntry | Rejection]
+             ) -> tuple[list[FileEntry | Rejection], list[str], list[str]]:
+    """The entries to read (new or changed), the recorded paths that are gone, and the stale ones (gone or
+    changed)."""
+    present = {e.path: (e.size, e.mtime_ns, _ctime(e)) for e in entries}
+    gone = [path for path in known if path not in present]
+    stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
+    stale_set = set(stale)
+    return [e for e in entries if e.path not in known or e.path in stale_set], gone, stale
+
+
 def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]
                ) -> tuple[list[FileEntry | Rejection], list[str], list[tuple[str, bool]]]:
     """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
     vanished); returns the entries to read, the recorded paths that are gone, and the SOPInstanceUIDs whose
     instance row was dropped, each with whether its file is still there (changed) or not (gone)."""
-    known = {path: (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
-        "SELECT path, size, mtime_ns, ctime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size,"
-        " mtime_ns, ctime_ns FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)",
-        (batch_id, batch_id, list(RETRYABLE)))}
+    todo, gone, stale = _to_read(_known(conn, batch_id), entries)
     conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
-    present = {e.path: (e.size, e.mtime_ns, _ctime(e)) for e in entries}
-    gone = [path for path in known if path not in present]
-    stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
+    present = {e.path for e in entries}
     freed: list[tuple[str, bool]] = []  # (SOPInstanceUID, whether its path is still there: changed, not gone)
     if stale:
         freed = [(sop, path in present) for sop, path in conn.execute(
@@ -116,22 +171,57 @@ def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Reject
             (batch_id, stale))]
         conn.execute("DELETE FROM rejected_file WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
         conn.execute("DELETE FROM main_tag_conflict WHERE batch = %s AND path = ANY(%s)", (batch_id, stale))
-    stale_set = set(stale)
-    return [e for e in entries if e.path not in known or e.path in stale_set], gone, freed
+    return todo, gone, freed
 
 
 def _ctime(entry: FileEntry | Rejection) -> int | None:
     return entry.ctime_ns if isinstance(entry, FileEntry) else None
 
 
-def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str]) -> set[str]:
+def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str], parser: Parser, full_header: bool,
+                        host: str) -> set[str]:
     """Duplicates of SOPInstanceUIDs that lost their instance row and did not get a new one: their rejection
-    rows go, folders elsewhere are queued to read them again; returns the paths of this folder's."""
+    rows go, and their folders elsewhere are read again; returns the paths of this folder's."""
     if not freed:
         return set()
     rows = conn.execute(_FREE_DUPLICATES, {"sops": freed}).fetchall()
-    batches.requeue(conn, sorted({batch for batch, _ in rows if batch != batch_id}))
+    elsewhere: dict[int, set[str]] = {}
+    for batch, path in rows:
+        if batch != batch_id:
+            elsewhere.setdefault(batch, set()).add(path)
+    adopted = _read_outside_folders(conn, elsewhere, parser, full_header, host)
+    for outside in batches.requeue(conn, sorted(set(elsewhere) - adopted)):
+        log.warning("batch %d, imported by hand from outside every root, holds the only copy of instances whose"
+                    " original is gone, and cannot be read here: `sendit-watcher import` of its folder on the"
+                    " host that imported it records them", outside)
     return {path for batch, path in rows if batch == batch_id}
+
+
+def _read_outside_folders(conn: Connection, freed: dict[int, set[str]], parser: Parser, full_header: bool,
+                          host: str) -> set[int]:
+    """Read the freed duplicates of folders imported by hand from outside every root, in this transaction: no
+    worker has their root, so queued they would stay queued for ever. Only those this host imported and can
+    open now, whose batch no one holds; returns their batch ids. The others are left to ``requeue``."""
+    adopted: set[int] = set()
+    for batch_id, path, imported_by in batches.lock_if_free(conn, sorted(freed), batches.OUTSIDE_ROOTS):
+        if imported_by != host:
+            continue
+        folder = "/" + to_disk(path)
+        try:
+            entries = [e for e in walk(folder) if e.path in freed[batch_id]]
+        except OSError:
+            continue  # not there, or not readable, on this host (a sandbox hides it): left to its own import
+        _merge(conn, batch_id, _stage_only(conn, batch_id, folder, entries, parser, full_header))
+        conn.execute(_RECOUNT, {"batch": batch_id})
+        adopted.add(batch_id)
+    return adopted
+
+
+_RECOUNT = """
+UPDATE batch SET instances = (SELECT count(*) FROM instance WHERE batch = %(batch)s),
+                 rejected = (SELECT count(*) FROM rejected_file WHERE batch = %(batch)s)
+WHERE id = %(batch)s
+"""
 
 
 _STAGING_COLUMNS = (
