@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sendit_watcher import roots
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.parsers import InlineParser
@@ -314,13 +315,15 @@ def test_mirror_holds_after_two_workers_interleave(holds: list[set[int]], first:
     (into the root or outside every root) and queue takes at the same time over folders that share SOP
     instances; the queue drained (and every folder changed since its last import imported, as the watcher would
     queue it), the mirror holds and nothing is left queued. SENDIT_RACE_EXAMPLES sets how many programs."""
-    conn.execute("TRUNCATE reread, main_tag_conflict, rejected_file, instance, series, study, patient, batch CASCADE")
+    conn.execute("TRUNCATE reread, main_tag_conflict, rejected_file, instance, series, study, patient, batch,"
+                 " root_identity CASCADE")
     conn.commit()
     base = tmp_path / f"ex-{time.monotonic_ns()}"
     pool = base / "pool"
     make_study(pool, 4)
     disk = Disk(base, sorted(pool.iterdir()), holds)
     config = make_config(database, {"r": disk.root})
+    roots.check(conn, config.watcher.host_name, config.watches[0])  # first sight, as the service's start does
     for folder in list(disk.folders):
         import_folder(conn, config, folder)
     shaken(conn, first_pauses)
