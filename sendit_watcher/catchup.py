@@ -50,22 +50,23 @@ class ScanResult:
         return None if folder in self.seen_failed else self.rows_read_at.get(folder[0])
 
 
-def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
+def scan_roots(database: DatabaseConfig, roots: dict[str, WatchConfig], is_ignored: Callable[[str], bool],
                settle_seconds: float, skip: set[Folder]) -> ScanResult:
-    """Compare every finished folder under each root with its batch row's fingerprint."""
+    """Compare every finished folder under each root with its batch row's fingerprint; folders ``is_ignored``
+    names (temporary ones, lost+found) are left alone."""
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
         for name, watch in roots.items():
             result.rows_read_at[name] = batches.database_time(conn)
             known = batches.known_folders(conn, name)
-            _scan_root(watch, known, is_temporary, settle_seconds, skip, result)
+            _scan_root(watch, known, is_ignored, settle_seconds, skip, result)
     result.seconds = time.monotonic() - started
     return result
 
 
 def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatus]],
-               is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
+               is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
     try:
@@ -79,7 +80,7 @@ def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatu
             result.gone.append((name, to_disk(path)))
     for folder_name in entries:
         folder = (name, folder_name)
-        if is_temporary(folder_name) or folder in skip:
+        if is_ignored(folder_name) or folder in skip:
             continue
         result.folders += 1
         if watch.finished_marker and not is_regular_file(str(root / folder_name / watch.finished_marker)):
@@ -97,6 +98,8 @@ def _scan_root(watch: WatchConfig, known: dict[str, tuple[str | None, BatchStatu
 def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus] | None,
                  settle_seconds: float, result: ScanResult) -> None:
     if _needs_import(path, marker, row):
+        # Young: changed within settle_seconds by this host's clock, or in the future (clock skew); it then
+        # settles by what the service sees change (intake), never by its timestamps, so skew never stalls it.
         newest = newest_change(path)
         young = newest is not None and time.time() - newest < settle_seconds
         (result.young if young else result.changed).append(folder)
@@ -127,11 +130,11 @@ class Scanner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, database: DatabaseConfig, roots: dict[str, WatchConfig], is_temporary: Callable[[str], bool],
+    def start(self, database: DatabaseConfig, roots: dict[str, WatchConfig], is_ignored: Callable[[str], bool],
               settle_seconds: float, skip: set[Folder]) -> None:
         def work() -> None:
             try:
-                self._result = scan_roots(database, roots, is_temporary, settle_seconds, skip)
+                self._result = scan_roots(database, roots, is_ignored, settle_seconds, skip)
             except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
                 self._result = ScanResult(error=describe(exc))
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from sendit_watcher.names import to_disk, to_text
 
-__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "newest_change",
-           "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file", "MAX_DEPTH"]
+__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "change_stamp",
+           "newest_change", "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file", "MAX_DEPTH"]
 
 MAX_DEPTH = 512  # levels of sub-folders walked below a folder; deeper ones become 'too-deep' rejections
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -206,6 +206,28 @@ def newest_change(folder: str) -> float | None:
     except OSError:
         return None
     return newest
+
+
+def change_stamp(folder: str) -> str | None:
+    """A digest of the folder's and every entry's (below it, by stat alone) name, type, inode, size, mtime and
+    ctime: equal stamps at two looks mean nothing in it changed between them, whatever its clocks say (a ctime in
+    the future, or stepped back). None when the folder is gone."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        digest.update(_stat_line("", os.stat(folder, follow_symlinks=False)))
+        for path, found in walk_stats(folder):
+            if isinstance(found, Rejection):
+                digest.update(f"{path}\0{found.reason}\n".encode(errors="surrogateescape"))
+            else:
+                digest.update(_stat_line(path, found))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _stat_line(path: str, info: os.stat_result) -> bytes:
+    return (f"{path}\0{info.st_mode}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\n"
+            .encode(errors="surrogateescape"))
 
 
 def fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
