@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sendit_watcher.config import WatchConfig, WatcherConfig
 from sendit_watcher.db import Connection
-from sendit_watcher.intake import Intake
+from sendit_watcher.intake import LOOK_DELAY, Intake
 from sendit_watcher.watcher import Watcher
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess
@@ -151,12 +151,12 @@ def test_a_deep_tree_made_at_once_is_watched_whole_and_late_files_deep_in_it_res
     (deep / "late").write_bytes(b"x")
     (deep / "f" / "g").mkdir(parents=True)
     harness.drain()
-    assert harness.intake.next_deadline() == harness.clock.now + 5  # the late file counts as a change
+    assert harness.intake.next_deadline() == harness.clock.now + LOOK_DELAY  # the late file restarts the quiet period
     assert harness.watched() == real_directories(harness.root)
     harness.clock.now += 4
     (deep / "f" / "g" / "later").write_bytes(b"x")  # in a folder made after the first listing
     harness.drain()
-    assert harness.intake.next_deadline() == harness.clock.now + 5
+    assert harness.intake.next_deadline() == harness.clock.now + LOOK_DELAY
 
 
 def test_a_subfolder_moved_out_of_the_root_is_watched_no_more_and_one_renamed_inside_keeps_its_events(
@@ -177,7 +177,7 @@ def test_a_subfolder_moved_out_of_the_root_is_watched_no_more_and_one_renamed_in
     harness.clock.now += 4
     (folder / "new-name" / "below" / "late").write_bytes(b"x")
     harness.drain()
-    assert harness.intake.next_deadline() == harness.clock.now + 5
+    assert harness.intake.next_deadline() == harness.clock.now + LOOK_DELAY
     harness.watcher.unwatch(str(folder))  # settled: every watch inside it goes
     assert harness.watched() == real_directories(harness.root) - real_directories(folder)
 
