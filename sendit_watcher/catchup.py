@@ -53,12 +53,13 @@ class ScanResult:
 
 
 def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
-               is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> ScanResult:
+               is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> ScanResult:
     """Compare every finished folder under each root with its batch row's fingerprint. A root is scanned only
     when it is itself on this host (roots.check) right before it is listed, and its folders missing from the
     listing are reported gone only when it is still itself after (not unmounted during the scan). Only the rows
     of the folders listed, and of those that may be gone, are read: memory and time follow the folders on disk,
-    not the history of folders deleted long ago."""
+    not the history of folders deleted long ago. Folders ``is_ignored`` names (temporary ones,
+    lost+found) are left alone."""
     started = time.monotonic()
     result = ScanResult()
     with connect(database, application="sendit-watcher catch-up") as conn:
@@ -73,7 +74,7 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
             result.rows_read_at[name] = batches.database_time(conn)
             known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}))
             found = ScanResult()
-            _scan_root(watch, entries, known, is_temporary, settle_seconds, skip, found)
+            _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
                 continue
@@ -101,7 +102,7 @@ def _list_root(watch: WatchConfig) -> list[str] | None:
 
 
 def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus, bool]],
-               is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
+               is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
     listed = {to_text(folder_name) for folder_name in entries}
@@ -110,7 +111,7 @@ def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[st
             result.gone.append((name, to_disk(path)))
     for folder_name in entries:
         folder = (name, folder_name)
-        if is_temporary(folder_name) or folder in skip:
+        if is_ignored(folder_name) or folder in skip:
             continue
         result.folders += 1
         if watch.finished_marker and not is_regular_file(str(root / folder_name / watch.finished_marker)):
@@ -128,6 +129,8 @@ def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[st
 def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus, bool] | None,
                  settle_seconds: float, result: ScanResult) -> None:
     if _needs_import(path, marker, row):
+        # Young: changed within settle_seconds by this host's clock, or in the future (clock skew); it then
+        # settles by what the service sees change (intake), never by its timestamps, so skew never stalls it.
         newest = newest_change(path)
         young = newest is not None and time.time() - newest < settle_seconds
         (result.young if young else result.changed).append(folder)
@@ -161,10 +164,10 @@ class Scanner:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
-              is_temporary: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> None:
+              is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> None:
         def work() -> None:
             try:
-                self._result = scan_roots(database, watches, host, is_temporary, settle_seconds, skip)
+                self._result = scan_roots(database, watches, host, is_ignored, settle_seconds, skip)
             except Exception as exc:  # noqa: BLE001 - reported to the main loop, which retries later
                 self._result = ScanResult(error=describe(exc))
 

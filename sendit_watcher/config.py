@@ -17,7 +17,7 @@ from typing import Any
 from sendit_watcher.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX",
+    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX", "LOST_AND_FOUND",
     "DatabaseConfig", "ImportConfig", "WatcherConfig", "WatchConfig", "Config",
     "load", "config_path", "parse_event_mask", "redact_dsn", "describe",
 ]
@@ -26,6 +26,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/sendit-watcher/watcher.conf")
 CONFIG_ENV = "SENDIT_WATCHER_CONFIG"
 WATCH_SECTION_PREFIX = "watch:"
 DEFAULT_PROCESSOR = "sendit_watcher.processors.DicomFolderImporter"
+LOST_AND_FOUND = "lost+found"  # a folder of this name directly in a root is never a batch
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError ---
@@ -286,6 +287,11 @@ class WatcherConfig:
         """True when a folder name marks work in progress (``X.tmp``, ``X.PART``)."""
         lowered = name.lower()
         return any(lowered.endswith(suffix) for suffix in self.temp_suffixes)
+
+    def is_ignored(self, name: str) -> bool:
+        """True when a folder directly in a root is never a batch: a temporary name, or ``lost+found`` (the
+        file system's own folder where a root is a mount point; fsck puts orphans there, not studies)."""
+        return name == LOST_AND_FOUND or self.is_temporary(name)
 
 
 @dataclass(frozen=True)

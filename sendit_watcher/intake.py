@@ -1,8 +1,13 @@
 """Folders the processors noticed, on their way to the queue: settling ones, finished ones, retries.
 
 Only the main loop touches an Intake; processors report to it and the service drains it into the database.
-It never touches the disk: the service checks a settling folder's newest change off the main loop and reports
-the answer back (``due_to_check`` / ``checked``).
+It never touches the disk: the service looks at a settling folder off the main loop (its change stamp: every
+entry's name, size, mtime and ctime) and reports the answer back (``due_to_check`` / ``checked``).
+
+A folder settles when this process has seen nothing in it change for ``settle_seconds`` of its own monotonic
+clock: no inotify event, and the same stamp at two looks that far apart. No timestamp on disk is compared with
+the wall clock, so a ctime in the future (NFS clock skew, an NTP step back) never holds a folder up, and one in
+the past never lets a folder still being written through.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from datetime import datetime
 
 from sendit_watcher.config import WatcherConfig
 
-__all__ = ["Folder", "Intake"]
+__all__ = ["Folder", "Intake", "LOOK_DELAY"]
 
 Folder = tuple[str, str]  # (watch name, folder name directly under the root)
+LOOK_DELAY = 1.0  # after the last event, the first look is this long (at most settle_seconds / 4) later
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Intake:
     ready: dict[Folder, float] = field(default_factory=dict)  # folder -> time of the next enqueue attempt
     failures: dict[Folder, int] = field(default_factory=dict)
     checking: dict[Folder, float] = field(default_factory=dict)  # folder -> its due time when the check began
+    looks: dict[Folder, tuple[str, float]] = field(default_factory=dict)  # folder -> (stamp, seen unchanged since)
     lingering: dict[Folder, float] = field(default_factory=dict)  # settled and imported, still watched: until
     gone: dict[Folder, float] = field(default_factory=dict)  # moved away or deleted: its rows go too (next try)
     renamed: set[Folder] = field(default_factory=set)  # gone ones that are in the root under another final name
@@ -55,6 +62,7 @@ class Intake:
         self.gone.pop(folder, None)
         self.renamed.discard(folder)
         self.settling.pop(folder, None)
+        self.looks.pop(folder, None)
         self.ready.setdefault(folder, 0.0)
 
     def activity(self, folder: Folder) -> None:
@@ -63,7 +71,10 @@ class Intake:
         self.scanned.pop(folder, None)
         if folder not in self.ready:
             self.lingering.pop(folder, None)
-            self.settling[folder] = self.clock() + self.settle_seconds
+            now = self.clock()
+            self.settling[folder] = now + min(LOOK_DELAY, self.settle_seconds / 4)  # a look once events pause
+            if folder in self.looks:
+                self.looks[folder] = (self.looks[folder][0], now)  # an event is a change, whatever the stamp says
 
     def linger(self, folder: Folder) -> list[Folder]:
         """A folder settled: keep it watched for late files for ``linger_seconds``. Returns the folders to stop
@@ -93,6 +104,7 @@ class Intake:
         self.checking.pop(folder, None)
         self.lingering.pop(folder, None)
         self.scanned.pop(folder, None)
+        self.looks.pop(folder, None)
 
     def vanished(self, folder: Folder) -> None:
         """The folder was moved away or deleted: whatever was imported of it is to be removed."""
@@ -144,26 +156,32 @@ class Intake:
         return self.scanned.get(folder)
 
     def due_to_check(self) -> list[Folder]:
-        """Settling folders whose quiet period is over: their newest change is to be checked (by stat)."""
+        """Settling folders due for a look: their change stamp is to be taken (by stat)."""
         now = self.clock()
         due = [f for f, when in self.settling.items() if when <= now and f not in self.checking]
         for folder in due:
             self.checking[folder] = self.settling[folder]
         return due
 
-    def checked(self, folder: Folder, newest: float | None, wall_clock: float) -> bool:
-        """The newest ctime found under a folder (None: it is gone); True when the folder has settled."""
+    def checked(self, folder: Folder, stamp: str | None) -> bool:
+        """The folder's change stamp as a look found it (None: it is gone); True when the folder has settled:
+        the same stamp as at a look ``settle_seconds`` ago, and no event since."""
         began = self.checking.pop(folder, None)
         if began is None or self.settling.get(folder) != began:
-            return False  # forgotten, finished, or active again while it was being checked
-        if newest is None:
+            return False  # forgotten, finished, or active again while it was being looked at
+        if stamp is None:
             self.forget(folder)
             return False
-        quiet_for = wall_clock - newest
-        if quiet_for < self.settle_seconds:
-            self.settling[folder] = self.clock() + self.settle_seconds - quiet_for
+        now = self.clock()
+        seen, since = self.looks.get(folder, (None, now))
+        if stamp != seen:
+            since = now  # changed since the last look (or never looked at): the quiet period starts now
+        if now < since + self.settle_seconds:  # the sum the look was scheduled by, so no rounding tells them apart
+            self.looks[folder] = (stamp, since)
+            self.settling[folder] = since + self.settle_seconds
             return False
         del self.settling[folder]
+        self.looks.pop(folder, None)
         return True
 
     def due_for_enqueue(self) -> list[Folder]:

@@ -78,7 +78,7 @@ class DicomFolderImporter(_ContextProcessor):
         if event.mask & pyinotify.IN_MOVED_TO and event.dir and not self.context.settings.is_temporary(name):
             self._moved_within(event)
         if event.mask & (pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE):
-            if event.dir and not self.context.settings.is_temporary(name):
+            if event.dir and not self.context.settings.is_ignored(name):
                 intake.vanished(folder)  # its rows, if it was imported, go too
             else:
                 intake.forget(folder)
@@ -88,6 +88,8 @@ class DicomFolderImporter(_ContextProcessor):
             log.debug("ignoring %s: files directly in a watch root are not batches", event.pathname)
         elif self.context.settings.is_temporary(name):
             log.debug("not yet: %s has a temporary name", event.pathname)
+        elif self.context.settings.is_ignored(name):
+            log.debug("ignoring %s: a file system's lost+found is not a batch", event.pathname)
         elif self.context.watch.finished_marker:
             self._waiting_for_marker(folder, event.pathname)
         elif event.mask & pyinotify.IN_MOVED_TO:
@@ -116,7 +118,7 @@ class DicomFolderImporter(_ContextProcessor):
 
     def _inside(self, event: Any) -> None:
         name = self.context.folder_of(event.path)
-        if name is None or self.context.settings.is_temporary(name):
+        if name is None or self.context.settings.is_ignored(name):
             return
         folder = (self.context.watch.name, name)
         marker = self.context.watch.finished_marker

@@ -34,7 +34,7 @@ from sendit_watcher.processors import check_processor
 from sendit_watcher.roots import Verdict
 from sendit_watcher.sdnotify import SdNotifier
 from sendit_watcher.supervisor import Supervisor
-from sendit_watcher.walk import newest_change
+from sendit_watcher.walk import change_stamp
 from sendit_watcher.watcher import Watcher
 
 __all__ = ["serve", "Service"]
@@ -182,7 +182,7 @@ class Service:
         self.scanner = Scanner()
         self.guard = Guard()
         self.stat_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settle-check")
-        self.settle_checks: dict[Folder, Future[float | None]] = {}
+        self.settle_checks: dict[Folder, Future[str | None]] = {}
         self.root_checks = RootChecks(config)
         self.root_check: Future[tuple[float, dict[str, Verdict]]] | None = None
         self.next_root_check = 0.0
@@ -256,23 +256,23 @@ class Service:
                 return
 
     def _settle(self) -> None:
-        """Start a stat check (off the main loop) of each folder whose quiet period is over; act on finished ones."""
+        """Start a look (a stat walk, off the main loop) at each folder due for one; act on settled ones."""
         for folder in self.intake.due_to_check():
             path = self.watcher.path_of(folder)
             if path is None:
                 self.intake.forget(folder)
             else:
-                self.settle_checks[folder] = self.stat_pool.submit(newest_change, path)
+                self.settle_checks[folder] = self.stat_pool.submit(change_stamp, path)
         for folder, check in list(self.settle_checks.items()):
             if not check.done():
                 continue
             del self.settle_checks[folder]
             try:
-                newest = check.result()
-            except Exception:  # noqa: BLE001 - counted as a change now: the folder is checked again later
+                stamp = check.result()
+            except Exception:  # noqa: BLE001 - counted as a change now (a stamp no look gives): looked at again
                 self.guard.failed(f"checking {to_text(folder[1])}")
-                newest = time.time()
-            if self.intake.checked(folder, newest, time.time()):
+                stamp = f"failed {time.monotonic_ns()}"
+            if self.intake.checked(folder, stamp):
                 self.intake.finished(folder)
                 self._stop_watching(self.intake.linger(folder))  # late files keep coming to a lingering one
         self._stop_watching(self.intake.linger_over())
@@ -353,7 +353,7 @@ class Service:
             watches = {name: root.watch for name, root in self.watcher.roots.items()  # never a lost one: its
                        if name not in self.watcher.lost_roots}  # mount point would look like a root emptied
             self.scanner.start(self.config.database, watches, self.config.watcher.host_name,
-                               self.config.watcher.is_temporary, self.config.watcher.settle_seconds, skip)
+                               self.config.watcher.is_ignored, self.config.watcher.settle_seconds, skip)
 
     def _absorb(self, result: ScanResult) -> None:
         if result.error is not None:

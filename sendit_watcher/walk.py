@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from sendit_watcher.names import to_disk, to_text
 
-__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "fingerprint", "newest_change", "open_folder",
-           "open_beneath", "is_regular_file", "MAX_DEPTH"]
+__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "change_stamp",
+           "newest_change", "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file", "MAX_DEPTH"]
 
 MAX_DEPTH = 512  # levels of sub-folders walked below a folder; deeper ones become 'too-deep' rejections
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,23 +94,45 @@ def walk_stats(folder: str) -> Iterator[tuple[str, os.stat_result | Rejection]]:
     name, depth first; a Rejection instead where an entry cannot be examined. OSError when ``folder`` itself
     cannot be opened."""
     top = open_folder(folder)
+    try:
+        for path, found, _ in _walk_open(top):
+            yield path, found
+    finally:
+        os.close(top)
+
+
+def walk_directories(top: int) -> Iterator[tuple[str, int]]:
+    """(disk path relative to the directory open as ``top``, a descriptor of it) for every directory below it,
+    sorted, depth first, never through a symbolic link; each descriptor is valid until the next step only.
+    Directories that cannot be opened or listed are left out."""
+    for path, found, fd in _walk_open(top):
+        if fd is not None and not isinstance(found, Rejection):
+            yield path, fd
+
+
+def _walk_open(top: int) -> Iterator[tuple[str, os.stat_result | Rejection, int | None]]:
+    """Below the open directory ``top`` (left open): each entry's path, its lstat or Rejection, and the
+    descriptor of a sub-folder just opened (None for anything else)."""
     levels = [_Level(top, "", iter(sorted(os.listdir(top))))]
     try:
         while levels:
             level = levels[-1]
             name = next(level.names, None)
             if name is None:
-                os.close(levels.pop().fd)
+                done = levels.pop()
+                if levels:
+                    os.close(done.fd)
                 continue
             found = _examine(level, name, len(levels))
             if found is None:
                 continue
             if isinstance(found, _Level):
                 levels.append(found)
-                found = os.fstat(found.fd)
-            yield level.prefix + name, found
+                yield level.prefix + name, os.fstat(found.fd), found.fd
+            else:
+                yield level.prefix + name, found, None
     finally:
-        for level in levels:
+        for level in levels[1:]:
             os.close(level.fd)
 
 
@@ -186,6 +208,28 @@ def newest_change(folder: str) -> float | None:
     return newest
 
 
+def change_stamp(folder: str) -> str | None:
+    """A digest of the folder's and every entry's (below it, by stat alone) name, type, inode, size, mtime and
+    ctime: equal stamps at two looks mean nothing in it changed between them, whatever its clocks say (a ctime in
+    the future, or stepped back). None when the folder is gone."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        digest.update(_stat_line("", os.stat(folder, follow_symlinks=False)))
+        for path, found in walk_stats(folder):
+            if isinstance(found, Rejection):
+                digest.update(f"{path}\0{found.reason}\n".encode(errors="surrogateescape"))
+            else:
+                digest.update(_stat_line(path, found))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _stat_line(path: str, info: os.stat_result) -> bytes:
+    return (f"{path}\0{info.st_mode}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\n"
+            .encode(errors="surrogateescape"))
+
+
 def fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
     """A digest of every entry's name, size, mtime and ctime (a chmod or chown counts): equal fingerprints mean
     an unchanged folder."""
@@ -196,3 +240,23 @@ def fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
         digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\0{ctime}\n".encode())
         count += 1
     return f"{count}:{digest.hexdigest()}"
+
+
+def open_directory_beneath(top: str, relative: str) -> int:
+    """A descriptor of the directory at disk path ``relative`` below ``top``, following no symbolic link below
+    ``top`` (``top`` itself, a configured watch root, may be reached through one): OSError (ELOOP, ENOTDIR,
+    ENOENT) when any step is not a directory now."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.split(os.sep):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                raise OSError(errno.EINVAL, f"{relative!r} leaves {top}")
+            child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -1,14 +1,19 @@
 """The inotify side: watch each root (and folders still settling inside them), read events, dispatch them
 to the processors behind a firewall, report overflows to the intake, and keep track of lost roots (lost by an
-inotify event, or by a verdict of roots.py; watched again only after a verdict that it is itself)."""
+inotify event, or by a verdict of roots.py; watched again only after a verdict that it is itself).
+
+Inside a settling folder every directory is watched by the descriptor it was opened with (each step below the
+root opened with ``O_NOFOLLOW``), never by a path the kernel would resolve: a symbolic link is never watched nor
+entered, so no watch is ever outside a root, even for a moment. Sub-folders created or moved in later are
+watched the same way (not pyinotify's auto_add, which follows links), then listed, so that folders made before
+their parent's watch existed are watched too."""
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,7 @@ from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
 from sendit_watcher.roots import Verdict
-from sendit_watcher.walk import Rejection, walk_stats
+from sendit_watcher.walk import open_directory_beneath, walk_directories
 
 __all__ = ["Watcher", "INSIDE_EVENTS", "INSIDE_WATCH_LIMIT"]
 
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 INSIDE_EVENTS = (pyinotify.IN_CREATE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_MOVED_TO
                  | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE | pyinotify.IN_ATTRIB)
 INSIDE_WATCH_LIMIT = 1000  # directories watched inside one settling folder; the rest settles by stat alone
+_INSIDE_MASK = INSIDE_EVENTS | pyinotify.IN_ONLYDIR
+_NEW_DIRECTORY = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
 
 
 class Firewall:
@@ -36,12 +43,14 @@ class Firewall:
     processor asked for), passes on the events the processor wants, and logs and counts any exception it
     raises, which never stops the notifier."""
 
-    def __init__(self, processor: Any, name: str, wanted: int, on_root_lost: Callable[[str, Any], None]) -> None:
+    def __init__(self, processor: Any, name: str, wanted: int, on_root_lost: Callable[[str, Any], None],
+                 on_inside_directory: Callable[[Any], None] = lambda event: None) -> None:
         self.processor = processor
         self.name = name
         self.wanted = wanted
         self.root_wd = -1
         self.on_root_lost = on_root_lost
+        self.on_inside_directory = on_inside_directory
         self.errors = 0
 
     def __call__(self, event: Any) -> None:
@@ -49,6 +58,8 @@ class Firewall:
             at_root = event.wd == self.root_wd
             if at_root and event.mask & ROOT_LOSS:
                 self.on_root_lost(self.name, event)
+            if not at_root and event.dir:
+                self.on_inside_directory(event)
             if event.mask & self.wanted or not at_root:  # inside watches were asked for on its behalf
                 self.processor(event)
         except Exception:  # noqa: BLE001 - the one firewall per event
@@ -97,6 +108,7 @@ class Watcher:
         self.lost_roots: dict[str, str] = {}  # name -> why
         self._lost_at: dict[str, float] = {}  # when it was lost (monotonic)
         self._itself_at: dict[str, float] = {}  # when the latest check that found it itself began
+        self.inside: dict[str, set[int]] = {}  # settling folder's path -> the watches inside it
 
     def reconfigure(self, settings: WatcherConfig) -> None:
         """New [watcher] settings for every root, watched already or not."""
@@ -110,7 +122,7 @@ class Watcher:
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
         processor = build_processor(context)
         wanted = watch.events | getattr(processor, "required_events", 0)
-        firewall = Firewall(processor, watch.name, wanted, self._root_lost)
+        firewall = Firewall(processor, watch.name, wanted, self._root_lost, self._inside_directory)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
         if missing_ok and not os.path.lexists(watch.path):
             self.roots[watch.name] = root
@@ -182,18 +194,53 @@ class Watcher:
         log.info("stopped watching %s ([watch:%s])", root.watch.path, name)
 
     def watch_inside(self, path: str) -> None:
-        """Watch a settling folder, the sub-folders it already holds (up to INSIDE_WATCH_LIMIT), and every
-        sub-folder created in it later (pyinotify's auto_add), until it is settled."""
+        """Watch a settling folder, the sub-folders it already holds and every sub-folder created or moved into
+        it later (up to INSIDE_WATCH_LIMIT), until it is settled."""
         root = self._root_of(path)
-        if root is None:
+        if root is not None:
+            self._watch_tree(root, path)
+
+    def _inside_directory(self, event: Any) -> None:
+        """A directory appeared in, or left, a watched sub-folder: watch its tree, or stop watching it (a watch
+        follows its directory wherever it is moved, out of the root too)."""
+        root = self._root_of(event.pathname)
+        if event.mask & pyinotify.IN_MOVED_FROM:
+            self.unwatch(event.pathname)
+        elif event.mask & _NEW_DIRECTORY and root is not None:
+            self._watch_tree(root, event.pathname)
+
+    def _watch_tree(self, root: _Root, path: str) -> None:
+        """Watch the directory at ``path`` and every directory below it, each by its descriptor."""
+        relative = os.path.relpath(path, root.watch.path)
+        folder = os.path.join(root.watch.path, relative.split(os.sep, 1)[0])
+        try:
+            top = open_directory_beneath(str(root.watch.path), relative)
+        except (OSError, UnicodeError) as exc:  # gone again, or a symbolic link now: nothing to watch
+            log.debug("not watching %s: %s", path, _first_error(exc))
             return
         try:
-            for directory in _directories(path, INSIDE_WATCH_LIMIT):
-                self.manager.add_watch(directory, INSIDE_EVENTS, proc_fun=root.firewall, auto_add=True,
-                                       quiet=False)
+            if self._watch_directory(root, folder, path, top):
+                for below, fd in walk_directories(top):
+                    if not self._watch_directory(root, folder, os.path.join(path, below), fd):
+                        break
         except (pyinotify.WatchManagerError, OSError, UnicodeError) as exc:
-            # The folder still settles by stat (newest ctime); only the early wake-ups are lost.
+            # The folder still settles by stat; only the early wake-ups are lost.
             log.warning("cannot watch inside %s (%s); it settles by stat alone", path, _first_error(exc))
+        finally:
+            os.close(top)
+
+    def _watch_directory(self, root: _Root, folder: str, path: str, fd: int) -> bool:
+        """Watch the directory open as ``fd`` (the kernel resolves /proc/self/fd/N to exactly that directory),
+        named ``path`` in the events; False once ``folder`` holds INSIDE_WATCH_LIMIT watches."""
+        watched = self.inside.setdefault(folder, set())
+        if len(watched) >= INSIDE_WATCH_LIMIT:
+            log.warning("%s holds more than %d folders; the rest settles by stat alone", folder, INSIDE_WATCH_LIMIT)
+            return False
+        by_descriptor = f"/proc/self/fd/{fd}"
+        wd = self.manager.add_watch(by_descriptor, _INSIDE_MASK, proc_fun=root.firewall, quiet=False)[by_descriptor]
+        self.manager.watches[wd].path = path  # what pyinotify names its events by
+        watched.add(wd)
+        return True
 
     def unwatch(self, path: str) -> None:
         """Stop watching a folder and its subtree (EINVAL from watches the kernel already dropped is fine).
@@ -204,6 +251,10 @@ class Watcher:
         wds = [wd for wd, watch in self.manager.watches.items() if watch.path == path or watch.path.startswith(inside)]
         if wds:
             self.manager.rm_watch(wds, quiet=True)
+        for folder in [f for f in self.inside if f == path or f.startswith(inside)]:
+            del self.inside[folder]
+        for watched in self.inside.values():
+            watched.difference_update(wds)
 
     def path_of(self, folder: tuple[str, str]) -> str | None:
         """The folder's path on disk; None when its root is no longer watched."""
@@ -249,19 +300,6 @@ class Watcher:
 
     def _root_of(self, path: str) -> _Root | None:
         return next((r for r in self.roots.values() if _is_inside(path, r.watch.path)), None)
-
-
-def _directories(path: str, limit: int) -> Iterator[str]:
-    """``path`` and up to ``limit`` - 1 directories below it, by file descriptor, never through a link."""
-    yield path
-    count = 1
-    for relative, found in walk_stats(path):
-        if count >= limit:
-            log.warning("%s holds more than %d folders; the rest settles by stat alone", path, limit)
-            return
-        if not isinstance(found, Rejection) and stat.S_ISDIR(found.st_mode):
-            count += 1
-            yield os.path.join(path, relative)
 
 
 def _is_inside(path: str, root: Any) -> bool:

@@ -7,8 +7,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sendit_watcher.intake import Intake
-from sendit_watcher.walk import newest_change
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sendit_watcher.intake import LOOK_DELAY, Intake
+from sendit_watcher.walk import change_stamp, newest_change
 
 
 class FakeClock:
@@ -24,58 +27,141 @@ class FakeClock:
         self.now += seconds
 
 
-def test_activity_is_due_for_a_check_after_the_quiet_period_and_not_before() -> None:
+def look(intake: Intake, clock: FakeClock, folder: tuple[str, str], stamp: str | None) -> bool:
+    """Advance to the folder's next look, take it with ``stamp``; whether the folder settled."""
+    due = intake.settling[folder]
+    clock.now = max(clock.now, due)
+    assert intake.due_to_check() == [folder]
+    return intake.checked(folder, stamp)
+
+
+def test_a_folder_settles_when_two_looks_settle_seconds_apart_see_the_same_stamp_and_no_event_came() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=5, clock=clock)
     intake.activity(("in", "A"))
     assert intake.due_to_check() == []
-    clock.advance(5)
+    assert intake.next_deadline() == clock.now + LOOK_DELAY  # the first look soon after the events pause
+    clock.advance(LOOK_DELAY)
     assert intake.due_to_check() == [("in", "A")]
-    assert intake.due_to_check() == []  # being checked: not handed out twice
-    assert intake.next_deadline() is None  # nothing timed while the check runs
-    assert intake.checked(("in", "A"), newest=time.time() - 60, wall_clock=time.time())
-    assert intake.pending == 0
+    assert intake.due_to_check() == []  # being looked at: not handed out twice
+    assert intake.next_deadline() is None  # nothing timed while the look runs
+    assert not intake.checked(("in", "A"), "s1")  # first look: the quiet period starts now
+    assert intake.next_deadline() == clock.now + 5
+    clock.advance(4.9)
+    assert intake.due_to_check() == []
+    assert look(intake, clock, ("in", "A"), "s1")
+    assert intake.pending == 0 and intake.looks == {}
 
 
 def test_new_activity_restarts_the_quiet_period() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=10, clock=clock)
     intake.activity(("in", "A"))
+    assert not look(intake, clock, ("in", "A"), "s1")
     clock.advance(9)
-    intake.activity(("in", "A"))
-    assert intake.next_deadline() == clock.now + 10
+    intake.activity(("in", "A"))  # an event counts as a change even if the stamp comes out the same
+    assert not look(intake, clock, ("in", "A"), "s1")
+    assert intake.next_deadline() == clock.now - LOOK_DELAY + 10  # 10 s after the event
+    assert look(intake, clock, ("in", "A"), "s1")
 
 
-def test_a_recent_ctime_postpones_settling_by_what_is_left_of_the_quiet_period() -> None:
+def test_a_changed_stamp_restarts_the_quiet_period_however_old_the_timestamps_look() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=30, clock=clock)
     intake.activity(("in", "A"))
-    clock.advance(31)
-    assert intake.due_to_check() == [("in", "A")]
-    assert not intake.checked(("in", "A"), newest=1000.0 - 10, wall_clock=1000.0)  # changed 10 s ago
-    assert intake.next_deadline() == clock.now + 20
+    assert not look(intake, clock, ("in", "A"), "s1")
+    assert not look(intake, clock, ("in", "A"), "s2")  # changed without an event (NFS, an unwatched folder)
+    assert intake.next_deadline() == clock.now + 30
+    assert look(intake, clock, ("in", "A"), "s2")
 
 
-def test_activity_during_the_check_wins_over_its_answer() -> None:
+def test_activity_during_the_look_wins_over_its_answer() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=5, clock=clock)
     intake.activity(("in", "A"))
-    clock.advance(5)
+    assert not look(intake, clock, ("in", "A"), "s1")
+    clock.now = intake.settling[("in", "A")]
     assert intake.due_to_check() == [("in", "A")]
     clock.advance(1)
     intake.activity(("in", "A"))  # a file arrived while the stat walk ran
-    assert not intake.checked(("in", "A"), newest=0.0, wall_clock=1e9)
-    assert intake.next_deadline() == clock.now + 5
+    assert not intake.checked(("in", "A"), "s1")
+    assert intake.next_deadline() == clock.now + LOOK_DELAY
 
 
 def test_a_vanished_settling_folder_is_forgotten() -> None:
     clock = FakeClock()
     intake = Intake(settle_seconds=1, clock=clock)
     intake.activity(("in", "gone"))
-    clock.advance(2)
-    assert intake.due_to_check() == [("in", "gone")]
-    assert not intake.checked(("in", "gone"), newest=None, wall_clock=time.time())
-    assert intake.pending == 0
+    assert not look(intake, clock, ("in", "gone"), None)
+    assert intake.pending == 0 and intake.looks == {}
+
+
+@given(st.lists(st.tuples(st.floats(0, 20), st.booleans(), st.booleans()), max_size=30), st.floats(0.5, 10))
+def test_settled_only_after_settle_seconds_without_a_seen_change_and_always_then(
+        steps: list[tuple[float, bool, bool]], settle: float) -> None:
+    """Property: whatever the events and stamp changes, a folder settles at a look exactly when neither an
+    event nor a stamp change has been seen for settle_seconds (by this clock), and a folder that stops changing
+    always settles within settle_seconds + LOOK_DELAY + one look."""
+    clock = FakeClock()
+    intake = Intake(settle_seconds=settle, clock=clock)
+    folder = ("in", "A")
+    intake.activity(folder)
+    last_change, stamp, seen = clock.now, 0, None
+    for wait, event, change in steps:
+        clock.advance(wait)
+        if change:
+            stamp += 1
+        if event:
+            intake.activity(folder)
+            last_change = clock.now
+        if folder in intake.settling and intake.settling[folder] <= clock.now:
+            assert intake.due_to_check() == [folder]
+            if seen != stamp:
+                last_change = max(last_change, clock.now)  # what a look can see: a change before it
+            seen = stamp
+            settled = intake.checked(folder, str(stamp))
+            assert settled == (clock.now >= last_change + settle)
+            if settled:
+                return
+    quiet_from = clock.now
+    for _ in range(3):
+        if look(intake, clock, folder, str(stamp)):
+            assert clock.now <= quiet_from + settle + LOOK_DELAY + settle
+            return
+    raise AssertionError("a folder that stopped changing never settled")
+
+
+def test_a_file_with_a_future_timestamp_does_not_hold_the_folder_up(tmp_path: Path) -> None:
+    """Clock skew: a folder whose file is dated an hour ahead settles after settle_seconds of this clock, like
+    any other. The settle rule compares no timestamp with any clock (a ctime in the future is the same case; a
+    test cannot set a ctime, so the mtime stands in for it): a look's stamp only has to equal the last one's."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    (folder / "skewed").write_bytes(b"x")
+    future = time.time() + 3600
+    os.utime(folder / "skewed", (future, future))
+    clock = FakeClock()
+    intake = Intake(settle_seconds=5, clock=clock)
+    intake.activity(("in", "A"))
+    assert not look(intake, clock, ("in", "A"), change_stamp(str(folder)))
+    assert look(intake, clock, ("in", "A"), change_stamp(str(folder)))
+
+
+def test_the_change_stamp_sees_every_change_even_one_dated_in_the_past(tmp_path: Path) -> None:
+    folder = tmp_path / "A"
+    (folder / "s1" / "s2").mkdir(parents=True)
+    (folder / "s1" / "s2" / "f").write_bytes(b"x")
+    first = change_stamp(str(folder))
+    assert first is not None and change_stamp(str(folder)) == first
+    os.utime(folder / "s1" / "s2" / "f", (0, 0))  # an mtime stepped back: still a change (and a new ctime)
+    second = change_stamp(str(folder))
+    assert second != first
+    (folder / "s1" / "s2" / "f").write_bytes(b"y")  # same size, rewritten
+    os.utime(folder / "s1" / "s2" / "f", (0, 0))
+    assert change_stamp(str(folder)) != second
+    os.symlink("/usr", folder / "s1" / "link")  # a link is an entry, never followed
+    assert change_stamp(str(folder)) not in (first, second)
+    assert change_stamp(str(tmp_path / "missing")) is None
 
 
 def test_forget_root_drops_every_folder_of_that_root_only() -> None:
@@ -129,6 +215,7 @@ def test_reconfigure_changes_the_settle_period_of_later_activity() -> None:
     intake = Intake(settle_seconds=5, clock=clock)
     intake.reconfigure(settle_seconds=42)
     intake.activity(("in", "A"))
+    assert not look(intake, clock, ("in", "A"), "s1")
     assert intake.next_deadline() == clock.now + 42
 
 
