@@ -10,9 +10,12 @@ import itertools
 import logging
 import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Protocol
 
+from sendit_watcher.errors import ImportFailed
 from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
 
@@ -43,7 +46,10 @@ class InlineParser:
 
 class PoolParser:
     """Parses in a pool of processes; small folders stay in the calling process. At most ``window`` chunks (of
-    CHUNK files or CHUNK_BYTES) are in flight, so memory stays bounded however slowly the results are consumed."""
+    CHUNK files or CHUNK_BYTES) are in flight, so memory stays bounded however slowly the results are consumed.
+    A pool process that dies (the OOM killer) fails that folder's import with ImportFailed, never hangs it (as
+    multiprocessing.Pool would, waiting for ever for a result its dead process will never send); the pool is
+    then ``broken`` and a new one is needed."""
 
     CHUNK = 16
     CHUNK_BYTES = 4 << 20  # a chunk of large files holds fewer of them: memory follows bytes, not file counts
@@ -51,7 +57,9 @@ class PoolParser:
     def __init__(self, processes: int) -> None:
         quiet_pydicom()
         self.window = processes + 1
-        self._pool = multiprocessing.get_context("forkserver").Pool(processes, initializer=quiet_pydicom)
+        self.broken = False
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"),
+                                         initializer=quiet_pydicom)
 
     def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
         if len(entries) < 2 * self.CHUNK:
@@ -61,17 +69,21 @@ class PoolParser:
     def _in_pool(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
         read = partial(_read_chunk, folder, full_header=full_header)
         chunks = _chunks(entries, self.CHUNK, self.CHUNK_BYTES)
-        in_flight = collections.deque(self._pool.apply_async(read, (chunk,))
-                                      for chunk in itertools.islice(chunks, self.window))
-        while in_flight:
-            results = in_flight.popleft().get()
-            for chunk in itertools.islice(chunks, 1):
-                in_flight.append(self._pool.apply_async(read, (chunk,)))
-            yield from results
+        try:
+            in_flight = collections.deque(self._pool.submit(read, chunk)
+                                          for chunk in itertools.islice(chunks, self.window))
+            while in_flight:
+                results = in_flight.popleft().result()
+                for chunk in itertools.islice(chunks, 1):
+                    in_flight.append(self._pool.submit(read, chunk))
+                yield from results
+        except BrokenProcessPool:
+            self.broken = True
+            raise ImportFailed("a process parsing this folder's files died (killed by the OOM killer?); nothing of"
+                               " it was stored") from None
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class AdaptiveParser:
@@ -88,6 +100,9 @@ class AdaptiveParser:
     def parse(self, folder: str, entries: list[FileEntry], full_header: bool) -> Iterator[Instance | Rejection]:
         if len(entries) < self.threshold or self.processes < 2:
             return _parse_here(folder, entries, full_header)
+        if self._pool is not None and self._pool.broken:  # a process of it died: a new pool for this folder
+            self._pool.close()
+            self._pool = None
         if self._pool is None:
             self._pool = PoolParser(self.processes)
         log.debug("parsing %d files of %s with %d processes", len(entries), folder, self.processes)

@@ -11,11 +11,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from sendit_watcher import batches
+from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
+from sendit_watcher.errors import ImportFailed
+from sendit_watcher.importer import Result
+from sendit_watcher.parsers import AdaptiveParser
+from sendit_watcher.walk import FileEntry, walk
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess
-from tests.helpers import batch_rows, done, scalar, scalar_int, wait_until
+from tests.helpers import batch_rows, done, import_folder, scalar, scalar_int, wait_until
 
 _IMPORTING = ("SELECT a.pid FROM batch_attempt a JOIN batch b ON b.id = a.batch"
               " WHERE b.path = %s AND a.died IS NULL AND a.host = %s")
@@ -86,3 +93,31 @@ def test_a_stop_during_an_import_is_not_a_death(start_service: Callable[..., Ser
     wait_until(done(conn, "SLOW", 1500), timeout=60, what="SLOW imported")
     assert scalar_int(conn, "SELECT count(*) FROM batch_attempt WHERE died IS NOT NULL") == 0
     assert service.stop() == 0
+
+
+def test_a_parsing_process_that_dies_fails_the_folder_and_the_next_folder_gets_a_new_pool(
+        conn: Connection, config: Config, tmp_path: Path) -> None:
+    """A process of the parse pool SIGKILLed mid-folder (the OOM killer picks the biggest process) fails that
+    folder's import with the reason, never hangs it (multiprocessing.Pool waited for ever for the dead process's
+    result); the batch is failed, nothing of it stored, and the next folder is parsed by a new pool."""
+    first, second = tmp_path / "incoming" / "FIRST", tmp_path / "incoming" / "SECOND"
+    make_study(first, 240)
+    make_study(second, 240)
+    parser = AdaptiveParser(2, threshold=100)
+    try:
+        stream = parser.parse(str(first), [e for e in walk(str(first)) if isinstance(e, FileEntry)], False)
+        next(stream)  # the pool is up and has chunks in flight
+        pool = parser._pool
+        assert pool is not None
+        for pid in list(pool._pool._processes):  # every process of the pool: none survives to finish the folder
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ImportFailed, match="a process parsing this folder's files died"):
+            for _ in stream:
+                pass
+        assert pool.broken
+        after = import_folder(conn, config, second, parser)  # the next folder: a new pool
+        assert parser._pool is not pool
+        assert isinstance(after, Result) and after.instances == 240
+    finally:
+        parser.close()
+    assert scalar_int(conn, "SELECT count(*) FROM instance") == 240
