@@ -179,20 +179,32 @@ class RootRecord:
 
 LostRoot = RootRecord  # a record with a lost_reason, as `status` and `metrics` show it
 
-_COLUMNS = ("SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason,"
-            " lost_since FROM root_identity")
+_RECORD = """
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+FROM root_identity WHERE root = %(root)s AND host = %(host)s
+"""
+_RECORD_LOCKED = """
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+FROM root_identity WHERE root = %(root)s AND host = %(host)s FOR UPDATE
+"""
+_RECORDS = """
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+FROM root_identity ORDER BY root, host
+"""
 
 
 def _record_of(conn: Connection, root: str, host: str, *, lock: bool = False) -> RootRecord | None:
-    query = _COLUMNS + " WHERE root = %s AND host = %s" + (" FOR UPDATE" if lock else "")
+    keys = {"root": root, "host": host}
     with conn.cursor(row_factory=class_row(RootRecord)) as cursor:
-        return cursor.execute(query, (root, host)).fetchone()  # type: ignore[arg-type]
+        if lock:
+            return cursor.execute(_RECORD_LOCKED, keys).fetchone()
+        return cursor.execute(_RECORD, keys).fetchone()
 
 
 def records(conn: Connection) -> list[RootRecord]:
     """Every root's record on every host (``status``, ``metrics``)."""
     with conn.cursor(row_factory=class_row(RootRecord)) as cursor:
-        found = cursor.execute(_COLUMNS + " ORDER BY root, host").fetchall()
+        found = cursor.execute(_RECORDS).fetchall()
     conn.rollback()
     return found
 
