@@ -50,6 +50,10 @@ def test_renamed_while_importing(one_worker: tuple[ServiceProcess, Path], conn: 
             f"rejected); {scalar(conn, 'SELECT count(*) FROM instance')} instances for {FILES} files")
     assert scalar(conn, "SELECT count(*) FROM instance") == FILES  # every instance once, under one name or other
     assert outcome["MOVED"][0] == "done" and outcome["MOVED"][2] + outcome["MOVED"][3] == FILES
+    # The mirror: MOVING is gone, so it ends with no row (its removal, held back at most settle_seconds).
+    wait_until(lambda: final(conn)["MOVING"] == ("empty", 0, 0, 0), timeout=60, what="MOVING's rows removed")
+    assert scalar(conn, "SELECT count(*) FROM rejected_file r JOIN batch b ON b.id = r.batch"
+                        " WHERE b.path = 'MOVING'") == 0
     assert service.process.poll() is None
 
 
