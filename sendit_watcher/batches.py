@@ -17,6 +17,7 @@ from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
+from sendit_watcher.locks import FINISH_LOCK, LEGACY_LOCKS, batch_lock
 from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
@@ -26,9 +27,6 @@ __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
 QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
-# Advisory lock held from a batch's finishing step to its commit, so finished_seq follows commit order.
-# Negative, like the migration lock, so it never meets a batch id.
-FINISH_LOCK = -0x5E4D18
 
 
 class BatchStatus(StrEnum):
@@ -168,7 +166,7 @@ def _mark_importing(conn: Connection, batch: Batch | None) -> Batch | None:
     if batch is None:
         return None
     # The advisory lock lets `status` see which batches are being imported without a committed 'importing'.
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (batch.id,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", batch_lock(batch.id))
     conn.execute("UPDATE batch SET status = %s, started_at = clock_timestamp() WHERE id = %s",
                  (BatchStatus.IMPORTING, batch.id))
     return batch
@@ -179,7 +177,7 @@ def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files
     """Record a successful import in the claiming transaction: counts, fingerprint, and unless nothing changed,
     the next ``finished_seq`` and a NOTIFY (both take effect at commit, in commit order)."""
     if not unchanged:  # held until commit, so finished_seq numbers batches in commit order
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+        _lock_finishing(conn)
     with conn.cursor(row_factory=class_row(Finished)) as cursor:
         finished = cursor.execute(_FINISH, {"batch": batch.id, "fingerprint": fingerprint, "files": files,
                                             "new": new_instances, "removed": removed, "seconds": seconds,
@@ -188,6 +186,12 @@ def finish(conn: Connection, batch: Batch, *, host: str, fingerprint: str, files
                                             "done": BatchStatus.DONE}).fetchone()
     assert finished is not None
     return finished
+
+
+def _lock_finishing(conn: Connection) -> None:
+    """Take the lock that orders finished_seq by commit, until this transaction ends (see locks.LEGACY_LOCKS)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", FINISH_LOCK)
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEGACY_LOCKS[FINISH_LOCK],))
 
 
 # The NOTIFY is in the update's RETURNING: a data-modifying CTE runs to completion, RETURNING included, whether
@@ -232,7 +236,7 @@ def record_failure(conn: Connection, batch: Batch, host: str, error: str, finger
     own, with an exponential back-off before it may be claimed again, and tell listeners. Nothing is recorded
     when another worker finished the batch since it was claimed; returns whether it was recorded."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+        _lock_finishing(conn)
         updated = conn.execute(_FAIL, {"failed": BatchStatus.FAILED, "error": error[:2000], "host": host,
                                        "fingerprint": fingerprint, "base": BACKOFF_SECONDS,
                                        "cap": BACKOFF_CAP_SECONDS, "batch": batch.id,
