@@ -49,6 +49,7 @@ class Batch:
     fingerprint: str | None
     imports: int
     finished_seq: int | None = None  # at claim time: a failure is never recorded over a later success
+    failed_last: bool = False  # its last import failed: the next success is news, even if nothing changed
 
 
 @dataclass(frozen=True)
@@ -143,22 +144,30 @@ def enqueue_known(conn: Connection, root: str, path: str) -> int | None:
     return int(row[0])
 
 
+# A claim reads what the import needs; attempts > 0: the batch's last import failed (a success resets it).
+_CLAIM_NEXT = """
+SELECT id, root, path, fingerprint, imports, finished_seq, attempts > 0 AS failed_last FROM batch
+WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+_CLAIM_ID = """
+SELECT id, root, path, fingerprint, imports, finished_seq, attempts > 0 AS failed_last FROM batch
+WHERE id = %s FOR UPDATE
+"""
+
+
 def claim(conn: Connection, roots: list[str]) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
     this transaction (SKIP LOCKED); None when there is none free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
-            " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
-            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
+        batch = cursor.execute(_CLAIM_NEXT, (BatchStatus.QUEUED, roots)).fetchone()
     return _mark_importing(conn, batch)
 
 
 def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq FROM batch"
-                               " WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
+        batch = cursor.execute(_CLAIM_ID, (batch_id,)).fetchone()
     return _mark_importing(conn, batch)
 
 

@@ -56,12 +56,15 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
     started = time.monotonic()
     entries = list(walk(folder, leave_out)) if folder is not None else []
     stamp = fingerprint(entries)
+    # A batch that failed since is news when it succeeds, even as the folder its last success saw: failed ->
+    # done takes a finished_seq, a NOTIFY and a log line.
+    unchanged = not batch.failed_last
     if stamp == batch.fingerprint and not _has_retryable(conn, batch.id):  # the last import saw exactly this
-        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=unchanged)
     todo, gone, dropped = _reconcile(conn, batch.id, entries)
     freed = [sop for sop, _ in dropped]
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
-        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=unchanged)
     new_instances = 0
     if folder is not None:
         new_instances = _merge(conn, batch.id, _stage(conn, batch.id, folder, todo, parser, full_header, progress))
