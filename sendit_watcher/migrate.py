@@ -12,7 +12,7 @@ from psycopg import sql
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import LEGACY_LOCKS, MIGRATION_LOCK
 
-__all__ = ["Migration", "available", "migrate", "MIGRATION_LOCK"]
+__all__ = ["Migration", "available", "migrate", "pending", "MIGRATION_LOCK"]
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +55,14 @@ def migrate(conn: Connection, schema: str) -> list[Migration]:
             conn.execute("INSERT INTO schema_migration (version, name) VALUES (%s, %s)",
                          (migration.version, migration.name))
     return pending
+
+
+def pending(conn: Connection, schema: str) -> list[Migration]:
+    """The migrations ``schema`` lacks (every one when it has none), read without changing anything."""
+    row = conn.execute("SELECT to_regclass(format('%%I.schema_migration', %s::text)) IS NOT NULL", (schema,)).fetchone()
+    done: set[int] = set()
+    if row is not None and row[0]:
+        query = sql.SQL("SELECT version FROM {}.schema_migration").format(sql.Identifier(schema))
+        done = {int(r[0]) for r in conn.execute(query)}
+    conn.rollback()
+    return [m for m in available() if m.version not in done]

@@ -267,15 +267,16 @@ def test_reload_gives_every_root_the_new_settle_period(service: ServiceProcess, 
     assert "S" not in batch_rows(conn), "settled with the settle period of before the reload"
 
 
-def test_a_reload_that_changes_the_role_says_it_waits_for_a_restart(service: ServiceProcess, conn: Connection,
-                                                                     incoming: Path, tmp_path: Path,
-                                                                     database: DatabaseConfig) -> None:
+def test_a_reload_that_changes_the_role_is_refused_until_a_restart(service: ServiceProcess, conn: Connection,
+                                                                   incoming: Path, tmp_path: Path,
+                                                                   database: DatabaseConfig) -> None:
     """Found by an outside attack: a new role was silently ignored on reload (the workers and watches are
-    started by role), and such a reload logged no 'reloaded' line."""
-    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher")
+    started by role). A reload is all or nothing (issue 19 item 5): a new role needs a restart, so the whole
+    reload is refused, saying so, and nothing else of the file applies."""
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher", settle_seconds=60)
     service.signal(signal.SIGHUP)
-    wait_until(lambda: "reloaded" in service.log, what="the reload")
-    assert "role all -> watcher takes effect at the next restart" in service.log
+    wait_until(lambda: "reload refused" in service.log, what="the refused reload")
+    assert "role all -> watcher needs a restart" in service.log and "reloaded" not in service.log
     drop_study(incoming, "R", 2)  # still role all: watched and imported here
     wait_until(done(conn, "R", 2), what="R imported by the running role")
 
