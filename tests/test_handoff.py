@@ -59,11 +59,14 @@ def test_a_failed_batch_that_succeeds_as_its_last_success_saw_it_is_news(
     failed, status = _seq_and_status(conn, "A")
     assert status == BatchStatus.FAILED and failed > first
     (root / "A" / "bad.dcm").unlink()
+    notified: list[str] = []
     with connect(database, autocommit=True) as listener:
+        listener.add_notify_handler(lambda notify: notified.append(notify.payload))
         listener.execute("LISTEN sendit_batch")
         with caplog.at_level(logging.INFO, logger="sendit_watcher.worker"):
             outcome = import_folder(conn, config, root / "A")
-        notified = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        wait_until(lambda: listener.execute("SELECT 1") is not None and bool(notified), timeout=5,
+                   what="NOTIFY sendit_batch")
     assert outcome.status == BatchStatus.DONE and not getattr(outcome, "unchanged", True)
     recovered, status = _seq_and_status(conn, "A")
     assert status == BatchStatus.DONE and recovered > failed
