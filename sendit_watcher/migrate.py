@@ -58,11 +58,12 @@ def migrate(conn: Connection, schema: str) -> list[Migration]:
 
 
 def pending(conn: Connection, schema: str) -> list[Migration]:
-    """The migrations ``schema`` lacks (every one when it has none), read without changing anything."""
+    """The migrations ``schema`` lacks (every one when it has none), read without changing anything; ends the
+    transaction (a rollback)."""
     row = conn.execute("SELECT to_regclass(format('%%I.schema_migration', %s::text)) IS NOT NULL", (schema,)).fetchone()
     done: set[int] = set()
     if row is not None and row[0]:
-        query = sql.SQL("SELECT version FROM {}.schema_migration").format(sql.Identifier(schema))
-        done = {int(r[0]) for r in conn.execute(query)}
+        done = {int(r[0]) for r in conn.execute(
+            sql.SQL("SELECT version FROM {}.schema_migration").format(sql.Identifier(schema)))}
     conn.rollback()
     return [m for m in available() if m.version not in done]
