@@ -14,7 +14,7 @@ from sendit_watcher import __version__  # noqa: E402
 from sendit_watcher.config import SCHEMA  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "sendit-watcher.8"
-DATE = "2026-11-29"  # of the text below; change it with the text
+DATE = "2026-12-04"  # of the text below; change it with the text
 
 
 def escape(text: str) -> str:
@@ -43,7 +43,8 @@ its id.
 .TP
 .B run \fR[\fB\-\-demo\fR]
 The service in the foreground, as systemd starts it (Type=notify). \fB\-\-demo\fR drops sample studies into
-the first watch root. SIGHUP re\-reads the configuration; SIGTERM drains and stops.
+the first watch root. SIGHUP re\-reads the configuration and applies all of it or none of it (a new
+database must answer and be migrated first; a new role needs a restart); SIGTERM drains and stops.
 .TP
 .B import \fIFOLDER\fR... \fR[\fB\-\-json\fR] [\fB\-\-processes\fR \fIN\fR] [\fB\-\-no\-progress\fR]
 Import folders now, each as one batch, printing one summary line (or JSON object) per folder.
@@ -54,6 +55,8 @@ Recent batches and totals.
 .B listen \fR[\fB\-\-since\fR \fISEQ\fR] [\fB\-\-count\fR \fIN\fR]
 Print each finished batch as a JSON line, in commit order, as it happens; \fB\-\-since\fR first replays
 the batches finished after \fISEQ\fR.
+A lost connection is said on stderr, reconnected and replayed from the last seq printed (no gap, no
+duplicate); SIGTERM or a closed stdout ends it with status 0.
 .TP
 .B retry \fIBATCH\fR...
 Queue failed batches again.

@@ -17,6 +17,7 @@ from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
+from sendit_watcher.locks import FINISH_LOCK, LEGACY_LOCKS, TALLY_LOCK, batch_lock
 from sendit_watcher.names import to_disk, to_text
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
@@ -32,9 +33,7 @@ QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
 # The mirror lock: an advisory lock every import takes before its first write to the rows of the mirror
 # (instance, rejected_file, main_tag_conflict, patient, study, series, requeues) and holds to its commit; so
 # finished_seq follows commit order, and no two imports ever decide on rows the other is changing (see
-# importer.import_claimed). Negative, like the migration lock, so it never meets a batch id.
-FINISH_LOCK = -0x5E4D18
-TALLY_LOCK = -0x5E4D19  # held while batch_tally's differences are folded (one folder at a time; others skip)
+# importer.import_claimed). Its key, and TALLY_LOCK's, are in locks.py.
 
 
 class BatchStatus(StrEnum):
@@ -58,6 +57,7 @@ class Batch:
     imports: int
     finished_seq: int | None = None  # at claim time: a failure is never recorded over a later success
     removal: bool = False  # queued because its folder was deleted or moved away (enqueue_known)
+    failed_last: bool = False  # its last import failed: the next success is news, even if nothing changed
 
 
 @dataclass(frozen=True)
@@ -172,12 +172,13 @@ def claim(conn: Connection, roots: list[str]) -> Batch | None:
     free."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
         if batch is None:
             batch = cursor.execute(
-                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal FROM reread r"
+                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal,"
+                " b.attempts > 0 AS failed_last FROM reread r"
                 " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s)"
                 " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
                 " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots,)).fetchone()
@@ -193,12 +194,13 @@ def next_queued(conn: Connection, roots: list[str]) -> Batch | None:
     the claim (``start_attempt``, then ``claim_queued``)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
             " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
         if batch is None:
             batch = cursor.execute(
-                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal FROM reread r"
+                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal,"
+                " b.attempts > 0 AS failed_last FROM reread r"
                 " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s)"
                 " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
                 " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots,)).fetchone()
@@ -239,7 +241,7 @@ def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
     LOCKED); None otherwise."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
             " WHERE id = %s AND (status = %s OR EXISTS (SELECT 1 FROM reread WHERE reread.batch = batch.id))"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) FOR UPDATE SKIP LOCKED",
             (batch_id, BatchStatus.QUEUED)).fetchone()
@@ -249,8 +251,9 @@ def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
 def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq, removal FROM batch"
-                               " WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
+        batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq, removal,"
+                               " attempts > 0 AS failed_last FROM batch WHERE id = %s FOR UPDATE",
+                               (batch_id,)).fetchone()
     return _mark_importing(conn, batch)
 
 
@@ -258,7 +261,7 @@ def _mark_importing(conn: Connection, batch: Batch | None) -> Batch | None:
     if batch is None:
         return None
     # The advisory lock lets `status` see which batches are being imported without a committed 'importing'.
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (batch.id,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", batch_lock(batch.id))
     conn.execute("UPDATE batch SET status = %s, started_at = clock_timestamp() WHERE id = %s",
                  (BatchStatus.IMPORTING, batch.id))
     return batch
@@ -311,8 +314,10 @@ BACKOFF_CAP_SECONDS = 3600.0
 
 
 def lock_mirror(conn: Connection) -> None:
-    """Take the mirror lock (FINISH_LOCK) until this transaction ends; taking it again is free."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (FINISH_LOCK,))
+    """Take the mirror lock (FINISH_LOCK) until this transaction ends; taking it again is free. Its legacy key
+    too, so that hosts of an older version still finish in commit order (locks.LEGACY_LOCKS)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", FINISH_LOCK)
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEGACY_LOCKS[FINISH_LOCK],))
 
 
 def requeue(conn: Connection, batch_ids: list[int]) -> list[int]:
@@ -479,7 +484,7 @@ def fold_tally(conn: Connection) -> None:
     """Fold batch_tally's differences into one row per (status, host), so that reading it stays cheap; skipped
     while another process folds."""
     with conn.transaction():
-        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (TALLY_LOCK,)).fetchone()
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", TALLY_LOCK).fetchone()
         if row is not None and row[0]:
             conn.execute(_FOLD_TALLY)
 

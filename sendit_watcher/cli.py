@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
+
+import psycopg
 
 from sendit_watcher import __version__, batches, handoff, metrics, report, roots, status
 from sendit_watcher import config as configuration
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError
+from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate
 from sendit_watcher.parsers import PoolParser
@@ -150,8 +156,8 @@ def _watch_problems(watch: configuration.WatchConfig, settings: configuration.Wa
     return problems
 
 
-def _open(config: Config) -> Connection:
-    conn = connect(config.database)
+def _open(config: Config, application: str = "sendit-watcher") -> Connection:
+    conn = connect(config.database, application=application)
     if config.database.migrate_on_start:
         migrate(conn, config.database.schema)
     return conn
@@ -222,14 +228,39 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Stopped(Exception):
+    """SIGTERM reached ``listen``: it stops as a consumer asked it to."""
+
+
+def _stop_listening(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
+
+
 def _listen(config: Config, args: argparse.Namespace) -> int:
-    with _open(config) as conn:
-        since = handoff.latest_seq(conn) if args.since is None else args.since
-        for printed, record in enumerate(handoff.follow(conn, since), 1):
+    """Print finished batches until --count, SIGINT (exit 130), SIGTERM or a closed stdout (exit 0); a lost
+    connection is reconnected and replayed from the last seq printed (handoff.follow)."""
+    signal.signal(signal.SIGTERM, _stop_listening)
+    records = handoff.follow(partial(_open, config, "sendit-watcher listen"), args.since,
+                             retry_seconds=config.database.retry_interval, say=_say_listen)
+    try:
+        for printed, record in enumerate(records, 1):
             print(handoff.as_json(record), flush=True)
             if args.count is not None and printed >= args.count:
                 break
+    except _Stopped:
+        pass
+    except BrokenPipeError:  # the consumer closed its end: nothing left to print to, and nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except psycopg.Error as exc:  # not connection trouble (that is reconnected): a missing schema, a permission
+        print(f"sendit-watcher: listen: {describe(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        records.close()
     return EXIT_OK
+
+
+def _say_listen(message: str) -> None:
+    print(f"sendit-watcher: listen: {message}", file=sys.stderr, flush=True)
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:

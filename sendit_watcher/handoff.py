@@ -8,23 +8,66 @@ from __future__ import annotations
 
 import json
 import select
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from sendit_watcher.batches import NOTIFY_CHANNEL, finished_after, latest_seq
 from sendit_watcher.db import Connection
+from sendit_watcher.errors import DatabaseUnavailable, connection_trouble, describe
 
 __all__ = ["latest_seq", "follow", "as_json"]
 
+_FIRST_RETRY_SECONDS = 0.5  # then doubling, up to the caller's retry_seconds
 
-def follow(conn: Connection, since: int, wake_seconds: float = 5.0) -> Iterator[dict[str, Any]]:
-    """Every batch finished after ``since``, then each new one as it commits, for as long as it is iterated."""
+Records = Generator[dict[str, Any], None, None]
+
+
+def follow(open_connection: Callable[[], Connection], since: int | None, *, retry_seconds: float = 5.0,
+           wake_seconds: float = 5.0, say: Callable[[str], None] = lambda message: None) -> Records:
+    """Every batch finished after ``since`` (None: after the latest one now), then each new one as it commits,
+    for as long as it is iterated. When the connection fails (a server restart, a failover, a terminated
+    backend), it reconnects with back-off, LISTENs again and goes on after the last record it yielded: no gap,
+    no duplicate. ``say`` hears one line when the connection is lost (and again only when the reason changes)
+    and one when it is back. The first connection's failure, and any error that is not connection trouble,
+    are the caller's."""
+    first = open_connection()
+    last = latest_seq(first) if since is None else since
+    conn: Connection | None = first
+    reason: str | None = None
+    attempts = 0
+    while True:
+        try:
+            if conn is None:
+                conn = open_connection()
+                say(f"reconnected; replaying every batch finished after seq {last}")
+                reason, attempts = None, 0
+            with conn:
+                for record in _live(conn, last, wake_seconds):
+                    last = int(record["seq"])
+                    yield record
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            if isinstance(exc, psycopg.Error) and not connection_trouble(exc):
+                raise
+            if conn is not None:
+                conn.close()
+            conn = None
+            if describe(exc) != reason:
+                reason = describe(exc)
+                say(f"connection lost ({reason}); reconnecting (every {retry_seconds:g} s at most), then going on"
+                    f" after seq {last}")
+            time.sleep(min(retry_seconds, _FIRST_RETRY_SECONDS * 2 ** min(attempts, 16)))
+            attempts += 1
+
+
+def _live(conn: Connection, last: int, wake_seconds: float) -> Iterator[dict[str, Any]]:
+    """LISTEN, then what finished after ``last`` and each batch as it commits, on one connection."""
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
     conn.commit()
-    last = since
     while True:
         for record in finished_after(conn, last):
             last = int(record["seq"])

@@ -67,9 +67,12 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
     started = time.monotonic()
     entries = list(walk(folder, leave_out)) if folder is not None else []
     stamp = fingerprint(entries)
+    # A batch that failed since is news when it succeeds, even as the folder its last success saw: failed ->
+    # done takes a finished_seq, a NOTIFY and a log line.
+    unchanged = not batch.failed_last
     if (stamp == batch.fingerprint and not _has_retryable(conn, batch.id)
             and not batches.reread_pending(conn, batch.id)):  # the last import saw exactly this
-        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=unchanged)
     planned = _to_read(_known(conn, batch.id), entries)[0] if folder is not None else []
     if planned:  # parsed and staged before the lock, from the rows as they were a moment ago
         assert folder is not None
@@ -80,7 +83,7 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
     staged = _restage(conn, batch.id, folder, todo, planned, parser, full_header) if folder is not None else 0
     freed = [sop for sop, _ in dropped]
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
-        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=True)
+        return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=unchanged)
     new_instances = _merge(conn, batch.id, staged) if folder is not None else 0
     promoted = _promote_duplicates(conn, batch.id, freed, parser, full_header, host)
     if promoted and folder is not None:  # duplicates in this folder whose original is gone: now the instance

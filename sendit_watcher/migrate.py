@@ -10,13 +10,11 @@ from importlib import resources
 from psycopg import sql
 
 from sendit_watcher.db import Connection
+from sendit_watcher.locks import LEGACY_LOCKS, MIGRATION_LOCK
 
-__all__ = ["Migration", "available", "migrate", "MIGRATION_LOCK"]
+__all__ = ["Migration", "available", "migrate", "pending", "MIGRATION_LOCK"]
 
 log = logging.getLogger(__name__)
-
-# Advisory lock key held while migrating; negative so it never meets a batch id (batch locks use the id).
-MIGRATION_LOCK = -0x5E4D17
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,8 @@ def available() -> list[Migration]:
 def migrate(conn: Connection, schema: str) -> list[Migration]:
     """Apply pending migrations in one transaction; safe to run twice or from two processes at once."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", MIGRATION_LOCK)  # the project's key space (locks.py)
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEGACY_LOCKS[MIGRATION_LOCK],))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         conn.execute(
@@ -56,3 +55,15 @@ def migrate(conn: Connection, schema: str) -> list[Migration]:
             conn.execute("INSERT INTO schema_migration (version, name) VALUES (%s, %s)",
                          (migration.version, migration.name))
     return pending
+
+
+def pending(conn: Connection, schema: str) -> list[Migration]:
+    """The migrations ``schema`` lacks (every one when it has none), read without changing anything; ends the
+    transaction (a rollback)."""
+    row = conn.execute("SELECT to_regclass(format('%%I.schema_migration', %s::text)) IS NOT NULL", (schema,)).fetchone()
+    done: set[int] = set()
+    if row is not None and row[0]:
+        done = {int(r[0]) for r in conn.execute(
+            sql.SQL("SELECT version FROM {}.schema_migration").format(sql.Identifier(schema)))}
+    conn.rollback()
+    return [m for m in available() if m.version not in done]

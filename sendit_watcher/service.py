@@ -9,7 +9,6 @@ answers it queues them and runs a catch-up scan, so nothing is lost even across 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import signal
 import time
@@ -23,12 +22,12 @@ import psycopg
 from sendit_watcher import batches, roots
 from sendit_watcher import config as configuration
 from sendit_watcher.catchup import Scanner, ScanResult
-from sendit_watcher.config import Config
+from sendit_watcher.config import Config, redact_dsn
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, DatabaseUnavailable, SenditError, describe
 from sendit_watcher.intake import Folder, Intake
 from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
-from sendit_watcher.migrate import migrate
+from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.names import to_text
 from sendit_watcher.processors import check_processor
 from sendit_watcher.roots import Verdict
@@ -61,6 +60,10 @@ class SignalQueue:
         drained = list(self.received)
         self.received.clear()
         return drained
+
+
+class ReloadRefused(Exception):
+    """A reload that cannot be applied whole: the running configuration is kept."""
 
 
 class Guard:
@@ -102,9 +105,27 @@ class DatabaseLink:
         self.next_attempt = 0.0
         self.reconnected = False
 
-    def reconfigure(self, config: Config) -> None:
-        """Connect with the new [database] settings from the next connection on."""
+    def reconfigure(self, config: Config, switched: Connection | None = None) -> None:
+        """The new [database] settings. ``switched``: a connection to the new database (a reload checked that it
+        answers and is migrated), which replaces the old one at once, so that nothing more is queued there."""
+        if switched is not None:
+            left = self._queued_here()
+            self.close()
+            self.conn, self.error, self.reconnected = switched, None, True  # a catch-up scan of the new one
+            log.warning("reload: the service now uses database %s, schema %s (workers, queue and catch-up)%s",
+                        redact_dsn(config.database.dsn) or "of libpq's defaults", config.database.schema,
+                        f"; {left} batch(es) still queued in the old one stay there, their folders are queued in the"
+                        f" new one by the catch-up scan" if left else "")
         self.config = config
+
+    def _queued_here(self) -> int:
+        """Batches queued in the database this link is connected to (0 when it is not)."""
+        if self.conn is None or self.conn.closed:
+            return 0
+        try:
+            return batches.queue_counts(self.conn).queued
+        except psycopg.Error:
+            return 0
 
     def get(self) -> Connection | None:
         """The live connection, or None while the database is unreachable."""
@@ -148,11 +169,21 @@ class RootChecks:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.conn: Connection | None = None
+        self.switched = False  # a reload moved to another database: reconnect at the next check
+
+    def reconfigure(self, config: Config, switched: bool) -> None:
+        """The new settings from the next check on (which runs in the pool's thread: it closes the old
+        connection itself when the database changed)."""
+        self.config = config
+        self.switched = self.switched or switched
 
     def run(self) -> tuple[float, dict[str, Verdict]]:
         """(when the checks began, the verdict on each configured root)."""
         began = time.monotonic()
         config = self.config
+        if self.switched:
+            self.switched = False
+            self.close()
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(config.database, application="sendit-watcher root check")
@@ -387,40 +418,80 @@ class Service:
             self.stopping = True
 
     def reload(self) -> None:
-        """Re-read the configuration file and apply watch changes; a bad file keeps the running setup."""
+        """Re-read the configuration file and apply all of it to every part (watches, intake, the main loop's
+        database link, workers, catch-up), or none of it: a file with errors, a change of role, or a new
+        database that does not answer or is not migrated keeps the running configuration, with a log line."""
         self.notify.reloading()
         try:
-            new = configuration.load(str(self.config.source)) if self.config.source else self.config
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", "; ".join(exc.problems))
+            new, switched = self._checked_reload()
+        except ReloadRefused as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
             self.notify.ready(self.status_line())
             return
-        problems = [f"[watch:{w.name}] processor: {p}" for w in new.watches for p in check_processor(w, new.watcher)]
-        if problems:
-            log.error("reload refused, keeping the running configuration: %s", "; ".join(problems))
-            self.notify.ready(self.status_line())
-            return
-        if new.watcher.role != self.config.watcher.role:  # the workers and the watches are started by role
-            log.warning("reload: role %s -> %s takes effect at the next restart (systemctl restart "
-                        "sendit-watcher); running as %s until then", self.config.watcher.role, new.watcher.role,
-                        self.config.watcher.role)
-            new = dataclasses.replace(new, watcher=dataclasses.replace(new.watcher, role=self.config.watcher.role))
         try:
-            self._apply_watches(new)
+            self._apply(new, switched)
         finally:  # whatever happened, systemd hears that the reload is over
             self.notify.ready(self.status_line())
         log.info("reloaded %s: %s", new.source, self.status_line())
 
-    def _apply_watches(self, new: Config) -> None:
+    def _checked_reload(self) -> tuple[Config, Connection | None]:
+        """The new configuration, and a connection to its database when that changed; ReloadRefused when any
+        of it cannot be applied."""
+        if self.config.source is None:
+            return self.config, None
+        try:
+            new = configuration.load(str(self.config.source))
+        except ConfigError as exc:
+            raise ReloadRefused("; ".join(exc.problems)) from None
+        problems = [f"[watch:{w.name}] processor: {p}" for w in new.watches for p in check_processor(w, new.watcher)]
+        if problems:
+            raise ReloadRefused("; ".join(problems))
+        if new.watcher.role != self.config.watcher.role:  # the workers and the watches are started by role
+            raise ReloadRefused(f"role {self.config.watcher.role} -> {new.watcher.role} needs a restart "
+                                f"(systemctl restart sendit-watcher)")
+        return new, self._new_database(new)
+
+    def _new_database(self, new: Config) -> Connection | None:
+        """A connection to the reloaded file's database when it is another one (dsn or schema), once it answers
+        and is migrated (migrated here when migrate_on_start is on); None when the database is the same."""
+        old, wanted = self.config.database, new.database
+        if (wanted.dsn, wanted.schema) == (old.dsn, old.schema):
+            return None
+        where = f"database {redact_dsn(wanted.dsn) or 'of libpq defaults'}, schema {wanted.schema}"
+        try:
+            conn = connect(wanted, application="sendit-watcher watcher")
+        except DatabaseUnavailable as exc:
+            raise ReloadRefused(f"the new {where} does not answer: {exc}") from None
+        try:
+            if wanted.migrate_on_start:
+                log.info("reload: migrating the new %s before using it", where)
+                with self.notify.extending():
+                    migrate(conn, wanted.schema)
+            else:
+                missing = pending(conn, wanted.schema)
+                if missing:
+                    raise ReloadRefused(
+                        f"the new {where} lacks {len(missing)} schema migration(s) (from "
+                        f"{missing[0].version:04d}_{missing[0].name}) and migrate_on_start is off: run "
+                        f"`sendit-watcher migrate` with the new file first")
+        except psycopg.Error as exc:
+            conn.close()
+            raise ReloadRefused(f"the new {where} failed: {describe(exc)}") from None
+        except ReloadRefused:
+            conn.close()
+            raise
+        return conn
+
+    def _apply(self, new: Config, switched: Connection | None) -> None:
         old = {w.name: w for w in self.config.watches}
         wanted = {w.name: w for w in new.watches}
         self.config = new
         self.intake.reconfigure(new.watcher.settle_seconds, new.watcher.linger_seconds, new.watcher.linger_folders)
         self.watcher.reconfigure(new.watcher)
-        self.link.reconfigure(new)
-        self.root_checks.config = new
+        self.link.reconfigure(new, switched)
+        self.root_checks.reconfigure(new, switched is not None)
         if new.watcher.runs_workers:
-            self.workers.replace(new)  # workers resolve root names with the new file
+            self.workers.replace(new)  # workers resolve root names, and connect, with the new file
         if not new.watcher.runs_watcher:
             return
         for name in [n for n in old if old[n] != wanted.get(n)]:

@@ -9,6 +9,7 @@ from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.batches import BatchStatus, Tally, tally
 from sendit_watcher.db import Connection
+from sendit_watcher.locks import BATCH_CLASS
 
 __all__ = ["BatchRow", "Totals", "HostCounts", "recent_batches", "totals", "by_status_and_host"]
 
@@ -51,16 +52,17 @@ class Totals:
         return self.batches.get(BatchStatus.DONE, 0)
 
 
-# A worker holds pg_advisory_xact_lock(batch id) while importing; bigint keys show as classid<<32 | objid. The
+# A worker holds its batch's two-key advisory lock (locks.batch_lock) while importing: objsubid 2, and the id is
+# (classid - BATCH_CLASS) << 32 | objid. One-bigint locks (objsubid 1) are other clients', never a batch's. The
 # newest rows come first from the index batch_recent (migration 0007), and only they meet pg_locks.
 _RECENT = """
 SELECT b.id, b.root, b.path,
        CASE WHEN l.pid IS NOT NULL THEN %(importing)s ELSE b.status END AS status,
        b.files, b.instances, b.rejected, b.seconds, b.finished_at, b.host, b.last_error
 FROM (SELECT * FROM batch ORDER BY coalesce(finished_at, queued_at) DESC, id DESC LIMIT %(limit)s) b
-LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-     AND (l.classid::bigint << 32 | l.objid::bigint) = b.id
+     AND l.classid::bigint >= %(batch_class)s AND ((l.classid::bigint - %(batch_class)s) << 32 | l.objid::bigint) = b.id
 ORDER BY coalesce(b.finished_at, b.queued_at) DESC, b.id DESC
 """
 
@@ -74,7 +76,8 @@ SELECT (SELECT count(*) FROM patient) AS patients, (SELECT count(*) FROM study) 
 def recent_batches(conn: Connection, limit: int = 20) -> list[BatchRow]:
     """The most recently finished or queued batches, newest first."""
     with conn.cursor(row_factory=class_row(BatchRow)) as cursor:
-        return cursor.execute(_RECENT, {"importing": BatchStatus.IMPORTING, "limit": limit}).fetchall()
+        return cursor.execute(_RECENT, {"importing": BatchStatus.IMPORTING, "limit": limit,
+                                        "batch_class": BATCH_CLASS}).fetchall()
 
 
 def totals(conn: Connection) -> Totals:

@@ -18,6 +18,7 @@ from psycopg import sql
 from sendit_watcher import batches
 from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, WatchConfig, WatcherConfig
 from sendit_watcher.db import Connection
+from sendit_watcher.locks import BATCH_CLASS
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import InlineParser, Parser
 from sendit_watcher.worker import Outcome, import_batch
@@ -78,8 +79,8 @@ def importing_host(conn: Connection) -> str | None:
     """Which host's worker holds a batch right now (its advisory lock), from its application_name."""
     row = conn.execute(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.objid > 0"
-        " AND a.application_name LIKE 'sendit-watcher worker %'").fetchone()
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::bigint >= %s"
+        " AND a.application_name LIKE 'sendit-watcher worker %%'", (BATCH_CLASS,)).fetchone()
     conn.rollback()
     return None if row is None else str(row[0]).rsplit(" on ", 1)[1]
 

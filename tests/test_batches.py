@@ -3,14 +3,20 @@ back off exponentially without holding up other batches, and errors are classifi
 
 from __future__ import annotations
 
+import itertools
+
 import psycopg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
-from sendit_watcher import batches
+from sendit_watcher import batches, status
 from sendit_watcher.batches import Batch, BatchStatus
-from sendit_watcher.db import Connection
+from sendit_watcher.config import DatabaseConfig
+from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import connection_trouble
+from sendit_watcher.locks import MAX_BATCH_ID
 
 
 def _claimed(conn: Connection, roots: list[str]) -> Batch | None:
@@ -106,3 +112,78 @@ def test_no_answer_at_all_is_connection_trouble() -> None:
     with pytest.raises(psycopg.OperationalError) as raised:
         psycopg.connect("host=127.0.0.1 port=1 connect_timeout=2")
     assert raised.value.sqlstate is None and connection_trouble(raised.value)
+
+
+def _shown(conn: Connection) -> dict[int, BatchStatus]:
+    shown = {row.id: row.status for row in status.recent_batches(conn, 1_000_000)}
+    conn.rollback()
+    return shown
+
+
+def test_another_clients_advisory_locks_neither_stall_an_import_nor_look_like_one(
+        conn: Connection, database: DatabaseConfig) -> None:
+    """Issue 19 item 4: another client's pg_advisory_lock(1) made batch 1 look importing and stalled its
+    re-import. Ours are two-key locks in a class of their own; theirs (any one-bigint key, and the two-key
+    (0, id) and (id, 0)) are not ours."""
+    batch_id = batches.enqueue(conn, "incoming", "A")
+    conn.commit()
+    assert batch_id == 1
+    with connect(database, autocommit=True) as other:
+        for key in (1, 0, 2**32 + 1):  # 1 = the batch's id
+            other.execute("SELECT pg_advisory_lock(%s::bigint)", (key,))
+        other.execute("SELECT pg_advisory_lock(0, 1), pg_advisory_lock(1, 0)")
+        assert _shown(conn)[batch_id] == BatchStatus.QUEUED
+        conn.execute("SET lock_timeout = '3s'")  # a stalled claim fails the test rather than hanging it
+        conn.commit()
+        with conn.transaction():
+            claimed = batches.claim(conn, ["incoming"])
+            assert claimed is not None and claimed.id == batch_id
+            with connect(database) as observer:  # while this transaction imports it, it is importing
+                assert _shown(observer)[batch_id] == BatchStatus.IMPORTING
+            batches.finish(conn, claimed, host="h", fingerprint="f", files=1, new_instances=1, removed=0,
+                           seconds=0.1, unchanged=False)
+        assert _shown(conn)[batch_id] == BatchStatus.DONE
+        other.execute("SELECT pg_advisory_unlock_all()")
+
+
+_ids = itertools.count(1)
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=2, max_value=MAX_BATCH_ID))
+@example(2**31 - 1)
+@example(2**31)
+@example(2**32 - 1)
+@example(2**32)
+@example(2**32 + 1)
+@example(2**63 >> 2)
+@example(MAX_BATCH_ID)
+def test_every_batch_id_has_a_lock_of_its_own_that_status_reads_back(
+        conn: Connection, database: DatabaseConfig, batch_id: int) -> None:
+    """A batch's lock key (classid, objid) maps back to its bigint id in pg_locks, and to no other batch: the
+    batch held shows importing, a neighbour whose id shares its low or high 32 bits does not."""
+    serial = next(_ids)
+    neighbours = {batch_id ^ (1 << 32) if batch_id ^ (1 << 32) <= MAX_BATCH_ID else batch_id - (1 << 32),
+                  batch_id ^ 1, batch_id - 1} - {batch_id, 0}
+    with conn.transaction():
+        for number in (batch_id, *neighbours):
+            conn.execute("INSERT INTO batch (id, root, path) VALUES (%s, 'incoming', %s) ON CONFLICT DO NOTHING",
+                         (number, f"{serial}-{number}"))
+    with conn.transaction(force_rollback=True):
+        claimed = batches.claim_id(conn, batch_id)
+        assert claimed is not None
+        with connect(database) as observer:
+            shown = _shown(observer)
+        assert shown[batch_id] == BatchStatus.IMPORTING
+        assert all(shown[n] != BatchStatus.IMPORTING for n in neighbours), (batch_id, neighbours)
+    with conn.transaction():
+        conn.execute("DELETE FROM batch WHERE id = ANY(%s)", ([batch_id, *neighbours],))
+
+
+def test_a_batch_id_outside_the_key_space_is_refused() -> None:
+    from sendit_watcher.locks import batch_lock
+
+    for bad in (0, -1, MAX_BATCH_ID + 1):
+        with pytest.raises(ValueError, match="outside the advisory-lock key space"):
+            batch_lock(bad)

@@ -123,22 +123,22 @@ def test_a_migration_waited_for_extends_the_timeout_at_start_and_on_a_reconnect(
         return sum(line.startswith("EXTEND_TIMEOUT_USEC=") for line in process.notify.fields())
 
     with connect(database, autocommit=True) as holder:  # another host migrating: the lock is held
-        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", MIGRATION_LOCK)
         process = ServiceProcess(config, tmp_path, env={"WATCHDOG_USEC": "1000000"})
         try:
             process.notify.wait_for(lambda line: line.startswith("EXTEND_TIMEOUT_USEC="), 30)
             pings = process.notify.fields().count("WATCHDOG=1")
             wait_until(lambda: process.notify.fields().count("WATCHDOG=1") > pings, 30, "a watchdog ping meanwhile")
             assert "READY=1" not in process.notify.fields()  # start-up waits for the migration...
-            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            holder.execute("SELECT pg_advisory_unlock(%s, %s)", MIGRATION_LOCK)
             process.wait_ready()  # ...and ends once it is done
             before = extensions()
-            holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            holder.execute("SELECT pg_advisory_lock(%s, %s)", MIGRATION_LOCK)
             holder.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                            " WHERE application_name = 'sendit-watcher watcher'")
             drop_study(incoming, "R", 2)  # the main loop reconnects, and migrates again: held up by the lock
             wait_until(lambda: extensions() > before, 30, "EXTEND_TIMEOUT_USEC on the reconnect's migration")
-            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            holder.execute("SELECT pg_advisory_unlock(%s, %s)", MIGRATION_LOCK)
             wait_until(done(conn, "R", 2), what="R imported once the migration lock was free")
             assert process.process.poll() is None
         finally:
@@ -269,15 +269,16 @@ def test_reload_gives_every_root_the_new_settle_period(service: ServiceProcess, 
     assert "S" not in batch_rows(conn), "settled with the settle period of before the reload"
 
 
-def test_a_reload_that_changes_the_role_says_it_waits_for_a_restart(service: ServiceProcess, conn: Connection,
-                                                                     incoming: Path, tmp_path: Path,
-                                                                     database: DatabaseConfig) -> None:
+def test_a_reload_that_changes_the_role_is_refused_until_a_restart(service: ServiceProcess, conn: Connection,
+                                                                   incoming: Path, tmp_path: Path,
+                                                                   database: DatabaseConfig) -> None:
     """Found by an outside attack: a new role was silently ignored on reload (the workers and watches are
-    started by role), and such a reload logged no 'reloaded' line."""
-    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher")
+    started by role). A reload is all or nothing (issue 19 item 5): a new role needs a restart, so the whole
+    reload is refused, saying so, and nothing else of the file applies."""
+    write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher", settle_seconds=60)
     service.signal(signal.SIGHUP)
-    wait_until(lambda: "reloaded" in service.log, what="the reload")
-    assert "role all -> watcher takes effect at the next restart" in service.log
+    wait_until(lambda: "reload refused" in service.log, what="the refused reload")
+    assert "role all -> watcher needs a restart" in service.log and "reloaded" not in service.log
     drop_study(incoming, "R", 2)  # still role all: watched and imported here
     wait_until(done(conn, "R", 2), what="R imported by the running role")
 

@@ -19,11 +19,17 @@ def service_section() -> dict[str, str]:
     return dict(parser["Service"])
 
 
+def exec_reload() -> list[str]:
+    """Every ExecReload= line of the unit, in order (systemd runs them one after another)."""
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]
+
+
 def test_lifecycle_directives() -> None:
     service = service_section()
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["ExecStart"] == "/usr/bin/sendit-watcher run"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # validate the file as `run` reads it, then signal: `systemctl reload` fails on an invalid file
+    assert exec_reload() == ["/usr/bin/sendit-watcher check-config", "/bin/kill -HUP $MAINPID"]
     assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "78"
     assert int(service["WatchdogSec"]) > 0
     assert service["User"] == service["Group"] == "sendit-watcher"

@@ -18,10 +18,12 @@ wait_for() { # wait_for SECONDS COMMAND...: true once COMMAND succeeds
 }
 batch_is() { [ "$(q "select status || ':' || instances from sendit.batch where path = '$1'")" = "$2" ]; }
 status_is() { [ "$(q "select status from sendit.batch where path = '$1'")" = "$2" ]; }
-importing() { # a worker holds the batch's advisory lock (what `sendit-watcher status` shows as importing)
+importing() { # a worker holds the batch's advisory lock (what `sendit-watcher status` shows as importing): the
+  # two-key form, class 1582104577 (locks.BATCH_CLASS) and up, see sendit_watcher/locks.py
   [ "$(q "select count(*) from sendit.batch b join pg_locks l on l.locktype = 'advisory' and l.granted
-          and l.objsubid = 1 and l.database = (select oid from pg_database where datname = current_database())
-          and (l.classid::bigint << 32 | l.objid::bigint) = b.id where b.path = '$1'")" = 1 ]
+          and l.objsubid = 2 and l.database = (select oid from pg_database where datname = current_database())
+          and l.classid::bigint >= 1582104577
+          and ((l.classid::bigint - 1582104577) << 32 | l.objid::bigint) = b.id where b.path = '$1'")" = 1 ]
 }
 drop() { cp -r "/e2e-in/studies/$2" "$1/$2.tmp" && mv "$1/$2.tmp" "$1/$2"; }
 main_pid() { systemctl show -p MainPID --value sendit-watcher; }
