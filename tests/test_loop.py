@@ -208,10 +208,12 @@ def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     status = Path(f"/proc/{process.pid}/status")
     peak_kb, paused, resumed = 0, [], None
+    # This import's backends only: the session's database also holds the connections of earlier tests' services,
+    # some of them still going away (a root check's, a killed worker's).
     busy = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND application_name LIKE 'sendit-watcher%%' AND state <> 'idle'")
+            " AND application_name IN ('sendit-watcher', 'sendit-watcher import') AND state <> 'idle'")
     backends = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND application_name LIKE 'sendit-watcher%%'")
+                " AND application_name IN ('sendit-watcher', 'sendit-watcher import')")
     try:
         while process.poll() is None:
             try:

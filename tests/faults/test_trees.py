@@ -176,8 +176,10 @@ def test_a_queued_folder_swapped_for_a_symlink_reads_nothing_outside(start_servi
         "a file outside the root was read through the symlink"
     assert instances == 0
     assert status in ("failed", "empty"), (status, error)
+    # The folder was deleted (its batch became a removal, which reads nothing) or, when the swap came between two
+    # events, the import found a link where its folder was: then the reason says so.
     names_the_symlink = any(word in error.lower() for word in ("symlink", "symbolic link")) or bool(symlink_rejections)
-    assert names_the_symlink, f"no reason names the symlink: {status} {error!r}"
+    assert status == "empty" or names_the_symlink, f"no reason names the symlink: {status} {error!r}"
     assert service.process.poll() is None
 
 
