@@ -72,8 +72,11 @@ none of its rows is removed until it is back or adopted.
 .B migrate
 Create or upgrade the database schema.
 .TP
-.B check\-config
-Validate the configuration and print it, passwords hidden.
+.B check\-config \fR[\fB\-\-reload\fR]
+Validate the configuration and print it, passwords hidden. With \fB\-\-reload\fR (what the unit's ExecReload
+runs before it signals the service, so that \fBsystemctl reload\fR fails and the service keeps its running
+configuration): the database must answer (else exit 69) and be migrated, or be migrated by the service (else
+exit 78); a watch root that does not exist now is only a warning.
 .SH CONFIGURATION
 The INI file /etc/sendit\-watcher/watcher.conf, or \fB\-\-config\fR, or \fB$SENDIT_WATCHER_CONFIG\fR.
 Every option, by section:

@@ -21,7 +21,7 @@ from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
 from sendit_watcher.logs import setup as setup_logging
-from sendit_watcher.migrate import migrate
+from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.parsers import PoolParser
 from sendit_watcher.worker import Failure, FolderPool, Outcome, import_batch
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "adopt-root", "accept a watch root as it is now on this host, after a deliberate change "
          "(a new share, a root moved)", _add_adopt_options)
     _add(commands, "migrate", "create or upgrade the database schema", None)
-    _add(commands, "check-config", "validate the configuration and print it (passwords hidden)", None)
+    _add(commands, "check-config", "validate the configuration and print it (passwords hidden)",
+         _add_check_options)
     return parser
 
 
@@ -110,6 +111,13 @@ def _add_metrics_options(sub: argparse.ArgumentParser) -> None:
                      help="write to PATH atomically (node_exporter textfile collector) instead of stdout")
 
 
+def _add_check_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--reload", action="store_true",
+                     help="the check `systemctl reload` runs before it signals the service (ExecReload): a missing "
+                          "root is only a warning (the service reports it lost until it appears), and the database "
+                          "must answer and be migrated, or be migrated by the service (migrate_on_start)")
+
+
 def _add_adopt_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("root", metavar="NAME", help="the watch root's name (its [watch:NAME] section)")
 
@@ -138,22 +146,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
-    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, config.watcher)]
+    reload = bool(getattr(args, "reload", False))
+    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, config.watcher, reload)]
     if problems:
         raise ConfigError(problems)
+    if reload:
+        _check_reload_database(config)
     print("\n".join(configuration.describe(config)))
     return EXIT_OK
 
 
-def _watch_problems(watch: configuration.WatchConfig, settings: configuration.WatcherConfig) -> list[str]:
+def _watch_problems(watch: configuration.WatchConfig, settings: configuration.WatcherConfig,
+                    reload: bool = False) -> list[str]:
     from sendit_watcher.processors import check_processor
 
     where = f"[watch:{watch.name}]"
     problems = []
     if not watch.path.is_dir():
-        problems.append(f"{where} path: {watch.path} is not an existing directory; create it or fix the path")
+        missing = f"{where} path: {watch.path} is not an existing directory"
+        if not reload:
+            problems.append(f"{missing}; create it or fix the path")
+        else:  # the service reports it lost until it appears (a share not mounted now)
+            print(f"sendit-watcher: warning: {missing}; the service reports it lost until it appears",
+                  file=sys.stderr)
     problems.extend(f"{where} processor: {p}" for p in check_processor(watch, settings))
     return problems
+
+
+def _check_reload_database(config: Config) -> None:
+    """The database a reload would move to answers (DatabaseUnavailable, exit 69, otherwise) and is migrated, or
+    will be by the service (ConfigError, exit 78, otherwise): `systemctl reload` then fails before the service
+    is signalled, and the service keeps its running configuration."""
+    with connect(config.database, application="sendit-watcher reload check") as conn:
+        missing = pending(conn, config.database.schema)
+    if missing and not config.database.migrate_on_start:
+        raise ConfigError([f"{config.source}: [database] schema {config.database.schema} lacks {len(missing)} "
+                           f"migration(s) (from {missing[0].version:04d}_{missing[0].name}) and migrate_on_start is "
+                           "off: run `sendit-watcher migrate` first"])
 
 
 def _open(config: Config, application: str = "sendit-watcher") -> Connection:

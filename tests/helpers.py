@@ -194,3 +194,11 @@ def import_folder(conn: Connection, config: Config, folder: Path, parser: Parser
     outcome = import_batch(conn, config, parser or InlineParser(), batch_id)
     assert outcome is not None
     return outcome
+
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "sendit-watcher.service"
+
+
+def exec_reload() -> list[str]:
+    """Every ExecReload= line of the unit, in order (systemd runs them one after another)."""
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]

@@ -3,6 +3,7 @@ refused and the running configuration keeps working; `systemctl reload`'s comman
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -21,8 +22,7 @@ from sendit_watcher.db import Connection, connect
 from tests.fix_database import ADMIN_DSN
 from tests.fix_dicom import drop_study
 from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, scalar_int, wait_until
-from tests.test_unit_file import exec_reload
+from tests.helpers import batch_rows, done, exec_reload, scalar_int, wait_until
 
 
 @pytest.fixture
@@ -126,3 +126,22 @@ def test_the_units_reload_command_fails_on_an_invalid_file_and_never_signals_the
     assert _run_exec_reload(config, service.process.pid) == 0
     service.notify.wait_for(lambda line: line == "RELOADING=1", 10)
     wait_until(lambda: "reloaded" in service.log, timeout=30, what="the reload")
+
+
+def test_the_units_reload_command_fails_on_a_database_that_cannot_be_used_and_never_signals_the_service(
+        services: Callable[[Path], ServiceProcess], database: DatabaseConfig, incoming: Path, tmp_path: Path) -> None:
+    """`systemctl reload` itself fails (not only the service's refusal in the journal) when the file's database
+    does not answer (69), or lacks migrations that the service will not apply (78); a root missing now (a share
+    not mounted) is only a warning: the service reports it lost."""
+    config = tmp_path / "watcher.conf"
+    service = services(write_config(config, database, {"incoming": incoming}))
+    nowhere = dataclasses.replace(database, dsn="host=/nonexistent-socket-dir dbname=nowhere")
+    write_config(config, nowhere, {"incoming": incoming})
+    assert _run_exec_reload(config, service.process.pid) == 69  # EX_UNAVAILABLE
+    write_config(config, dataclasses.replace(database, schema="never_migrated"), {"incoming": incoming},
+                 migrate_on_start="no")
+    assert _run_exec_reload(config, service.process.pid) == 78
+    assert "RELOADING=1" not in service.notify.fields()  # the service was never told
+    write_config(config, database, {"incoming": tmp_path / "not-mounted-now"})
+    assert _run_exec_reload(config, service.process.pid) == 0
+    service.notify.wait_for(lambda line: line == "RELOADING=1", 10)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import configparser
 import re
 import subprocess
-from pathlib import Path
 
 from sendit_watcher.config import WatcherConfig
-
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "sendit-watcher.service"
+from tests.helpers import UNIT, exec_reload
 
 
 def service_section() -> dict[str, str]:
@@ -19,17 +17,12 @@ def service_section() -> dict[str, str]:
     return dict(parser["Service"])
 
 
-def exec_reload() -> list[str]:
-    """Every ExecReload= line of the unit, in order (systemd runs them one after another)."""
-    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]
-
-
 def test_lifecycle_directives() -> None:
     service = service_section()
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["ExecStart"] == "/usr/bin/sendit-watcher run"
     # validate the file as `run` reads it, then signal: `systemctl reload` fails on an invalid file
-    assert exec_reload() == ["/usr/bin/sendit-watcher check-config", "/bin/kill -HUP $MAINPID"]
+    assert exec_reload() == ["/usr/bin/sendit-watcher check-config --reload", "/bin/kill -HUP $MAINPID"]
     assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "78"
     assert int(service["WatchdogSec"]) > 0
     assert service["User"] == service["Group"] == "sendit-watcher"
