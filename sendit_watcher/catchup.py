@@ -68,11 +68,12 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
             if not verdict.itself:
                 result.lost[name] = verdict
                 continue
+            listed_at = batches.database_time(conn)  # a folder queued after it may be missing from the listing
             entries = _list_root(watch)
             if entries is None:
                 continue
             result.rows_read_at[name] = batches.database_time(conn)
-            known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}))
+            known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}), listed_at)
             found = ScanResult()
             _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
@@ -106,8 +107,8 @@ def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[st
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
     listed = {to_text(folder_name) for folder_name in entries}
-    for path, (stamp, status, _) in known.items():
-        if path not in listed and status is not BatchStatus.QUEUED and not (stamp or "0:").startswith("0:"):
+    for path, (stamp, status, removal) in known.items():
+        if path not in listed and _gone(stamp, status, removal):
             result.gone.append((name, to_disk(path)))
     for folder_name in entries:
         folder = (name, folder_name)
@@ -124,6 +125,14 @@ def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[st
             log.error("catch-up could not examine %s: %s; it is queued to be imported", to_text(str(root /
                       folder_name)), describe(exc))
             result.changed.append(folder)
+
+
+def _gone(stamp: str | None, status: BatchStatus, removal: bool) -> bool:
+    """A recorded folder missing from a root that is itself: gone, when it had files at its last import, or when
+    it is queued to be imported (workers never empty a folder they cannot see: its removal is queued here)."""
+    if status is BatchStatus.QUEUED:
+        return not removal
+    return not (stamp or "0:").startswith("0:")
 
 
 def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus, bool] | None,

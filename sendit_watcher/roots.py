@@ -27,6 +27,7 @@ from sendit_watcher.config import Config, WatchConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import SenditError
 from sendit_watcher.logs import MESSAGE_ROOT_LOST
+from sendit_watcher.names import to_disk
 
 __all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
            "check", "adopt", "records", "MOUNTINFO"]
@@ -72,25 +73,24 @@ class Verdict:
     note: str | None = None
 
 
-def judge(root: str, recorded: Identity | None, now: Identity | None, empty_while_recorded: int = 0) -> Verdict:
-    """The verdict on a root from its recorded identity and the one seen now. ``empty_while_recorded``: the root
-    is empty now and the database records this many finished folders of it (0 otherwise)."""
+def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0) -> Verdict:
+    """The verdict on a root from its recorded identity and the one seen now. ``unseen``: at first sight, the
+    database's most recently imported folders of the root, none of which is here now (0 otherwise)."""
     def lost(reason: str) -> Verdict:
         return Verdict(root, False, reason, now)
 
     if now is None:
         return lost("missing (it does not exist or is not a directory)")
     if recorded is None:
-        if not now.mount_point and empty_while_recorded:
-            return lost(f"empty and not a mount point while {empty_while_recorded} folders of it are recorded; "
-                        f"is its file system mounted?")
+        if unseen:
+            return lost(f"none of the {unseen} folders of it imported last is here; is its file system mounted?")
         return Verdict(root, True, now=now, record=now, note="recorded at first sight")
     if recorded.mount_point and not now.mount_point:
         return lost("not mounted (it was a mount point at first sight)")
+    if not recorded.mount_point and now.mount_point:  # its share mounted at last: another inode, of course
+        return Verdict(root, True, now=now, record=now, note="a file system was mounted on it since first sight")
     if recorded.inode != now.inode:
         return lost("another directory or file system than at first sight")
-    if not recorded.mount_point and now.mount_point:
-        return Verdict(root, True, now=now, record=now, note="a file system was mounted on it since first sight")
     if not recorded.same_file_system(now):
         return lost(f"another file system ({now.fs_type} {now.fs_source}) than at first sight "
                     f"({recorded.fs_type} {recorded.fs_source})")
@@ -142,10 +142,9 @@ def _parse_mount(line: bytes) -> tuple[bytes, str, str]:
         errors="replace")
 
 
-def _is_empty(path: Path) -> bool:
+def _is_directory(path: Path) -> bool:
     try:
-        with os.scandir(path) as entries:
-            return next(entries, None) is None
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
 
@@ -209,10 +208,12 @@ def records(conn: Connection) -> list[RootRecord]:
     return found
 
 
-def _finished_folders(conn: Connection, root: str) -> int:
-    row = conn.execute("SELECT count(*) FROM batch WHERE root = %s AND status = %s AND files > 0",
-                       (root, BatchStatus.DONE)).fetchone()
-    return int(row[0]) if row else 0
+def _last_imported(conn: Connection, root: str, most: int = 20) -> list[str]:
+    """The paths of the root's folders imported last (with files): a root seen for the first time on a host must
+    show one of them, or it is not the root the other hosts see (an unmounted share's mount point)."""
+    rows = conn.execute("SELECT path FROM batch WHERE root = %s AND status = %s AND files > 0"
+                        " ORDER BY finished_at DESC NULLS LAST LIMIT %s", (root, BatchStatus.DONE, most)).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
@@ -223,11 +224,11 @@ def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
         now = identity_now(watch.path)
     except OSError as exc:
         return Verdict(watch.name, False, f"cannot be examined ({exc.strerror or type(exc).__name__})")
-    empty = 0
-    if recorded is None and now is not None and not now.mount_point:
-        folders = _finished_folders(conn, watch.name)
-        empty = folders if folders and _is_empty(watch.path) else 0
-    return judge(watch.name, recorded, now, empty)
+    unseen = 0
+    if recorded is None and now is not None:
+        sample = _last_imported(conn, watch.name)
+        unseen = 0 if any(_is_directory(watch.path / to_disk(path)) for path in sample) else len(sample)
+    return judge(watch.name, recorded, now, unseen)
 
 
 def check(conn: Connection, host: str, watch: WatchConfig) -> Verdict:

@@ -9,6 +9,7 @@ import errno
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -62,7 +63,7 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
     while True:
         failure: Failure | None = None
         with conn.transaction():
-            candidate = batches.next_queued(conn, roots)
+            candidate = batches.next_queued(conn, roots, _NOT_HERE.batches(host))
             if candidate is None:
                 return None
             died = batches.deaths(conn, candidate.id)
@@ -91,6 +92,39 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
+class _NotHere:
+    """Batches queued for import whose folder this host cannot see (while its root is itself here): another host
+    queued them, or their folder was deleted and its removal is on its way. This host leaves them alone for a
+    while (each is logged once): it never empties a folder it merely cannot see."""
+
+    SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[str, int], float] = {}  # (host, batch id): until when
+
+    def add(self, host: str, batch: Batch) -> bool:
+        """Leave the batch alone on ``host`` for SECONDS; whether it is new (to be logged)."""
+        new = (host, batch.id) not in self._until
+        self._until[host, batch.id] = time.monotonic() + self.SECONDS
+        return new
+
+    def batches(self, host: str) -> list[int]:
+        now = time.monotonic()
+        self._until = {key: until for key, until in self._until.items() if until > now}
+        return [batch_id for (on, batch_id) in self._until if on == host]
+
+
+_NOT_HERE = _NotHere()  # per process: each worker keeps its own
+
+
+class _NotVisible(Exception):
+    """A batch taken from the queue to be imported, whose folder this host cannot see: released untouched."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch.path)
+        self.batch = batch
+
+
 class _RootLost(Exception):
     """A claimed batch's folder is missing (or cannot be opened) and its root is not itself on this host: the
     batch is released untouched (rolled back, still queued), never emptied."""
@@ -111,12 +145,15 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             if claimed is None:
                 return None
             watch = config.watch_named(claimed.root)
-            folder = None if queued and claimed.removal else _folder_here(conn, config, claimed)
+            leave_out = watch.finished_marker if watch else ""
+            folder = _folder_to_read(conn, config, claimed, queued, leave_out)
             result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
                                     full_header=config.importer.full_header, progress=progress,
-                                    leave_out=watch.finished_marker if watch else "")
+                                    leave_out=leave_out)
     except _RootLost as lost:
         return _released(conn, config, lost, guard)
+    except _NotVisible as unseen:
+        return _not_visible(config.watcher.host_name, unseen.batch)
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
@@ -126,6 +163,41 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
         outcome = result
     batches.fold_tally(conn)  # the counts this batch changed, folded where they are made: reading them stays cheap
     return outcome
+
+
+def _folder_to_read(conn: Connection, config: Config, batch: Batch, queued: bool, leave_out: str) -> str | None:
+    """The folder the import reads, None for none (its rows go). A batch taken from the queue as a removal reads
+    nothing, unless its folder is back exactly as its last import saw it (renamed away and back, across a
+    restart too): then it is that folder, unchanged, and keeps its rows. A batch taken from the queue to be
+    imported whose folder this host cannot see is not emptied (_NotVisible): the removal of a deleted folder is
+    queued by the host that saw it go, never inferred from absence."""
+    if queued and batch.removal:
+        try:
+            folder = _folder_here(conn, config, batch)
+        except ImportFailed:  # a link or a file of its name now: not the folder, which is gone
+            return None
+        return folder if folder is not None and _as_last_seen(folder, batch, leave_out) else None
+    folder = _folder_here(conn, config, batch)
+    if queued and folder is None and batch.root != batches.OUTSIDE_ROOTS:
+        raise _NotVisible(batch)
+    return folder
+
+
+def _as_last_seen(folder: str, batch: Batch, leave_out: str) -> bool:
+    try:
+        return batch.fingerprint is not None and fingerprint(walk(folder, leave_out)) == batch.fingerprint
+    except OSError:
+        return False
+
+
+def _not_visible(host: str, batch: Batch) -> Failure:
+    """The batch was rolled back (still queued, its rows untouched) and is left alone here for a while."""
+    if _NOT_HERE.add(host, batch):
+        log.warning("batch %d (%s:%s) released untouched: its folder is not here on this host (another host queued "
+                    "it, or it was deleted and its removal is on its way); left to the hosts that see it",
+                    batch.id, batch.root, batch.path)
+    return Failure(batch.id, batch.root, batch.path, "not imported here: its folder is not visible on this host",
+                   status=BatchStatus.QUEUED)
 
 
 def _folder_here(conn: Connection, config: Config, batch: Batch) -> str | None:

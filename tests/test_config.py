@@ -189,7 +189,8 @@ def test_man_page_is_current_and_lists_every_option() -> None:
 def test_a_systemd_credential_pgpass_is_handed_to_libpq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sendit_watcher.db import use_credential_pgpass
 
-    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "")  # so that monkeypatch restores its absence: use_credential_pgpass sets it
+    monkeypatch.delenv("PGPASSFILE")  # in os.environ, where it would reach every later test's services
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     use_credential_pgpass()
     assert "PGPASSFILE" not in os.environ  # no credential named pgpass: libpq's own default stays

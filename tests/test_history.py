@@ -172,7 +172,8 @@ def test_a_deleted_folder_is_left_out_of_the_scan_and_its_name_recreated_is_impo
     import_all(conn, config)
     removal = batches.finished_after(conn, imported)
     assert [(r["folder"], r["status"], r["removed"], r["instances"]) for r in removal] == [("A", "empty", 3, 0)]
-    assert "A" not in batches.known_folders(conn, ROOT, [])  # its row is no longer read by a scan...
+    now = batches.database_time(conn)
+    assert "A" not in batches.known_folders(conn, ROOT, [], now)  # its row is no longer read by a scan...
     assert decisions(scan(config)) == decisions(ScanResult())  # ...and nothing is decided about it
     make_study(root / "A", 2)
     result = scan(config)

@@ -374,3 +374,27 @@ def test_every_announcement_of_a_recreated_folder_is_a_finished_state(
     told = [a for a in announcements(producer.name) if a.status == "done"]
     assert [a for a in told if a.paths not in producer.finished] == [], (steps, told, producer.finished)
     assert_mirror(conn, {"incoming": incoming})
+
+
+def test_a_removal_whose_folder_is_back_as_it_was_keeps_its_rows_and_is_not_announced(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A -> A.tmp queued A's removal; the service stopped; A.tmp -> A; the service started again after the hold
+    (a restart at the wrong moment): the worker that takes the removal finds A back exactly as its last import saw
+    it, so A keeps its rows and nothing is announced. A back changed is a new folder: the removal goes on."""
+    incoming = tmp_path / "incoming"
+    config = make_config(database, {"incoming": incoming})
+    make_study(incoming / "A", 3)
+    make_study(incoming / "B", 2)
+    for name in ("A", "B"):
+        import_folder(conn, config, incoming / name)
+    seq = scalar_int(conn, "SELECT max(finished_seq) FROM batch")
+    for name in ("A", "B"):
+        batches.enqueue_known(conn, "incoming", name)
+    make_study(incoming / "B", 1)  # B came back with one more file: not the folder its last import saw
+    outcomes = [import_next(conn, config, InlineParser()) for _ in range(2)]
+    assert all(isinstance(outcome, Result) for outcome in outcomes)
+    rows = {path: (status, instances) for path, status, instances in conn.execute(
+        "SELECT path, status, instances FROM batch")}
+    assert rows == {"A": ("done", 3), "B": ("empty", 0)}
+    assert scalar_int(conn, "SELECT count(*) FROM batch WHERE finished_seq > %s", seq) == 1  # B's removal only
+    assert scalar_int(conn, "SELECT count(*) FROM batch WHERE removal") == 0

@@ -8,6 +8,7 @@ unmounted and mounted again with its content, a tmpfs is another file system."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -127,10 +128,11 @@ def test_a_root_deleted_and_made_again_empty_is_lost_until_adopted(tmp_path: Pat
         os.close(held)
 
 
-def test_an_empty_directory_at_first_sight_while_folders_are_recorded_is_lost(
+def test_a_root_seen_first_without_any_folder_imported_last_is_lost(
         tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
-    """A host seeing a root for the first time, as an empty directory that is no mount point, while the database
-    records finished folders of it (a worker host whose share is not mounted): lost, and nothing recorded."""
+    """A host seeing a root for the first time where none of the folders the database imported last is (a host
+    whose share is not mounted; its mount point may hold lost+found, a .tmp folder, a file): lost, and nothing
+    recorded; once one of them is there, itself."""
     root = tmp_path / "incoming"
     root.mkdir()
     config = make_config(database, {"incoming": root})
@@ -138,10 +140,17 @@ def test_an_empty_directory_at_first_sight_while_folders_are_recorded_is_lost(
     drop_study(root, "A", 2)
     batches.enqueue(conn, "incoming", "A")
     assert import_next(conn, config, InlineParser()) is not None
-    shutil.rmtree(root / "A")
-    verdict = roots.check(conn, "other-host", config.watches[0])
-    assert not verdict.itself and "empty and not a mount point while 1 folders" in (verdict.reason or "")
+    elsewhere = tmp_path / "mount-point"
+    for name in ("lost+found", "B.tmp", "C"):  # what an unmounted mount point may hold; C was never imported
+        (elsewhere / name).mkdir(parents=True)
+    (elsewhere / "README").write_text("mount the share here\n")
+    other = make_config(database, {"incoming": elsewhere})
+    verdict = roots.check(conn, "other-host", other.watches[0])
+    assert not verdict.itself and "none of the 1 folders of it imported last is here" in (verdict.reason or "")
     assert scalar(conn, "SELECT device FROM root_identity WHERE host = 'other-host'") is None
+    (elsewhere / "A").mkdir()  # the share's folder: this is the root the other hosts see
+    assert roots.check(conn, "other-host", other.watches[0]).itself
+    shutil.rmtree(root / "A")
     assert roots.check(conn, HOST, config.watches[0]).itself  # the host that knows it: itself (A was deleted)
 
 
@@ -359,3 +368,50 @@ def test_a_worker_host_whose_share_is_unmounted_never_claims_and_never_empties(
     assert scalar(conn, "SELECT host FROM batch WHERE status = 'empty'") == "host-a"
     assert scalar_int(conn, "SELECT count(*) FROM instance") == 46
     assert "is lost: not mounted" in b.log and "released" not in b.log
+
+
+def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_site(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A worker host started first on a new site, its share not mounted: its root is recorded at first sight (the
+    database knows no folder yet to prove otherwise). Folders queued by the watcher host are then not visible to
+    it: it releases them untouched (still queued, nothing emptied, logged once) and the host that sees them
+    imports them. A queued folder that really is gone is queued as a removal by the catch-up of a host whose root
+    is itself, and only then loses its rows."""
+    share, unmounted = tmp_path / "share", tmp_path / "worker-c"
+    share.mkdir()
+    unmounted.mkdir()
+    watcher = make_config(database, {"incoming": share})
+    worker_c = make_config(database, {"incoming": unmounted})
+    worker_c = dataclasses.replace(worker_c, watcher=dataclasses.replace(worker_c.watcher, host="host-c"))
+    assert roots.check(conn, "host-c", worker_c.watches[0]).itself  # first sight: nothing to compare with yet
+    drop_study(share, "S1", 3)
+    batches.enqueue(conn, "incoming", "S1")
+    outcome = import_next(conn, worker_c, InlineParser())
+    assert isinstance(outcome, Failure) and outcome.status == "queued" and "not visible" in outcome.error
+    assert import_next(conn, worker_c, InlineParser()) is None  # left alone: never claimed again at once
+    assert scalar(conn, "SELECT status FROM batch WHERE path = 'S1'") == "queued"
+    assert scalar(conn, "SELECT imports FROM batch WHERE path = 'S1'") == 0
+    assert import_next(conn, watcher, InlineParser()) is not None  # the host that sees it imports it
+    assert scalar(conn, "SELECT status || ':' || instances FROM batch WHERE path = 'S1'") == "done:3"
+    drop_study(share, "S2", 2)
+    batches.enqueue(conn, "incoming", "S2")
+    shutil.rmtree(share / "S2")  # deleted while queued (say the watcher was down): no host can see it
+    assert isinstance(import_next(conn, watcher, InlineParser()), Failure)  # released, not emptied
+    result = scan_roots(database, {"incoming": watcher.watches[0]}, watcher.watcher.host_name,
+                        watcher.watcher.is_ignored, 0.0, set())
+    assert result.gone == [("incoming", "S2")]  # the host whose root is itself: gone, a removal
+    assert batches.enqueue_known(conn, "incoming", "S2") is not None
+    assert import_next(conn, watcher, InlineParser()) is not None
+    assert scalar(conn, "SELECT status FROM batch WHERE path = 'S2'") == "empty"
+
+
+def test_a_share_mounted_on_a_root_recorded_before_it_was_mounted_is_itself() -> None:
+    """A host that first saw its root as a plain directory (the share not mounted yet, nothing recorded to tell)
+    takes the share mounted there later as the root, though its inode is another: the identity is re-recorded."""
+    before = roots.Identity(device=2049, inode=1234, mount_point=False, fs_type="ext4", fs_source="/dev/vda",
+                            fs_id=7)
+    mounted = roots.Identity(device=53, inode=2, mount_point=True, fs_type="nfs4", fs_source="server:/dicom",
+                             fs_id=9)
+    verdict = roots.judge("incoming", before, mounted)
+    assert verdict.itself and verdict.record == mounted
+    assert not roots.judge("incoming", mounted, before).itself  # and unmounted again: lost

@@ -92,7 +92,7 @@ def read_lines(process: subprocess.Popen[str], count: int, timeout: float = 60) 
 
 # The listener's connection idle for a while: it is past its start-up queries, waiting in select() for a NOTIFY.
 _LISTENER_WAITING = """
-SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sendit-watcher' AND datname = current_database()
+SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sendit-watcher listen' AND datname = current_database()
 AND state = 'idle' AND now() - state_change > interval '0.5 s'
 """
 

@@ -109,7 +109,7 @@ class Listener:
 
 
 _LISTENER_WAITING = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                     " AND application_name = 'sendit-watcher' AND pid <> pg_backend_pid() AND state = 'idle'"
+                     " AND application_name = 'sendit-watcher listen' AND pid <> pg_backend_pid() AND state = 'idle'"
                      " AND now() - state_change > interval '0.5 s'")
 
 
