@@ -17,7 +17,7 @@ from datetime import datetime
 from sendit_watcher import batches, roots
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig, WatchConfig
-from sendit_watcher.db import connect
+from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
 from sendit_watcher.names import to_disk, to_text
@@ -76,12 +76,29 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
             known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}), listed_at)
             found = ScanResult()
             _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
+            if not _proven(conn, host, watch, verdict, entries, known):
+                found.gone = []  # its absences mean nothing yet
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
                 continue
             _merge(found, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _proven(conn: Connection, host: str, watch: WatchConfig, verdict: Verdict, entries: list[str],
+            known: dict[str, tuple[str | None, BatchStatus, bool]]) -> bool:
+    """Whether a folder missing from the root is gone: only once the root has shown this host a folder the
+    database knows (now, or before: roots.prove). A host that first saw its root before anything was imported
+    there (its share not mounted yet) would otherwise call gone every folder the other hosts import."""
+    if verdict.proven:
+        return True
+    if any(to_text(entry) in known for entry in entries):
+        roots.prove(conn, host, watch.name)
+        return True
+    log.debug("catch-up of [watch:%s]: nothing it lists is known yet, so nothing missing from it is gone",
+              watch.name)
+    return False
 
 
 def _merge(found: ScanResult, into: ScanResult) -> None:

@@ -10,6 +10,7 @@ back, and ``adopt`` accepts a root's identity as it is now after a deliberate ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.names import to_disk
 
 __all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
-           "check", "adopt", "records", "MOUNTINFO"]
+           "check", "adopt", "prove", "records", "MOUNTINFO"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Verdict:
     now: Identity | None = None
     record: Identity | None = None
     note: str | None = None
+    proven: bool = False  # itself, and it has shown this host a folder the database knows: absence means something
 
 
 def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0) -> Verdict:
@@ -167,6 +169,7 @@ class RootRecord:
     recorded_at: datetime | None
     lost_reason: str | None
     lost_since: datetime | None
+    proven: bool = False  # it has shown this host a folder the database knows (migration 0012)
 
     @property
     def identity(self) -> Identity | None:
@@ -179,15 +182,18 @@ class RootRecord:
 LostRoot = RootRecord  # a record with a lost_reason, as `status` and `metrics` show it
 
 _RECORD = """
-SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
+       proven
 FROM root_identity WHERE root = %(root)s AND host = %(host)s
 """
 _RECORD_LOCKED = """
-SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
+       proven
 FROM root_identity WHERE root = %(root)s AND host = %(host)s FOR UPDATE
 """
 _RECORDS = """
-SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since
+SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
+       proven
 FROM root_identity ORDER BY root, host
 """
 
@@ -224,11 +230,16 @@ def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
         now = identity_now(watch.path)
     except OSError as exc:
         return Verdict(watch.name, False, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+    # Proven before, and still the same directory (a mount placed on it since hides what proved it).
+    shown = (record is not None and record.proven and recorded is not None and now is not None
+             and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point))
     unseen = 0
-    if recorded is None and now is not None:
+    if now is not None and not shown:
         sample = _last_imported(conn, watch.name)
-        unseen = 0 if any(_is_directory(watch.path / to_disk(path)) for path in sample) else len(sample)
-    return judge(watch.name, recorded, now, unseen)
+        shown = any(_is_directory(watch.path / to_disk(path)) for path in sample)
+        unseen = len(sample) if recorded is None and not shown else 0
+    verdict = judge(watch.name, recorded, now, unseen)
+    return dataclasses.replace(verdict, proven=verdict.itself and shown)
 
 
 def check(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
@@ -240,6 +251,8 @@ def check(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
         was_lost = before is not None and before.lost_reason is not None
         if verdict.itself:
             _store(conn, host, watch.name, verdict)
+            if verdict.proven and not (before is not None and before.proven):
+                prove(conn, host, watch.name)
         else:
             conn.execute("INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
                          " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
@@ -264,9 +277,18 @@ def _write_identity(conn: Connection, host: str, root: str, identity: Identity) 
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (root, host) DO UPDATE SET"
         " device = EXCLUDED.device, inode = EXCLUDED.inode, mount_point = EXCLUDED.mount_point,"
         " fs_type = EXCLUDED.fs_type, fs_source = EXCLUDED.fs_source, fs_id = EXCLUDED.fs_id,"
-        " recorded_at = now(), lost_reason = NULL, lost_since = NULL",
+        " recorded_at = now(), lost_reason = NULL, lost_since = NULL, proven = root_identity.proven"
+        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point",
         (root, host, Decimal(identity.device), Decimal(identity.inode), identity.mount_point, identity.fs_type,
          identity.fs_source, Decimal(identity.fs_id)))
+
+
+def prove(conn: Connection, host: str, root: str) -> None:
+    """The root has shown this host a folder the database knows: from now on a folder missing from it is gone.
+    In the caller's transaction, or one of its own."""
+    with conn.transaction():
+        conn.execute("UPDATE root_identity SET proven = true WHERE root = %s AND host = %s AND NOT proven"
+                     " AND device IS NOT NULL", (root, host))
 
 
 def _log_change(watch: WatchConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
@@ -295,6 +317,7 @@ def adopt(conn: Connection, host: str, watch: WatchConfig) -> Identity:
                            f"{host}; mount it or create it, then adopt it")
     with conn.transaction():
         _write_identity(conn, host, watch.name, now)
+        prove(conn, host, watch.name)  # the operator vouches for it
     log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
              now.describe())
     return now

@@ -28,7 +28,7 @@ from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.roots import RootGuard
-from sendit_watcher.worker import import_next
+from sendit_watcher.worker import NotHere, import_next
 
 __all__ = ["Supervisor", "worker_main"]
 
@@ -71,8 +71,9 @@ def _serve_queue(conn: Connection, config: Config, parser: AdaptiveParser, paren
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_CHANNEL)))
     conn.commit()
     guard = RootGuard(config)  # batches of a root that is not itself on this host are never claimed here
+    not_here = NotHere()  # nor, for a while, those whose folder this host cannot see
     while not _Stop.requested and os.getppid() == parent:
-        if import_next(conn, config, parser, guard) is None:
+        if import_next(conn, config, parser, guard, not_here) is None:
             _wait_for_work(conn)
 
 

@@ -29,7 +29,7 @@ from sendit_watcher.parsers import InlineParser, Parser
 from sendit_watcher.roots import RootGuard, Verdict
 from sendit_watcher.walk import fingerprint, open_folder, walk
 
-__all__ = ["Failure", "Outcome", "import_next", "import_batch", "FolderPool"]
+__all__ = ["Failure", "Outcome", "NotHere", "import_next", "import_batch", "FolderPool"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,16 @@ Outcome = Result | Failure
 Progress = Callable[[int, int], None]
 
 
-def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGuard | None = None) -> Outcome | None:
+def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGuard | None = None,
+                not_here: NotHere | None = None) -> Outcome | None:
     """Claim the oldest free queued batch of a root this host has, and that is itself here (``guard``), and import
     it; None when there is none.
 
     The attempt is recorded first, committed (batches.start_attempt), so that a worker killed while importing
     (the OOM killer) leaves a trace its supervisor marks; a batch that has killed DEATHS_LIMIT workers is failed
-    here instead, and the folders after it are imported."""
+    here instead, and the folders after it are imported. A batch whose folder this host cannot see is released
+    and passed over (``not_here``: kept by the caller from one call to the next, a worker's for its life)."""
+    not_here = not_here if not_here is not None else NotHere()
     roots = guard.usable(conn) if guard is not None else [watch.name for watch in config.watches]
     if not roots:
         return None
@@ -63,7 +66,7 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
     while True:
         failure: Failure | None = None
         with conn.transaction():
-            candidate = batches.next_queued(conn, roots, _NOT_HERE.batches(host))
+            candidate = batches.next_queued(conn, roots, not_here.batches(host))
             if candidate is None:
                 return None
             died = batches.deaths(conn, candidate.id)
@@ -74,7 +77,7 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
         if failure is not None:
             return failure
         outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), None, guard,
-                       queued=True)
+                       queued=True, not_here=not_here)
         if outcome is not None:
             return outcome
         batches.end_attempt(conn, candidate.id, host, pid)  # another worker took it meanwhile: the next one
@@ -92,7 +95,7 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
 
 
-class _NotHere:
+class NotHere:
     """Batches queued for import whose folder this host cannot see (while its root is itself here): another host
     queued them, or their folder was deleted and its removal is on its way. This host leaves them alone for a
     while (each is logged once): it never empties a folder it merely cannot see."""
@@ -114,9 +117,6 @@ class _NotHere:
         return [batch_id for (on, batch_id) in self._until if on == host]
 
 
-_NOT_HERE = _NotHere()  # per process: each worker keeps its own
-
-
 class _NotVisible(Exception):
     """A batch taken from the queue to be imported, whose folder this host cannot see: released untouched."""
 
@@ -135,7 +135,8 @@ class _RootLost(Exception):
 
 
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
-         progress: Progress | None, guard: RootGuard | None = None, *, queued: bool = False) -> Outcome | None:
+         progress: Progress | None, guard: RootGuard | None = None, *, queued: bool = False,
+         not_here: NotHere | None = None) -> Outcome | None:
     """Claim, then import; a batch taken from the queue (``queued``) as a removal only loses its rows: what is
     on disk under its name now, if anything, is a new folder, which the watcher queues once it is finished."""
     claimed: Batch | None = None
@@ -153,7 +154,9 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
     except _RootLost as lost:
         return _released(conn, config, lost, guard)
     except _NotVisible as unseen:
-        return _not_visible(config.watcher.host_name, unseen.batch)
+        assert not_here is not None  # only a batch taken from the queue is _NotVisible
+        _not_visible(not_here, config.watcher.host_name, unseen.batch)
+        return None  # released: the caller passes it over and takes the next one
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
@@ -161,6 +164,8 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
     else:
         _log_result(result)
         outcome = result
+        if result.files and claimed.root != batches.OUTSIDE_ROOTS:  # its root showed this host one of its folders
+            roots.prove(conn, config.watcher.host_name, claimed.root)
     batches.fold_tally(conn)  # the counts this batch changed, folded where they are made: reading them stays cheap
     return outcome
 
@@ -190,14 +195,12 @@ def _as_last_seen(folder: str, batch: Batch, leave_out: str) -> bool:
         return False
 
 
-def _not_visible(host: str, batch: Batch) -> Failure:
+def _not_visible(not_here: NotHere, host: str, batch: Batch) -> None:
     """The batch was rolled back (still queued, its rows untouched) and is left alone here for a while."""
-    if _NOT_HERE.add(host, batch):
+    if not_here.add(host, batch):
         log.warning("batch %d (%s:%s) released untouched: its folder is not here on this host (another host queued "
                     "it, or it was deleted and its removal is on its way); left to the hosts that see it",
                     batch.id, batch.root, batch.path)
-    return Failure(batch.id, batch.root, batch.path, "not imported here: its folder is not visible on this host",
-                   status=BatchStatus.QUEUED)
 
 
 def _folder_here(conn: Connection, config: Config, batch: Batch) -> str | None:

@@ -29,10 +29,10 @@ from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.roots import RootGuard
-from sendit_watcher.worker import Failure, import_next
+from sendit_watcher.worker import Failure, NotHere, import_next
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import make_config, scalar, scalar_int, wait_until
+from tests.helpers import import_folder, make_config, scalar, scalar_int, wait_until
 
 HOST = "test-host"
 
@@ -367,7 +367,7 @@ def test_a_worker_host_whose_share_is_unmounted_never_claims_and_never_empties(
     assert {str(p) for (p,) in conn.execute("SELECT path FROM batch WHERE host = 'host-b'").fetchall()} <= by_b
     assert scalar(conn, "SELECT host FROM batch WHERE status = 'empty'") == "host-a"
     assert scalar_int(conn, "SELECT count(*) FROM instance") == 46
-    assert "is lost: not mounted" in b.log and "released" not in b.log
+    assert "is lost: not mounted" in b.log  # (a batch B had just claimed may be "released untouched": never emptied)
 
 
 def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_site(
@@ -386,9 +386,9 @@ def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_s
     assert roots.check(conn, "host-c", worker_c.watches[0]).itself  # first sight: nothing to compare with yet
     drop_study(share, "S1", 3)
     batches.enqueue(conn, "incoming", "S1")
-    outcome = import_next(conn, worker_c, InlineParser())
-    assert isinstance(outcome, Failure) and outcome.status == "queued" and "not visible" in outcome.error
-    assert import_next(conn, worker_c, InlineParser()) is None  # left alone: never claimed again at once
+    not_here = NotHere()  # what worker C keeps from one claim to the next
+    assert import_next(conn, worker_c, InlineParser(), not_here=not_here) is None  # released, passed over
+    assert not_here.batches("host-c") == [scalar_int(conn, "SELECT id FROM batch WHERE path = 'S1'")]
     assert scalar(conn, "SELECT status FROM batch WHERE path = 'S1'") == "queued"
     assert scalar(conn, "SELECT imports FROM batch WHERE path = 'S1'") == 0
     assert import_next(conn, watcher, InlineParser()) is not None  # the host that sees it imports it
@@ -396,7 +396,7 @@ def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_s
     drop_study(share, "S2", 2)
     batches.enqueue(conn, "incoming", "S2")
     shutil.rmtree(share / "S2")  # deleted while queued (say the watcher was down): no host can see it
-    assert isinstance(import_next(conn, watcher, InlineParser()), Failure)  # released, not emptied
+    assert import_next(conn, watcher, InlineParser()) is None  # released, not emptied
     result = scan_roots(database, {"incoming": watcher.watches[0]}, watcher.watcher.host_name,
                         watcher.watcher.is_ignored, 0.0, set())
     assert result.gone == [("incoming", "S2")]  # the host whose root is itself: gone, a removal
@@ -415,3 +415,37 @@ def test_a_share_mounted_on_a_root_recorded_before_it_was_mounted_is_itself() ->
     verdict = roots.judge("incoming", before, mounted)
     assert verdict.itself and verdict.record == mounted
     assert not roots.judge("incoming", mounted, before).itself  # and unmounted again: lost
+
+
+def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Host B started first on a new site with its share not mounted: its root, an empty plain directory, is
+    recorded at first sight (nothing imported yet to tell). Host A then imports from the share. B's catch-up
+    calls none of A's folders gone (its root never showed it one), until the share shows them to B; from then on
+    a folder missing from B's root is gone (an outside attack: B emptied A's folders, over and over)."""
+    share, b_root = tmp_path / "share", tmp_path / "host-b"
+    share.mkdir()
+    b_root.mkdir()
+    a = make_config(database, {"incoming": share})
+    b = make_config(database, {"incoming": b_root})
+    b = dataclasses.replace(b, watcher=dataclasses.replace(b.watcher, host="host-b"))
+    assert roots.check(conn, "host-b", b.watches[0]).itself  # recorded: nothing to compare with
+    for name in ("S1", "S2"):
+        drop_study(share, name, 2)
+        import_folder(conn, a, share / name)
+    drop_study(share, "S3", 1)
+    batches.enqueue(conn, "incoming", "S3")  # queued by A, not imported yet
+
+    def b_scan() -> list[tuple[str, str]]:
+        result = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+        assert result.error is None and result.lost == {}
+        return sorted((root, str(name)) for root, name in result.gone)
+
+    assert b_scan() == []
+    assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is False
+    for name in ("S1", "S2", "S3"):  # the share shows them at last
+        shutil.copytree(share / name, b_root / name)
+    assert b_scan() == []
+    assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is True
+    shutil.rmtree(b_root / "S1")
+    assert b_scan() == [("incoming", "S1")]
