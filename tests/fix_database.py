@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -73,7 +74,20 @@ def database(test_dsn: str) -> Iterator[DatabaseConfig]:
     yield database
     with connect(database, autocommit=True) as conn:
         SHOWN.extend(shown_by(conn, schema))
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        _drop_schema(conn, schema)
+
+
+def _drop_schema(conn: Connection, schema: str) -> None:
+    """DROP SCHEMA, again when PostgreSQL chose it as a deadlock's victim: a killed service's worker may still be
+    finishing a transaction on the schema for a moment (it exits once it sees its parent gone)."""
+    for attempt in range(5):
+        try:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(1)
 
 
 @pytest.fixture
