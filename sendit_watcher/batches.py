@@ -169,20 +169,9 @@ WHERE id = %(batch)s
 def claim(conn: Connection, roots: list[str]) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
     this transaction (SKIP LOCKED), or failing that one to be read again (``requeue``); None when there is none
-    free."""
-    with conn.cursor(row_factory=class_row(Batch)) as cursor:
-        batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
-            " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
-            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (BatchStatus.QUEUED, roots)).fetchone()
-        if batch is None:
-            batch = cursor.execute(
-                "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal,"
-                " b.attempts > 0 AS failed_last FROM reread r"
-                " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s)"
-                " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
-                " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots,)).fetchone()
-    return _mark_importing(conn, batch)
+    free. A worker takes the same two steps apart, to record its attempt in between (worker.import_next)."""
+    candidate = next_queued(conn, roots)
+    return claim_queued(conn, candidate.id) if candidate is not None else None
 
 
 DEATHS_LIMIT = 3  # a batch whose import killed its worker this many times is failed, not tried again at once

@@ -5,6 +5,7 @@ Fixtures live in the ``fix_*`` plugins that ``conftest.py`` loads; this module h
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
@@ -83,6 +84,11 @@ def importing_host(conn: Connection) -> str | None:
         " AND a.application_name LIKE 'sendit-watcher worker %%'", (BATCH_CLASS,)).fetchone()
     conn.rollback()
     return None if row is None else str(row[0]).rsplit(" on ", 1)[1]
+
+
+def on_host(config: Config, host: str) -> Config:
+    """``config`` as another host reads it (its ``[watcher] host``)."""
+    return dataclasses.replace(config, watcher=dataclasses.replace(config.watcher, host=host))
 
 
 def make_config(database: DatabaseConfig, roots: dict[str, Path] | None = None, *, full_header: bool = True,

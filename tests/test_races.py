@@ -9,7 +9,6 @@ workers truly concurrently on generated programs."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
@@ -31,7 +30,7 @@ from sendit_watcher.db import Connection, connect
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
-from tests.helpers import assert_mirror, import_folder, make_config, scalar_int
+from tests.helpers import assert_mirror, import_folder, make_config, on_host, scalar_int
 
 # Statements of the import, named by the text that starts them (importer.py).
 MERGE_DUPLICATES = "\nINSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail, duplicate_of)"
@@ -110,6 +109,24 @@ def settle(worker: Worker, seconds: float = 1.5) -> None:
     worker.join(seconds)
 
 
+def remove_a_while_b_is_imported(conn: Connection, second: Connection, config: Config, root: Path, b: Path,
+                                 stop_b_before: str) -> None:
+    """B imported on ``second``, stopped before the statement ``stop_b_before``; meanwhile A deleted and its
+    removal imported on ``conn``; B let go; both ended, then the queue drained."""
+    pause = Pause(second, stop_b_before)
+    importing_b = Worker(second, lambda c: import_folder(c, config, b))
+    importing_b.start()
+    assert pause.arrived.wait(30)
+    shutil.rmtree(root / "A")
+    removing_a = Worker(conn, lambda c: import_folder(c, config, root / "A"))
+    removing_a.start()
+    settle(removing_a)
+    pause.released.set()
+    importing_b.result()
+    removing_a.result()
+    drain(conn, config)
+
+
 @pytest.mark.parametrize("stop_b_before", [MERGE_DUPLICATES, MERGE_REJECTED])
 @pytest.mark.parametrize("b_outside_roots", [False, True])
 def test_a_deleted_while_its_copy_b_is_imported(stop_b_before: str, b_outside_roots: bool, conn: Connection,
@@ -123,18 +140,7 @@ def test_a_deleted_while_its_copy_b_is_imported(stop_b_before: str, b_outside_ro
     b = (tmp_path / "outside" / "B") if b_outside_roots else root / "B"
     copy_of(root / "A", b)
     import_folder(conn, config, root / "A")
-    pause = Pause(second, stop_b_before)
-    importing_b = Worker(second, lambda c: import_folder(c, config, b))
-    importing_b.start()
-    assert pause.arrived.wait(30)
-    shutil.rmtree(root / "A")
-    removing_a = Worker(conn, lambda c: import_folder(c, config, root / "A"))
-    removing_a.start()
-    settle(removing_a)
-    pause.released.set()
-    importing_b.result()
-    removing_a.result()
-    drain(conn, config)
+    remove_a_while_b_is_imported(conn, second, config, root, b, stop_b_before)
     assert_mirror(conn, {"r": root})
     nothing_left_queued(conn)
     assert scalar_int(conn, "SELECT count(*) FROM instance") == 4
@@ -183,18 +189,7 @@ def test_b_reimported_while_a_removal_frees_its_committed_duplicates(conn: Conne
     import_folder(conn, config, root / "A")
     import_folder(conn, config, root / "B")
     make_study(root / "B" / "late", 1)  # B grew: its next import reads the new file only
-    pause = Pause(second, MERGE_REJECTED)
-    importing_b = Worker(second, lambda c: import_folder(c, config, root / "B"))
-    importing_b.start()
-    assert pause.arrived.wait(30)
-    shutil.rmtree(root / "A")
-    removing_a = Worker(conn, lambda c: import_folder(c, config, root / "A"))
-    removing_a.start()
-    settle(removing_a)
-    pause.released.set()
-    importing_b.result()
-    removing_a.result()
-    drain(conn, config)
+    remove_a_while_b_is_imported(conn, second, config, root, root / "B", MERGE_REJECTED)
     assert_mirror(conn, {"r": root})
     nothing_left_queued(conn)
 
@@ -207,7 +202,7 @@ def test_a_folder_imported_by_hand_is_never_left_queued(conn: Connection, databa
     hand reads them."""
     root = tmp_path / "r"
     here, elsewhere = make_config(database, {"r": root}), make_config(database, {"r": root})
-    elsewhere = dataclasses.replace(elsewhere, watcher=dataclasses.replace(elsewhere.watcher, host="other-host"))
+    elsewhere = on_host(elsewhere, "other-host")
     for name, remover in (("same-host", here), ("other-host", elsewhere)):
         a, b = root / f"A-{name}", tmp_path / "outside" / f"B-{name}"
         make_study(a, 2)

@@ -8,7 +8,6 @@ unmounted and mounted again with its content, a tmpfs is another file system."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -32,7 +31,7 @@ from sendit_watcher.roots import RootGuard
 from sendit_watcher.worker import Failure, NotHere, import_next
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import import_folder, make_config, scalar, scalar_int, wait_until
+from tests.helpers import import_folder, make_config, on_host, scalar, scalar_int, wait_until
 
 HOST = "test-host"
 
@@ -381,8 +380,7 @@ def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_s
     share.mkdir()
     unmounted.mkdir()
     watcher = make_config(database, {"incoming": share})
-    worker_c = make_config(database, {"incoming": unmounted})
-    worker_c = dataclasses.replace(worker_c, watcher=dataclasses.replace(worker_c.watcher, host="host-c"))
+    worker_c = on_host(make_config(database, {"incoming": unmounted}), "host-c")
     assert roots.check(conn, "host-c", worker_c.watches[0]).itself  # first sight: nothing to compare with yet
     drop_study(share, "S1", 3)
     batches.enqueue(conn, "incoming", "S1")
@@ -427,8 +425,7 @@ def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
     share.mkdir()
     b_root.mkdir()
     a = make_config(database, {"incoming": share})
-    b = make_config(database, {"incoming": b_root})
-    b = dataclasses.replace(b, watcher=dataclasses.replace(b.watcher, host="host-b"))
+    b = on_host(make_config(database, {"incoming": b_root}), "host-b")
     assert roots.check(conn, "host-b", b.watches[0]).itself  # recorded: nothing to compare with
     for name in ("S1", "S2"):
         drop_study(share, name, 2)
