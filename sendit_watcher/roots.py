@@ -31,11 +31,12 @@ from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.names import to_disk
 
 __all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
-           "check", "adopt", "prove", "records", "MOUNTINFO"]
+           "check", "adopt", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
 
 log = logging.getLogger(__name__)
 
 MOUNTINFO = "/proc/self/mountinfo"
+CHECK_EVERY = 5.0  # seconds between checks that a root is itself, in the service and in each worker
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ class RootGuard:
     """A worker's view of which of its host's roots are themselves: each root checked again at most every
     ``every`` seconds, or at once when ``lost`` says so; a worker claims batches of those roots only."""
 
-    EVERY = 5.0
+    EVERY = CHECK_EVERY
 
     def __init__(self, config: Config, every: float = EVERY) -> None:
         self.config = config

@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.2  # longest sleep of the loop: signals, watchdog and timers are served at least this often
 _STATUS_EVERY = 2.0
-_ROOT_CHECK_EVERY = 5.0  # seconds between checks that each root is itself (roots.py)
 
 
 class SignalQueue:
@@ -315,12 +314,12 @@ class Service:
                 self.watcher.unwatch(path)
 
     def _rewatch(self) -> None:
-        """Check every _ROOT_CHECK_EVERY seconds that each root is itself; watch again a lost root found itself."""
+        """Check every roots.CHECK_EVERY seconds that each root is itself; watch again a lost root found itself."""
         if self.root_check is not None and self.root_check.done():
             check, self.root_check = self.root_check, None
             self._judged(*check.result())
         if self.root_check is None and time.monotonic() >= self.next_root_check:
-            self.next_root_check = time.monotonic() + _ROOT_CHECK_EVERY
+            self.next_root_check = time.monotonic() + roots.CHECK_EVERY
             self.root_check = self.stat_pool.submit(self.root_checks.run)
         if self.watcher.lost_roots and self.watcher.rewatch_lost_roots():
             self.intake.overflow()  # what happened while it was gone is found by a catch-up scan
