@@ -58,6 +58,11 @@ class Identity:
             return self.fs_id == other.fs_id
         return (self.fs_type, self.fs_source) == (other.fs_type, other.fs_source)
 
+    def label(self) -> str:
+        """Its file system as an operator tells it apart: type, source and, where it has one, fsid (two tmpfs
+        mounts of one source differ by their fsid only)."""
+        return f"{self.fs_type} {self.fs_source}" + (f", fsid {self.fs_id:x}" if self.fs_id else "")
+
     def describe(self) -> str:
         return f"{self.fs_type or '?'} {self.fs_source or '?'}, inode {self.inode}"
 
@@ -95,8 +100,7 @@ def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: in
     if recorded.inode != now.inode:
         return lost("another directory or file system than at first sight")
     if not recorded.same_file_system(now):
-        return lost(f"another file system ({now.fs_type} {now.fs_source}) than at first sight "
-                    f"({recorded.fs_type} {recorded.fs_source})")
+        return lost(f"another file system ({now.label()}) than at first sight ({recorded.label()})")
     if recorded != now:
         return Verdict(root, True, now=now, record=now, note="its device number changed (a remount)")
     return Verdict(root, True, now=now)
