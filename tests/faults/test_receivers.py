@@ -189,6 +189,10 @@ def test_storescp_rename_on_end_of_study(start: Callable[..., ServiceProcess], c
         storescu(port, sorted(folder.iterdir()))
         wait_until(lambda: any(p.name.startswith("CT0") for p in incoming.glob("*/*")), timeout=30,
                    what="storescp renamed the files")
+        # The files were stored under their first names before the rename: wait for the import of the renamed
+        # folder too, or a loaded machine finds it still queued when verify looks.
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM instance WHERE path LIKE 'CT0%%'") == len(uids),
+                   timeout=60, what="the renamed files imported")
         verify(conn, {"incoming": incoming}, [uids], "storescp --rename-on-eostudy", figures,
                lambda n: 1 <= n <= 2, "one per settle: the files as received, then as renamed")
     assert scalar(conn, "SELECT count(*) FROM instance WHERE path NOT LIKE 'CT0%%'") == 0
