@@ -12,7 +12,6 @@ SENDIT_LEAN_EXAMPLES (default 300) and SENDIT_LEAN_RANDOM=1 (not derandomized) f
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -34,35 +33,10 @@ from pydicom.sequence import Sequence
 from sendit_watcher import lean
 from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
+from tests.readers import compare
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
-
-
-def canonical(header: str | None) -> str | None:
-    """The JSON header parsed and written again with sorted keys: equal text means equal values and types."""
-    return None if header is None else json.dumps(json.loads(header), sort_keys=True)
-
-
-def outcome(result: Instance | Rejection) -> Any:
-    if isinstance(result, Rejection):
-        return ("rejected", result.reason, result.detail)
-    return dataclasses.replace(result, header=canonical(result.header))
-
-
-def compare(folder: str, path: str, full_header: bool) -> bool:
-    """Assert lean == pydicom path for one file; True when the lean reader answered (did not fall back)."""
-    info = os.stat(os.path.join(folder, path))
-    entry = FileEntry(path, info.st_size, info.st_mtime_ns)
-    lean.ENABLED = False
-    try:
-        expected = outcome(read_instance(folder, entry, full_header))
-    finally:
-        lean.ENABLED = True
-    before = lean.COUNTS["lean"]
-    actual = outcome(read_instance(folder, entry, full_header))
-    assert actual == expected, f"{path} (full_header={full_header})"
-    return lean.COUNTS["lean"] > before
 
 
 @pytest.fixture(autouse=True)
