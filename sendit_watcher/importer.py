@@ -159,7 +159,7 @@ def _to_read(known: dict[str, tuple[int, int, int | None]], entries: list[FileEn
     return [e for e in entries if e.path not in known or e.path in stale_set], gone, stale
 
 
-def _same(recorded: tuple[int, int, int | None], now: tuple[int, int, int | None]) -> bool:
+def _same(recorded: tuple[int, int, int | None], now: tuple[int | None, int | None, int | None]) -> bool:
     """A file as recorded is the file now; a row of 1.0 or 1.1 has no ctime: its size and mtime decide."""
     return recorded == now or (recorded[2] is None and recorded[:2] == now[:2])
 
