@@ -156,7 +156,7 @@ check "runs as its own unprivileged user" [ "$(ps -o user= -p "$(main_pid)")" = 
 check "no PHI in the journal" bash -c "! journalctl -u sendit-watcher | grep -q -e '$PATIENT_NAME' -e '$PATIENT_ID' -e '$PATIENT_BIRTH_DATE'"
 
 check "apt remove" quietly apt-get remove -y -q sendit-watcher
-check "remove keeps the conffile" [ -f /etc/sendit-watcher/watcher.conf ]
+check "remove keeps watcher.conf" [ -f /etc/sendit-watcher/watcher.conf ]
 check "journald catalog updated on remove: no sendit-watcher message left" [ "$(catalog_entries)" = 0 ]
 check "apt purge" quietly apt-get purge -y -q sendit-watcher
 check "apt purge: no 'not empty' warning from dpkg" bash -c '! grep -i "not empty" /tmp/quietly.log'
