@@ -25,7 +25,7 @@ echo "   1.0.0 applied $(q "select string_agg(version::text, ',' order by versio
 
 # Folders queued but not imported: 1.0.0 runs as a watcher only (role = watcher, from a second configuration
 # given by a drop-in), so its batch rows wait in the queue. The drop-in goes before the upgrade, so the
-# upgraded service runs on the operator's conffile again.
+# upgraded service runs on the operator's watcher.conf again.
 sed 's/^\[watcher\]$/[watcher]\nrole = watcher/' $conf > /etc/sendit-watcher/queue-only.conf
 mkdir -p /etc/systemd/system/sendit-watcher.service.d
 printf '[Service]\nEnvironment=SENDIT_WATCHER_CONFIG=/etc/sendit-watcher/queue-only.conf\n' \
