@@ -78,7 +78,11 @@ runs before it signals the service, so that \fBsystemctl reload\fR fails and the
 configuration): the database must answer (else exit 69) and be migrated, or be migrated by the service (else
 exit 78); a watch root that does not exist now is only a warning.
 .SH CONFIGURATION
-The INI file /etc/sendit\-watcher/watcher.conf, or \fB\-\-config\fR, or \fB$SENDIT_WATCHER_CONFIG\fR.
+The INI file /etc/sendit\-watcher/watcher.conf, or \fB\-\-config\fR, or \fB$SENDIT_WATCHER_CONFIG\fR; then
+every \fB*.conf\fR file of the \fBconf.d\fR directory beside it, in name order. An option set in a later file
+replaces the earlier value; a \fB[watch:NAME]\fR section in a conf.d file adds a root (or changes that root's
+options). Every problem names the file it is in. The Debian package writes watcher.conf once, at the first
+installation, and never changes it on upgrade: put site settings there or in conf.d.
 Every option, by section:
 """
 
@@ -121,10 +125,16 @@ logging
 /etc/sendit\-watcher/watcher.conf
 the configuration
 .TP
-/var/lib/sendit\-watcher/incoming
-the default watch root (group sendit\-watcher may write)
+/etc/sendit\-watcher/conf.d/*.conf
+read after it, in name order
 .TP
-/lib/systemd/system/sendit\-watcher.service
+/usr/share/sendit\-watcher/watcher.conf
+the file the package installs as /etc/sendit\-watcher/watcher.conf at its first installation
+.TP
+/var/spool/sendit\-watcher/incoming
+the default watch root (members of group sendit\-watcher may write; the service only reads)
+.TP
+/usr/lib/systemd/system/sendit\-watcher.service
 the unit; add drop\-ins (\fBRequiresMountsFor=\fR, \fBProtectHome=\fR, \fBLoadCredential=\fR) in
 /etc/systemd/system/sendit\-watcher.service.d/
 .SH JOURNAL FIELDS

@@ -22,7 +22,7 @@ from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
 from sendit_watcher.names import to_disk, to_text
 from sendit_watcher.roots import Verdict
-from sendit_watcher.walk import fingerprint, is_regular_file, newest_change, walk
+from sendit_watcher.walk import fingerprint, is_regular_file, legacy_fingerprint, newest_change, walk
 
 __all__ = ["ScanResult", "scan_roots", "Scanner"]
 
@@ -173,9 +173,10 @@ def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus, bo
     if status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
         return False
     try:
-        return fingerprint(walk(path, leave_out=marker)) != stored
+        entries = list(walk(path, leave_out=marker))
     except OSError:
         return False  # vanished since the listing
+    return stored not in (fingerprint(entries), legacy_fingerprint(entries))  # legacy: imported by 1.0/1.1
 
 
 class Scanner:

@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
     reload = bool(getattr(args, "reload", False))
-    problems = [f"{config.source}: {p}" for w in config.watches for p in _watch_problems(w, config.watcher, reload)]
+    problems = [f"{w.source or config.source}: {p}" for w in config.watches
+                for p in _watch_problems(w, config.watcher, reload)]
     if problems:
         raise ConfigError(problems)
     if reload:

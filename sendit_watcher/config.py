@@ -17,12 +17,14 @@ from typing import Any
 from sendit_watcher.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX", "LOST_AND_FOUND",
+    "DEFAULT_CONFIG_PATH", "DROP_IN_DIRECTORY", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX",
+    "LOST_AND_FOUND",
     "DatabaseConfig", "ImportConfig", "WatcherConfig", "WatchConfig", "Config",
     "load", "config_path", "parse_event_mask", "redact_dsn", "describe",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/sendit-watcher/watcher.conf")
+DROP_IN_DIRECTORY = "conf.d"  # beside the configuration file: *.conf read after it, in name order
 CONFIG_ENV = "SENDIT_WATCHER_CONFIG"
 WATCH_SECTION_PREFIX = "watch:"
 DEFAULT_PROCESSOR = "sendit_watcher.processors.DicomFolderImporter"
@@ -303,6 +305,7 @@ class WatchConfig:
     events: int
     processor: str
     finished_marker: str = _default(WATCH_SECTION_PREFIX + "NAME", "finished_marker")
+    source: Path | None = field(default=None, compare=False)  # the file that names the section first
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,7 @@ class Config:
     importer: ImportConfig = field(default_factory=ImportConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
     watches: tuple[WatchConfig, ...] = ()
+    files: tuple[Path, ...] = ()  # every file read: source, then its conf.d/*.conf
 
     def watch_named(self, name: str) -> WatchConfig | None:
         return next((w for w in self.watches if w.name == name), None)
@@ -330,21 +334,38 @@ def config_path(explicit: str | None) -> tuple[Path, bool]:
 
 
 def load(explicit: str | None = None, *, dsn: str | None = None) -> Config:
-    """Read and validate the configuration; raise ConfigError listing every problem."""
+    """Read and validate the configuration: the file, then each ``conf.d/*.conf`` beside it in name order, a
+    later file's value of an option replacing an earlier one's; raise ConfigError listing every problem, each
+    naming the file it is in."""
     path, named = config_path(explicit)
+    drop_ins = _drop_ins(path)
     if not path.exists():
         if named:
             raise ConfigError([f"{path}: no such configuration file; create it or fix --config/{CONFIG_ENV}"])
+        if drop_ins:
+            raise ConfigError([f"{path}: no such configuration file, but {drop_ins[0].parent} holds "
+                               f"{len(drop_ins)} file(s) to read after it; create it (it may be empty)"])
         return _with_dsn(Config(source=None), dsn)
-    parser = _read_ini(path)
-    return _with_dsn(_validate(path, parser), dsn)
+    files = (path, *drop_ins)
+    return _with_dsn(_validate(path, _merge_files(files), files), dsn)
+
+
+def _drop_ins(path: Path) -> tuple[Path, ...]:
+    """The ``*.conf`` files of the ``conf.d`` directory beside the configuration file, sorted by name."""
+    folder = path.parent / DROP_IN_DIRECTORY
+    try:
+        return tuple(sorted(p for p in folder.iterdir() if p.name.endswith(".conf") and not p.is_dir()))
+    except FileNotFoundError:
+        return ()
+    except OSError as exc:
+        raise ConfigError([f"{folder}: cannot be listed: {exc.strerror or exc}"]) from None
 
 
 def _with_dsn(config: Config, dsn: str | None) -> Config:
     if dsn is None:
         return config
     database = DatabaseConfig(**{**config.database.__dict__, "dsn": dsn})
-    return Config(config.source, database, config.importer, config.watcher, config.watches)
+    return Config(config.source, database, config.importer, config.watcher, config.watches, config.files)
 
 
 def _read_ini(path: Path) -> configparser.RawConfigParser:
@@ -357,24 +378,43 @@ def _read_ini(path: Path) -> configparser.RawConfigParser:
     return parser
 
 
-def _validate(path: Path, parser: configparser.RawConfigParser) -> Config:
+# section -> key -> (raw value, the file it came from); a section's first file names it in its problems.
+_Merged = dict[str, dict[str, tuple[str, Path]]]
+
+
+def _merge_files(files: tuple[Path, ...]) -> tuple[_Merged, dict[str, Path]]:
+    merged: _Merged = {}
+    first_seen: dict[str, Path] = {}
+    for path in files:
+        parser = _read_ini(path)
+        for section in parser.sections():
+            first_seen.setdefault(section, path)
+            values = merged.setdefault(section, {})
+            for key in parser.options(section):
+                values[key] = (parser.get(section, key), path)
+    return merged, first_seen
+
+
+def _validate(path: Path, merged: tuple[_Merged, dict[str, Path]], files: tuple[Path, ...]) -> Config:
+    values_of, first_seen = merged
     problems: list[str] = []
     sections: dict[str, dict[str, Any]] = {}
     watches: list[WatchConfig] = []
-    for section in parser.sections():
+    for section, raw in values_of.items():
+        where = first_seen[section]
         schema_key = _schema_key(section)
         if schema_key is None:
             known = ", ".join(f"[{s}]" for s in SCHEMA)
-            problems.append(f"{path}: [{section}]: unknown section; known sections are {known}")
+            problems.append(f"{where}: [{section}]: unknown section; known sections are {known}")
             continue
-        values = dict(_section_values(path, section, parser, SCHEMA[schema_key], problems))
+        values = dict(_section_values(where, section, raw, SCHEMA[schema_key], problems))
         if schema_key == section:
             sections[section] = values
         elif not problems:
-            watches.append(_watch(section, values))
+            watches.append(_watch(section, values, where))
     if not problems and not all(s.name for s in watches):
         problems.append(f"{path}: [watch:]: a watch section needs a name, e.g. [watch:incoming]")
-    problems.extend(_duplicate_roots(path, watches))
+    problems.extend(_duplicate_roots(watches))
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -383,6 +423,7 @@ def _validate(path: Path, parser: configparser.RawConfigParser) -> Config:
         importer=ImportConfig(**sections.get("import", {})),
         watcher=WatcherConfig(**sections.get("watcher", {})),
         watches=tuple(watches),
+        files=files,
     )
 
 
@@ -392,34 +433,34 @@ def _schema_key(section: str) -> str | None:
     return section if section in SCHEMA else None
 
 
-def _section_values(path: Path, section: str, parser: configparser.RawConfigParser,
-                    options: tuple[Option, ...], problems: list[str]) -> Iterator[tuple[str, Any]]:
+def _section_values(where: Path, section: str, raw: dict[str, tuple[str, Path]], options: tuple[Option, ...],
+                    problems: list[str]) -> Iterator[tuple[str, Any]]:
     known = {option.key: option for option in options}
-    for key in parser.options(section):
+    for key, (_, path) in raw.items():
         if key not in known:
             problems.append(f"{path}: [{section}] {key}: unknown option; known options are {', '.join(known)}")
     for option in options:
-        raw = parser.get(section, option.key, fallback=option.default)
-        if raw is None:
-            problems.append(f"{path}: [{section}] {option.key}: required option is missing")
+        value, path = raw[option.key] if option.key in raw else (option.default, where)
+        if value is None:
+            problems.append(f"{where}: [{section}] {option.key}: required option is missing")
             continue
         try:
-            yield option.key, option.parse(raw)
+            yield option.key, option.parse(value)
         except ValueError as exc:
             problems.append(f"{path}: [{section}] {option.key}: {exc}")
 
 
-def _watch(section: str, values: dict[str, Any]) -> WatchConfig:
-    return WatchConfig(name=section[len(WATCH_SECTION_PREFIX):].strip(), **values)
+def _watch(section: str, values: dict[str, Any], where: Path) -> WatchConfig:
+    return WatchConfig(name=section[len(WATCH_SECTION_PREFIX):].strip(), source=where, **values)
 
 
-def _duplicate_roots(path: Path, watches: list[WatchConfig]) -> Iterator[str]:
+def _duplicate_roots(watches: list[WatchConfig]) -> Iterator[str]:
     """Roots that nest, as written or through symbolic links (compared where they lead now)."""
     for i, watch in enumerate(watches):
         for other in watches[:i]:
             if _nest(watch.path, other.path) or _nest(watch.path.resolve(), other.path.resolve()):
-                yield (f"{path}: [watch:{watch.name}] path: {watch.path} overlaps [watch:{other.name}] "
-                       f"({other.path}); watch roots must not nest")
+                yield (f"{watch.source}: [watch:{watch.name}] path: {watch.path} overlaps [watch:{other.name}] "
+                       f"({other.path}, {other.source}); watch roots must not nest")
 
 
 def _nest(one: Path, two: Path) -> bool:
@@ -428,7 +469,8 @@ def _nest(one: Path, two: Path) -> bool:
 
 def describe(config: Config) -> Iterator[str]:
     """The effective configuration as INI lines, secrets redacted (for ``check-config``)."""
-    yield f"; effective configuration from {config.source or 'built-in defaults'}"
+    read = ", ".join(str(path) for path in config.files) or config.source or "built-in defaults"
+    yield f"; effective configuration from {read}"
     sections: list[tuple[str, object]] = [
         ("database", config.database), ("import", config.importer), ("watcher", config.watcher),
     ]

@@ -154,9 +154,14 @@ def _to_read(known: dict[str, tuple[int, int, int | None]], entries: list[FileEn
     changed)."""
     present = {e.path: (e.size, e.mtime_ns, _ctime(e)) for e in entries}
     gone = [path for path in known if path not in present]
-    stale = gone + [path for path, stamp in present.items() if path in known and known[path] != stamp]
+    stale = gone + [path for path, stamp in present.items() if path in known and not _same(known[path], stamp)]
     stale_set = set(stale)
     return [e for e in entries if e.path not in known or e.path in stale_set], gone, stale
+
+
+def _same(recorded: tuple[int, int, int | None], now: tuple[int | None, int | None, int | None]) -> bool:
+    """A file as recorded is the file now; a row of 1.0 or 1.1 has no ctime: its size and mtime decide."""
+    return recorded == now or (recorded[2] is None and recorded[:2] == now[:2])
 
 
 def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from sendit_watcher.names import to_disk, to_text
 
-__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "change_stamp",
-           "newest_change", "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file", "MAX_DEPTH"]
+__all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "legacy_fingerprint",
+           "change_stamp", "newest_change", "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file",
+           "MAX_DEPTH"]
 
 MAX_DEPTH = 512  # levels of sub-folders walked below a folder; deeper ones become 'too-deep' rejections
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -238,6 +239,17 @@ def fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
     for entry in entries:
         ctime = entry.ctime_ns if isinstance(entry, FileEntry) else entry.reason
         digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\0{ctime}\n".encode())
+        count += 1
+    return f"{count}:{digest.hexdigest()}"
+
+
+def legacy_fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
+    """The fingerprint as versions 1.0.0 and 1.1.0 recorded it (name, size and mtime: no ctime), so that a
+    folder they imported and nobody changed since is not read again after an upgrade."""
+    digest = hashlib.blake2b(digest_size=16)
+    count = 0
+    for entry in entries:
+        digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\n".encode("utf-8", "surrogateescape"))
         count += 1
     return f"{count}:{digest.hexdigest()}"
 

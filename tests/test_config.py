@@ -197,3 +197,54 @@ def test_a_systemd_credential_pgpass_is_handed_to_libpq(tmp_path: Path, monkeypa
     (tmp_path / "pgpass").write_text("db:5432:sendit:sendit:secret\n")
     use_credential_pgpass()
     assert os.environ["PGPASSFILE"] == str(tmp_path / "pgpass")
+
+
+def test_conf_d_files_are_read_after_the_file_in_name_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "more").mkdir()
+    path = write(tmp_path, f"[database]\nschema = first\nretry_interval = 7\n"
+                           f"[watch:incoming]\npath = {tmp_path}/data\n")
+    drop_ins = tmp_path / configuration.DROP_IN_DIRECTORY
+    drop_ins.mkdir()
+    (drop_ins / "20-late.conf").write_text("[database]\nschema = last\n")
+    (drop_ins / "10-early.conf").write_text(f"[database]\nschema = middle\n[watch:more]\npath = {tmp_path}/more\n")
+    (drop_ins / "30-ignored.conf.dpkg-old").write_text("[database]\nschema = never\n")
+    config = configuration.load(str(path))
+    assert config.database.schema == "last" and config.database.retry_interval == 7
+    assert [(w.name, w.source) for w in config.watches] == [("incoming", path), ("more", drop_ins / "10-early.conf")]
+    assert config.files == (path, drop_ins / "10-early.conf", drop_ins / "20-late.conf")
+    assert main(["--config", str(path), "check-config"]) == 0
+    assert f"; effective configuration from {path}, {drop_ins / '10-early.conf'}" in capsys.readouterr().out
+
+
+def test_a_problem_in_a_conf_d_file_names_that_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "[database]\nschema = fine\n")
+    drop_ins = tmp_path / configuration.DROP_IN_DIRECTORY
+    drop_ins.mkdir()
+    bad = drop_ins / "50-site.conf"
+    bad.write_text(f"[database]\nschema = Not-OK\nshema = x\n[watch:gone]\npath = {tmp_path}/missing\n")
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    assert caught.value.problems == [
+        f"{bad}: [database] shema: unknown option; known options are dsn, schema, migrate_on_start, "
+        "connect_timeout, retry_interval",
+        f"{bad}: [database] schema: 'Not-OK' is not a plain lower-case SQL identifier (letters, digits, _)",
+    ]
+    bad.write_text(f"[watch:gone]\npath = {tmp_path}/missing\n")
+    assert main(["--config", str(path), "check-config"]) == EXIT_CONFIG
+    assert f"{bad}: [watch:gone] path: {tmp_path}/missing is not an existing directory" in capsys.readouterr().err
+    bad.write_text("[database\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: cannot be read"):
+        configuration.load(str(path))
+
+
+def test_conf_d_without_its_file_is_an_error_naming_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(configuration, "DEFAULT_CONFIG_PATH", tmp_path / "watcher.conf")
+    monkeypatch.delenv(configuration.CONFIG_ENV, raising=False)
+    (tmp_path / configuration.DROP_IN_DIRECTORY).mkdir()
+    assert configuration.load(None).watches == ()  # an empty conf.d changes nothing
+    (tmp_path / configuration.DROP_IN_DIRECTORY / "site.conf").write_text("[database]\nschema = x\n")
+    with pytest.raises(ConfigError, match=f"{tmp_path}/watcher.conf: no such configuration file, but "
+                                          f"{tmp_path}/conf.d holds 1 file"):
+        configuration.load(None)

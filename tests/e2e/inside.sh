@@ -7,6 +7,13 @@ set -u
 check "apt install ./sendit-watcher_${VERSION}_all.deb (the clean build)" quietly apt-get install -y -q "/e2e-in/build/sendit-watcher_${VERSION}_all.deb"
 check "enabled on install" [ "$(systemctl is-enabled sendit-watcher)" = enabled ]
 check "system user exists" id sendit-watcher
+check "the unit under /usr/lib/systemd/system, nothing of the package under /lib" bash -c \
+  'dpkg -L sendit-watcher | grep -qx /usr/lib/systemd/system/sendit-watcher.service && ! dpkg -L sendit-watcher | grep -q "^/lib/"'
+check "no StateDirectory= (the data is not the service's state)" [ -z "$(systemctl show -p StateDirectory --value sendit-watcher)" ]
+check "watcher.conf written from the template at the first installation, not a dpkg conffile; conf.d/ beside it" \
+  bash -c 'cmp -s /etc/sendit-watcher/watcher.conf /usr/share/sendit-watcher/watcher.conf && [ -d /etc/sendit-watcher/conf.d ] && [ -z "$(dpkg-query -W -f="\${Conffiles}" sendit-watcher)" ]'
+check "the default root /var/spool/sendit-watcher/incoming: 2770 root:sendit-watcher, named by watcher.conf" bash -c \
+  '[ "$(stat -c "%a %U:%G" /var/spool/sendit-watcher/incoming)" = "2770 root:sendit-watcher" ] && grep -qx "path = /var/spool/sendit-watcher/incoming" /etc/sendit-watcher/watcher.conf'
 check "KillMode=mixed" [ "$(systemctl show -p KillMode --value sendit-watcher)" = mixed ]
 check "README.md and README.Debian in /usr/share/doc/sendit-watcher" \
   bash -c 'compgen -G "/usr/share/doc/sendit-watcher/README.md*" && compgen -G "/usr/share/doc/sendit-watcher/README.Debian*"' 
@@ -46,15 +53,32 @@ drop /data/incoming A
 check "rename A.tmp -> A: rows in PostgreSQL" wait_for 30 batch_is A done:$FILES
 check "journal has SENDIT_* fields" bash -c "journalctl -u sendit-watcher -o json | grep -q '\"SENDIT_BATCH_ID\"' && journalctl -u sendit-watcher -o json | grep -q '\"SENDIT_INSTANCES\" *: *\"$FILES\"'"
 
-cat >> /etc/sendit-watcher/watcher.conf <<CONF
-[watch:second]
-path = /data/second
-CONF
+# A second root, the package's default one, from a conf.d file (read after watcher.conf).
+spool=/var/spool/sendit-watcher/incoming
+printf '[watch:second]\npath = %s\n' "$spool" > /etc/sendit-watcher/conf.d/50-second.conf
 pid=$(main_pid)
 check "systemctl reload" systemctl reload sendit-watcher
-drop /data/second B
-check "reload picked up a new watch root" wait_for 30 batch_is B done:$FILES
+drop "$spool" B
+check "reload picked up a new watch root from conf.d/50-second.conf (the default root)" wait_for 30 batch_is B done:$FILES
 check "reload kept the main process" [ "$(main_pid)" = "$pid" ]
+
+# The data is not the service's state (issue 22 item 3): an operator's chgrp in the default root, tmpfiles as at
+# boot and a restart change no file there (no chown by systemd: every ctime and owner as before), and the catch-up
+# reads no folder again. The root is owned by root, not the service user: a StateDirectory= would chown it.
+catch_ups() { journalctl -u sendit-watcher -o cat --no-pager | grep -c '^catch-up scan:'; }
+no_reread() {
+  chgrp adm "$spool/B" || return 1
+  local before n; before=$(find /var/spool/sendit-watcher -printf '%p %C@ %u:%g %m\n' | sort); n=$(catch_ups)
+  systemd-tmpfiles --create sendit-watcher.conf && systemctl restart sendit-watcher || return 1
+  wait_for 30 bash -c "[ \$(journalctl -u sendit-watcher -o cat --no-pager | grep -c '^catch-up scan:') -gt $n ]" ||
+    { echo "   no catch-up scan after the restart"; return 1; }
+  journalctl -u sendit-watcher -o cat --no-pager | grep '^catch-up scan:' | tail -n 1 | sed 's/^/   /'
+  journalctl -u sendit-watcher -o cat --no-pager | grep '^catch-up scan:' | tail -n 1 | grep -q '; 0 to import' || return 1
+  [ "$(find /var/spool/sendit-watcher -printf '%p %C@ %u:%g %m\n' | sort)" = "$before" ] ||
+    { echo "   a file under /var/spool/sendit-watcher changed:"; diff <(echo "$before") <(find /var/spool/sendit-watcher -printf '%p %C@ %u:%g %m\n' | sort) | head -n 5; return 1; }
+  [ "$(q "select imports from sendit.batch where path = 'B'")" = 1 ]
+}
+check "chgrp in the default root, tmpfiles, restart: no ctime or owner changed, catch-up has 0 to import, B imported once" no_reread
 
 check "systemctl stop" systemctl stop sendit-watcher
 drop /data/incoming C
@@ -132,9 +156,12 @@ check "runs as its own unprivileged user" [ "$(ps -o user= -p "$(main_pid)")" = 
 check "no PHI in the journal" bash -c "! journalctl -u sendit-watcher | grep -q -e '$PATIENT_NAME' -e '$PATIENT_ID' -e '$PATIENT_BIRTH_DATE'"
 
 check "apt remove" quietly apt-get remove -y -q sendit-watcher
-check "remove keeps the conffile" [ -f /etc/sendit-watcher/watcher.conf ]
+check "remove keeps watcher.conf" [ -f /etc/sendit-watcher/watcher.conf ]
 check "journald catalog updated on remove: no sendit-watcher message left" [ "$(catalog_entries)" = 0 ]
 check "apt purge" quietly apt-get purge -y -q sendit-watcher
-check "purge removes the conffile" [ ! -e /etc/sendit-watcher/watcher.conf ]
+check "apt purge: no 'not empty' warning from dpkg" bash -c '! grep -i "not empty" /tmp/quietly.log'
+check "purge removes watcher.conf, and conf.d/ of which it removes no operator's file" bash -c \
+  '[ ! -e /etc/sendit-watcher/watcher.conf ] && [ -f /etc/sendit-watcher/conf.d/50-second.conf ]'
+check "purge leaves the data in the default root" [ -d "$spool/B" ]
 
 finish
