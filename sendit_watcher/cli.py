@@ -133,7 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = configuration.load(args.config, dsn=args.dsn)
         setup_logging(args.log_level or (config.watcher.log_level if args.command == "run" else "warning"))
-        return int(_COMMANDS[args.command](config, args))
+        code = int(_COMMANDS[args.command](config, args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted; the rest goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's signal docs recommend
+        return EXIT_OK
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"sendit-watcher: {problem}", file=sys.stderr)

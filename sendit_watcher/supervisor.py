@@ -24,8 +24,8 @@ from sendit_watcher.batches import QUEUE_CHANNEL
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import DatabaseUnavailable, describe
-from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.logs import setup as setup_logging
+from sendit_watcher.outage import Outage
 from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.roots import RootGuard
 from sendit_watcher.worker import NotHere, import_next
@@ -50,18 +50,19 @@ def worker_main(config: Config, index: int, parent: int) -> None:
     signal.signal(signal.SIGTERM, _Stop.handle)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us in order
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    os.setpgid(0, 0)  # its parse pool joins its group: a worker killed after the drain takes its pool with it
     setup_logging(config.watcher.log_level)
     parser = AdaptiveParser(config.importer.parse_process_count)
+    outage = Outage(log, f"worker {index}")
     try:
         while not _Stop.requested and os.getppid() == parent:
             try:
                 application = f"sendit-watcher worker {index} on {config.watcher.host_name}"
                 with connect(config.database, application=application) as conn:
+                    outage.back()
                     _serve_queue(conn, config, parser, parent)
             except (DatabaseUnavailable, psycopg.Error) as exc:
-                log.warning("worker %d: database unavailable, retrying in %.0f s: %s", index,
-                            config.database.retry_interval, describe(exc),
-                            extra={"MESSAGE_ID": MESSAGE_DATABASE_UNAVAILABLE})
+                outage.failed(describe(exc), config.database.retry_interval)
                 _sleep(config.database.retry_interval, parent)
     finally:
         parser.close()
@@ -132,6 +133,7 @@ class Supervisor:
                 log.error("worker %d (pid %s) %s; starting a new one", index, process.pid, how)
                 if process.pid is not None and process.exitcode:
                     died.append((process.pid, how))
+                    _kill_group(process)  # its parse pool, orphaned
                 self.processes[index] = self._spawn(index)
         return died
 
@@ -156,7 +158,19 @@ class Supervisor:
         for process in killed:
             log.warning("worker pid %s did not finish within %.0f s; killed (its folder is rolled back)",
                         process.pid, drain_seconds)
-            process.kill()
+            _kill_group(process)
             process.join()
         self.processes, self.retiring = [], []
         return len(killed)
+
+
+def _kill_group(process: BaseProcess) -> None:
+    """SIGKILL a worker and the processes it started (its parse pool and their forkserver, in the worker's
+    process group): none is left parsing for a worker that is gone, nor writing tracebacks to its closed pipes."""
+    if process.pid is None:  # never started
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # no such group (yet: killed before it made its own)
+        if process.is_alive():
+            process.kill()
