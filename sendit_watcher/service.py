@@ -522,7 +522,7 @@ class Service:
         """The one-line truth for STATUS=."""
         roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
         parts = [f"watching {roots}" if self.config.watcher.runs_watcher else
-                 f"worker only ({self.config.importer.worker_count} on {self.config.watcher.host_name})"]
+                 f"worker only ({self.config.importing.worker_count} on {self.config.watcher.host_name})"]
         lost = self.lost_roots()
         if lost:
             parts.append("LOST ROOT " + ", ".join(f"{name} ({why})" for name, why in sorted(lost.items()))
@@ -537,7 +537,7 @@ class Service:
         except psycopg.Error as exc:
             self.link.failed(exc)
             return f"waiting for database: {self.link.error}; " + "; ".join(parts)
-        parts += [f"{counts.queued:,} queued", f"{counts.imported:,} folders imported"]
+        parts += [f"{counts.queued:,} queued", f"{counts.finished:,} folders imported"]
         if counts.failed:
             parts.append(f"{counts.failed:,} failed")
         if counts.seconds_since_last is not None:

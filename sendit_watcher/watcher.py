@@ -22,7 +22,7 @@ from typing import Any
 
 import pyinotify
 
-from sendit_watcher.config import WatchConfig, WatcherConfig
+from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
@@ -102,7 +102,7 @@ class _OverflowHandler(pyinotify.ProcessEvent):  # type: ignore[misc]
 
 @dataclass
 class _Root:
-    watch: WatchConfig
+    watch: RootConfig
     context: WatchContext
     firewall: Firewall
     mask: int
@@ -133,7 +133,7 @@ class Watcher:
         for root in self.roots.values():
             root.context.settings = settings
 
-    def add_root(self, watch: WatchConfig, *, missing_ok: bool = False) -> None:
+    def add_root(self, watch: RootConfig, *, missing_ok: bool = False) -> None:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
         does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
@@ -335,7 +335,7 @@ def _missing(path: Any) -> bool:
     return False
 
 
-def _check_directory(watch: WatchConfig) -> None:
+def _check_directory(watch: RootConfig) -> None:
     where = f"[watch:{watch.name}] path {watch.path}"
     try:
         mode = os.stat(watch.path).st_mode
@@ -381,7 +381,7 @@ def _first_error(exc: Any) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _watch_failure(watch: WatchConfig, exc: Any) -> str:
+def _watch_failure(watch: RootConfig, exc: Any) -> str:
     text = _first_error(exc)
     hint = ""
     if "No space left" in text or "ENOSPC" in text:
