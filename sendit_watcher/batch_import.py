@@ -50,14 +50,15 @@ Progress = Callable[[int, int], None]
 
 
 def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGuard | None = None,
-                not_here: NotHere | None = None) -> Outcome | None:
+                not_here: NotHere | None = None, progress: Progress | None = None) -> Outcome | None:
     """Claim the oldest free queued batch of a root this host has, and that is itself here (``guard``), and import
     it; None when there is none.
 
     The attempt is recorded first, committed (batches.start_attempt), so that a worker killed while importing
     (the OOM killer) leaves a trace its supervisor marks; a batch that has killed DEATHS_LIMIT workers is failed
     here instead, and the folders after it are imported. A batch whose folder this host cannot see is released
-    and passed over (``not_here``: kept by the caller from one call to the next, a worker's for its life)."""
+    and passed over (``not_here``: kept by the caller from one call to the next, a worker's for its life).
+    ``progress`` hears of every file stored (a worker's heartbeat)."""
     not_here = not_here if not_here is not None else NotHere()
     roots = guard.usable(conn) if guard is not None else [watch.name for watch in config.watches]
     if not roots:
@@ -76,7 +77,7 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
                 batches.start_attempt(conn, candidate.id, host, pid)
         if failure is not None:
             return failure
-        outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), None, guard,
+        outcome = _run(conn, config, parser, partial(batches.claim_queued, conn, candidate.id), progress, guard,
                        queued=True, not_here=not_here)
         if outcome is not None:
             return outcome
