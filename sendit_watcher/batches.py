@@ -77,7 +77,7 @@ class QueueCounts:
     """The queue at a glance, for the service's STATUS= line."""
 
     queued: int
-    imported: int
+    finished: int  # done or empty: the folders imported, with or without files (STATUS's "folders imported")
     failed: int
     seconds_since_last: float | None
 
@@ -169,7 +169,7 @@ WHERE id = %(batch)s
 def claim(conn: Connection, roots: list[str]) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` (the roots this host has) that is not backing off, for
     this transaction (SKIP LOCKED), or failing that one to be read again (``requeue``); None when there is none
-    free. A worker takes the same two steps apart, to record its attempt in between (worker.import_next)."""
+    free. A worker takes the same two steps apart, to record its attempt in between (batch_import.import_next)."""
     candidate = next_queued(conn, roots)
     return claim_queued(conn, candidate.id) if candidate is not None else None
 
@@ -485,14 +485,14 @@ def fold_tally(conn: Connection) -> None:
 
 
 def queue_counts(conn: Connection) -> QueueCounts:
-    """Queued, imported (done or empty) and failed batches, and seconds since the last one finished."""
+    """Queued, finished (done or empty) and failed batches, and seconds since the last one finished."""
     counts = {status: 0 for status in BatchStatus}
     for row in tally(conn):
         counts[row.status] += row.batches
     last = conn.execute("SELECT extract(epoch FROM now() - max(finished_at))::float8 FROM batch").fetchone()
     conn.rollback()
     return QueueCounts(queued=counts[BatchStatus.QUEUED],
-                       imported=counts[BatchStatus.DONE] + counts[BatchStatus.EMPTY],
+                       finished=counts[BatchStatus.DONE] + counts[BatchStatus.EMPTY],
                        failed=counts[BatchStatus.FAILED], seconds_since_last=last[0] if last else None)
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sendit_watcher import batches, roots
 from sendit_watcher.batches import BatchStatus
-from sendit_watcher.config import DatabaseConfig, WatchConfig
+from sendit_watcher.config import DatabaseConfig, RootConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import describe
 from sendit_watcher.intake import Folder
@@ -52,7 +52,7 @@ class ScanResult:
         return None if folder in self.seen_failed else self.rows_read_at.get(folder[0])
 
 
-def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
+def scan_roots(database: DatabaseConfig, watches: dict[str, RootConfig], host: str,
                is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> ScanResult:
     """Compare every finished folder under each root with its batch row's fingerprint. A root is scanned only
     when it is itself on this host (roots.check) right before it is listed, and its folders missing from the
@@ -86,7 +86,7 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, WatchConfig], host: 
     return result
 
 
-def _proven(conn: Connection, host: str, watch: WatchConfig, verdict: Verdict, entries: list[str],
+def _proven(conn: Connection, host: str, watch: RootConfig, verdict: Verdict, entries: list[str],
             known: dict[str, tuple[str | None, BatchStatus, bool]]) -> bool:
     """Whether a folder missing from the root is gone: only once the root has shown this host a folder the
     database knows (now, or before: roots.prove). A host that first saw its root before anything was imported
@@ -110,7 +110,7 @@ def _merge(found: ScanResult, into: ScanResult) -> None:
     into.seen_failed |= found.seen_failed
 
 
-def _list_root(watch: WatchConfig) -> list[str] | None:
+def _list_root(watch: RootConfig) -> list[str] | None:
     """The sub-folders of a root, sorted by name; None (logged) when it cannot be listed."""
     try:
         return sorted(e.name for e in os.scandir(watch.path) if e.is_dir(follow_symlinks=False))
@@ -119,7 +119,7 @@ def _list_root(watch: WatchConfig) -> list[str] | None:
         return None
 
 
-def _scan_root(watch: WatchConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus, bool]],
+def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus, bool]],
                is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
@@ -190,7 +190,7 @@ class Scanner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, database: DatabaseConfig, watches: dict[str, WatchConfig], host: str,
+    def start(self, database: DatabaseConfig, watches: dict[str, RootConfig], host: str,
               is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder]) -> None:
         def work() -> None:
             try:

@@ -17,13 +17,13 @@ import psycopg
 
 from sendit_watcher import __version__, batches, handoff, metrics, report, roots, status
 from sendit_watcher import config as configuration
+from sendit_watcher.batch_import import Failure, FolderPool, Outcome, import_batch
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.parsers import PoolParser
-from sendit_watcher.worker import Failure, FolderPool, Outcome, import_batch
 
 __all__ = ["main", "build_parser"]
 
@@ -133,7 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = configuration.load(args.config, dsn=args.dsn)
         setup_logging(args.log_level or (config.watcher.log_level if args.command == "run" else "warning"))
-        return int(_COMMANDS[args.command](config, args))
+        code = int(_COMMANDS[args.command](config, args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted; the rest goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's signal docs recommend
+        return EXIT_OK
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"sendit-watcher: {problem}", file=sys.stderr)
@@ -153,11 +158,11 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     if reload:
         _check_reload_database(config)
-    print("\n".join(configuration.describe(config)))
+    print("\n".join(configuration.effective_ini(config)))
     return EXIT_OK
 
 
-def _watch_problems(watch: configuration.WatchConfig, settings: configuration.WatcherConfig,
+def _watch_problems(watch: configuration.RootConfig, settings: configuration.WatcherConfig,
                     reload: bool = False) -> list[str]:
     from sendit_watcher.processors import check_processor
 
@@ -207,7 +212,7 @@ def _import(config: Config, args: argparse.Namespace) -> int:
         for folder in missing:
             print(f"sendit-watcher: {folder}: not a directory", file=sys.stderr)
         return EXIT_USAGE
-    processes = args.processes or config.importer.parse_process_count
+    processes = args.processes or config.importing.parse_process_count
     with _open(config) as conn:
         ids = {batches.ensure(conn, *batches.locate(config, folder)): folder for folder in args.folders}
         if len(ids) > 1 and processes > 1:

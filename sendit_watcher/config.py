@@ -19,8 +19,8 @@ from sendit_watcher.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH", "DROP_IN_DIRECTORY", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX",
     "LOST_AND_FOUND",
-    "DatabaseConfig", "ImportConfig", "WatcherConfig", "WatchConfig", "Config",
-    "load", "config_path", "parse_event_mask", "redact_dsn", "describe",
+    "DatabaseConfig", "ImportConfig", "WatcherConfig", "RootConfig", "Config",
+    "load", "config_path", "parse_event_mask", "redact_dsn", "effective_ini",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/sendit-watcher/watcher.conf")
@@ -242,7 +242,8 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ImportConfig:
-    """The [import] section; zero counts are resolved to the number of CPU cores."""
+    """The [import] section (``Config.importing``): how the service imports; zero counts are resolved to the number
+    of CPU cores."""
 
     full_header: bool = _default("import", "full_header")
     workers: int = _default("import", "workers")
@@ -297,8 +298,9 @@ class WatcherConfig:
 
 
 @dataclass(frozen=True)
-class WatchConfig:
-    """One ``[watch:NAME]`` section: sendit's (path, events, processor) tuple."""
+class RootConfig:
+    """One ``[watch:NAME]`` section, a watch root: sendit's (path, events, processor) tuple (the [watcher] section,
+    which holds the settings of every root, is WatcherConfig)."""
 
     name: str
     path: Path
@@ -314,12 +316,12 @@ class Config:
 
     source: Path | None = None
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    importer: ImportConfig = field(default_factory=ImportConfig)
+    importing: ImportConfig = field(default_factory=ImportConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
-    watches: tuple[WatchConfig, ...] = ()
+    watches: tuple[RootConfig, ...] = ()
     files: tuple[Path, ...] = ()  # every file read: source, then its conf.d/*.conf
 
-    def watch_named(self, name: str) -> WatchConfig | None:
+    def watch_named(self, name: str) -> RootConfig | None:
         return next((w for w in self.watches if w.name == name), None)
 
 
@@ -365,7 +367,7 @@ def _with_dsn(config: Config, dsn: str | None) -> Config:
     if dsn is None:
         return config
     database = DatabaseConfig(**{**config.database.__dict__, "dsn": dsn})
-    return Config(config.source, database, config.importer, config.watcher, config.watches, config.files)
+    return Config(config.source, database, config.importing, config.watcher, config.watches, config.files)
 
 
 def _read_ini(path: Path) -> configparser.RawConfigParser:
@@ -399,7 +401,7 @@ def _validate(path: Path, merged: tuple[_Merged, dict[str, Path]], files: tuple[
     values_of, first_seen = merged
     problems: list[str] = []
     sections: dict[str, dict[str, Any]] = {}
-    watches: list[WatchConfig] = []
+    watches: list[RootConfig] = []
     for section, raw in values_of.items():
         where = first_seen[section]
         schema_key = _schema_key(section)
@@ -420,7 +422,7 @@ def _validate(path: Path, merged: tuple[_Merged, dict[str, Path]], files: tuple[
     return Config(
         source=path,
         database=DatabaseConfig(**sections.get("database", {})),
-        importer=ImportConfig(**sections.get("import", {})),
+        importing=ImportConfig(**sections.get("import", {})),
         watcher=WatcherConfig(**sections.get("watcher", {})),
         watches=tuple(watches),
         files=files,
@@ -450,11 +452,11 @@ def _section_values(where: Path, section: str, raw: dict[str, tuple[str, Path]],
             problems.append(f"{path}: [{section}] {option.key}: {exc}")
 
 
-def _watch(section: str, values: dict[str, Any], where: Path) -> WatchConfig:
-    return WatchConfig(name=section[len(WATCH_SECTION_PREFIX):].strip(), source=where, **values)
+def _watch(section: str, values: dict[str, Any], where: Path) -> RootConfig:
+    return RootConfig(name=section[len(WATCH_SECTION_PREFIX):].strip(), source=where, **values)
 
 
-def _duplicate_roots(watches: list[WatchConfig]) -> Iterator[str]:
+def _duplicate_roots(watches: list[RootConfig]) -> Iterator[str]:
     """Roots that nest, as written or through symbolic links (compared where they lead now)."""
     for i, watch in enumerate(watches):
         for other in watches[:i]:
@@ -467,12 +469,12 @@ def _nest(one: Path, two: Path) -> bool:
     return one == two or two in one.parents or one in two.parents
 
 
-def describe(config: Config) -> Iterator[str]:
+def effective_ini(config: Config) -> Iterator[str]:
     """The effective configuration as INI lines, secrets redacted (for ``check-config``)."""
     read = ", ".join(str(path) for path in config.files) or config.source or "built-in defaults"
     yield f"; effective configuration from {read}"
     sections: list[tuple[str, object]] = [
-        ("database", config.database), ("import", config.importer), ("watcher", config.watcher),
+        ("database", config.database), ("import", config.importing), ("watcher", config.watcher),
     ]
     for section, values in sections:
         yield f"[{section}]"

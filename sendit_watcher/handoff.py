@@ -7,15 +7,14 @@ handled and asks for what came after, so it misses nothing across its own restar
 from __future__ import annotations
 
 import json
-import select
 import time
 from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
+from sendit_watcher import listening
 from sendit_watcher.batches import NOTIFY_CHANNEL, finished_after, latest_seq
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import DatabaseUnavailable, connection_trouble, describe
@@ -66,15 +65,12 @@ def follow(open_connection: Callable[[], Connection], since: int | None, *, retr
 
 def _live(conn: Connection, last: int, wake_seconds: float) -> Iterator[dict[str, Any]]:
     """LISTEN, then what finished after ``last`` and each batch as it commits, on one connection."""
-    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-    conn.commit()
+    listening.listen(conn, NOTIFY_CHANNEL)
     while True:
         for record in finished_after(conn, last):
             last = int(record["seq"])
             yield record
-        select.select([conn.fileno()], [], [], wake_seconds)  # a NOTIFY, or a periodic look anyway
-        conn.execute("SELECT 1")
-        conn.commit()
+        listening.wait(conn, wake_seconds)  # a NOTIFY, or a periodic look anyway
 
 
 def as_json(record: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyinotify
 
-from sendit_watcher.config import WatchConfig, WatcherConfig
+from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.errors import ConfigError
 from sendit_watcher.intake import Intake
 from sendit_watcher.walk import is_regular_file
@@ -34,7 +34,7 @@ ROOT_LOSS = pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF | pyinotify.IN_UNM
 class WatchContext:
     """What a processor may know and do: its watch, the watcher settings, the intake, and inside-watching."""
 
-    watch: WatchConfig
+    watch: RootConfig
     settings: WatcherConfig
     intake: Intake
     watch_inside: Callable[[str], None]
@@ -162,7 +162,7 @@ def build_processor(context: WatchContext) -> Any:
                            ]) from None
 
 
-def check_processor(watch: WatchConfig, settings: WatcherConfig) -> list[str]:
+def check_processor(watch: RootConfig, settings: WatcherConfig) -> list[str]:
     """Why the watch's processor cannot be loaded and built, if it cannot (a dry run with a throwaway intake)."""
     try:
         build_processor(WatchContext(watch, settings, Intake(settings.settle_seconds), lambda path: None))

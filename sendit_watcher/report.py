@@ -10,11 +10,11 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
+from sendit_watcher.batch_import import Failure, Outcome
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.importer import Result
 from sendit_watcher.roots import RootRecord
 from sendit_watcher.status import BatchRow, Totals
-from sendit_watcher.worker import Failure, Outcome
 
 __all__ = ["Progress", "summary_line", "outcome_json", "status_table", "status_json"]
 

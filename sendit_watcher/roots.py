@@ -24,7 +24,7 @@ from pathlib import Path
 from psycopg.rows import class_row
 
 from sendit_watcher.batches import BatchStatus
-from sendit_watcher.config import Config, WatchConfig
+from sendit_watcher.config import Config, RootConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import SenditError
 from sendit_watcher.logs import MESSAGE_ROOT_LOST
@@ -227,7 +227,7 @@ def _last_imported(conn: Connection, root: str, most: int = 20) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
+def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     """The verdict on a root now, read only (usable inside the transaction that claimed a batch)."""
     record = _record_of(conn, watch.name, host)
     recorded = record.identity if record else None
@@ -247,7 +247,7 @@ def assess(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
     return dataclasses.replace(verdict, proven=verdict.itself and shown)
 
 
-def check(conn: Connection, host: str, watch: WatchConfig) -> Verdict:
+def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     """The verdict on a root now, recorded in a transaction of its own: an identity seen first or accepted is
     stored, the lost state set or cleared; the change from itself to lost, and back, is logged once."""
     with conn.transaction():
@@ -296,7 +296,7 @@ def prove(conn: Connection, host: str, root: str) -> None:
                      " AND device IS NOT NULL", (root, host))
 
 
-def _log_change(watch: WatchConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
+def _log_change(watch: RootConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
     where = f"watch root {watch.path} ([watch:{watch.name}]) on host {host}"
     if not verdict.itself and not was_lost:
         log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (after a "
@@ -313,7 +313,7 @@ class RootNotFound(SenditError):
     """``adopt-root`` of a root that has no directory to adopt."""
 
 
-def adopt(conn: Connection, host: str, watch: WatchConfig) -> Identity:
+def adopt(conn: Connection, host: str, watch: RootConfig) -> Identity:
     """Accept the root's identity as it is now on this host (after a deliberate change: a new share, a root
     moved); its lost state is cleared. RootNotFound when there is no directory there."""
     now = identity_now(watch.path)
@@ -351,7 +351,7 @@ class RootGuard:
                 names.append(watch.name)
         return names
 
-    def lost(self, conn: Connection, watch: WatchConfig) -> Verdict:
+    def lost(self, conn: Connection, watch: RootConfig) -> Verdict:
         """A folder of ``watch`` is missing and its root was not itself: check it now, recorded and logged."""
         verdict = check(conn, self.config.watcher.host_name, watch)
         self._checked[watch.name] = (time.monotonic(), verdict.itself)

@@ -26,9 +26,9 @@ from sendit_watcher.config import Config, redact_dsn
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, DatabaseUnavailable, SenditError, describe
 from sendit_watcher.intake import Folder, Intake
-from sendit_watcher.logs import MESSAGE_DATABASE_UNAVAILABLE
 from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.names import to_text
+from sendit_watcher.outage import Outage
 from sendit_watcher.processors import check_processor
 from sendit_watcher.roots import Verdict
 from sendit_watcher.sdnotify import SdNotifier
@@ -101,6 +101,7 @@ class DatabaseLink:
         self.notify = notify
         self.conn: Connection | None = None
         self.error: str | None = None
+        self.outage = Outage(log)
         self.next_attempt = 0.0
         self.reconnected = False
 
@@ -111,6 +112,7 @@ class DatabaseLink:
             left = self._queued_here()
             self.close()
             self.conn, self.error, self.reconnected = switched, None, True  # a catch-up scan of the new one
+            self.outage.back()
             log.warning("reload: the service now uses database %s, schema %s (workers, queue and catch-up)%s",
                         redact_dsn(config.database.dsn) or "of libpq's defaults", config.database.schema,
                         f"; {left} batch(es) still queued in the old one stay there, their folders are queued in the"
@@ -140,17 +142,13 @@ class DatabaseLink:
         except (DatabaseUnavailable, psycopg.Error) as exc:
             self.failed(exc)
             return None
-        if self.error is not None:
-            log.warning("database is reachable again")
+        self.outage.back()
         self.conn, self.error, self.reconnected = conn, None, True
         return conn
 
     def failed(self, exc: BaseException) -> None:
-        message = describe(exc)
-        if message != self.error:
-            log.error("database unavailable: %s (retrying every %.0f s)", message,
-                      self.config.database.retry_interval, extra={"MESSAGE_ID": MESSAGE_DATABASE_UNAVAILABLE})
-        self.error = message
+        self.error = describe(exc)
+        self.outage.failed(self.error, self.config.database.retry_interval)
         self.next_attempt = time.monotonic() + self.config.database.retry_interval
         if self.conn is not None:
             self.conn.close()
@@ -406,8 +404,10 @@ class Service:
             path = self.watcher.path_of(folder)
             if path is not None:
                 self.watcher.watch_inside(path)
-        log.info("catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone",
-                 result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone))
+        found = result.changed or result.young or result.gone
+        log.log(logging.INFO if found else logging.DEBUG,  # a scan that found nothing is no news
+                "catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone",
+                result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone))
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
@@ -522,7 +522,7 @@ class Service:
         """The one-line truth for STATUS=."""
         roots = ", ".join(str(r.watch.path) for r in self.watcher.roots.values()) or "nothing"
         parts = [f"watching {roots}" if self.config.watcher.runs_watcher else
-                 f"worker only ({self.config.importer.worker_count} on {self.config.watcher.host_name})"]
+                 f"worker only ({self.config.importing.worker_count} on {self.config.watcher.host_name})"]
         lost = self.lost_roots()
         if lost:
             parts.append("LOST ROOT " + ", ".join(f"{name} ({why})" for name, why in sorted(lost.items()))
@@ -537,7 +537,7 @@ class Service:
         except psycopg.Error as exc:
             self.link.failed(exc)
             return f"waiting for database: {self.link.error}; " + "; ".join(parts)
-        parts += [f"{counts.queued:,} queued", f"{counts.imported:,} folders imported"]
+        parts += [f"{counts.queued:,} queued", f"{counts.finished:,} folders imported"]
         if counts.failed:
             parts.append(f"{counts.failed:,} failed")
         if counts.seconds_since_last is not None:

@@ -48,7 +48,8 @@ class Totals:
         return self.batches.get(BatchStatus.QUEUED, 0)
 
     @property
-    def imported(self) -> int:
+    def done(self) -> int:
+        """Batches whose folder is imported with files (status done; not empty ones)."""
         return self.batches.get(BatchStatus.DONE, 0)
 
 

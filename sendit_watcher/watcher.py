@@ -10,8 +10,11 @@ their parent's watch existed are watched too."""
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any
 
 import pyinotify
 
-from sendit_watcher.config import WatchConfig, WatcherConfig
+from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
@@ -36,6 +39,20 @@ INSIDE_EVENTS = (pyinotify.IN_CREATE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_
 INSIDE_WATCH_LIMIT = 1000  # directories watched inside one settling folder; the rest settles by stat alone
 _INSIDE_MASK = INSIDE_EVENTS | pyinotify.IN_ONLYDIR
 _NEW_DIRECTORY = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO
+_HOW_LOST = {pyinotify.IN_MOVE_SELF: "moved away or renamed", pyinotify.IN_DELETE_SELF: "deleted",
+             pyinotify.IN_UNMOUNT: "unmounted"}
+
+
+class _WatchPathChanged(logging.Filter):
+    """Drops pyinotify's own ERROR on a watched directory that moved ("The pathname '...-unknown-path' of this
+    watch ... has probably changed", with its advice on where to put watches): the watcher says what it means
+    for the service in its own line (a root moved away, or a settling folder's sub-folder moved out)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has probably changed" not in str(record.msg)
+
+
+logging.getLogger("pyinotify").addFilter(_WatchPathChanged())
 
 
 class Firewall:
@@ -85,7 +102,7 @@ class _OverflowHandler(pyinotify.ProcessEvent):  # type: ignore[misc]
 
 @dataclass
 class _Root:
-    watch: WatchConfig
+    watch: RootConfig
     context: WatchContext
     firewall: Firewall
     mask: int
@@ -116,7 +133,7 @@ class Watcher:
         for root in self.roots.values():
             root.context.settings = settings
 
-    def add_root(self, watch: WatchConfig, *, missing_ok: bool = False) -> None:
+    def add_root(self, watch: RootConfig, *, missing_ok: bool = False) -> None:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
         does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
@@ -124,7 +141,7 @@ class Watcher:
         wanted = watch.events | getattr(processor, "required_events", 0)
         firewall = Firewall(processor, watch.name, wanted, self._root_lost, self._inside_directory)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
-        if missing_ok and not os.path.lexists(watch.path):
+        if missing_ok and _missing(watch.path):
             self.roots[watch.name] = root
             self._lose(watch.name, "missing (it does not exist yet)")
             log.error("watch root %s ([watch:%s]) does not exist (yet); watching it once it appears",
@@ -135,8 +152,9 @@ class Watcher:
         log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
 
     def _root_lost(self, name: str, event: Any) -> None:
-        log.error("watch root %s ([watch:%s]) is gone (%s); waiting for it to come back",
-                  self.roots[name].watch.path, name, event.maskname)
+        how = next((how for flag, how in _HOW_LOST.items() if event.mask & flag), "lost")
+        log.error("watch root %s ([watch:%s]) is gone: %s (%s); waiting for it to come back at its path",
+                  self.roots[name].watch.path, name, how, event.maskname)
         self._lose(name, f"gone ({event.maskname})")
 
     def _lose(self, name: str, reason: str, at: float | None = None) -> None:
@@ -306,14 +324,54 @@ def _is_inside(path: str, root: Any) -> bool:
     return path.startswith(str(root) + os.sep)
 
 
-def _check_directory(watch: WatchConfig) -> None:
+def _missing(path: Any) -> bool:
+    """Nothing at ``path`` (not: a path this process may not look at, which is no reason to wait for it)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _check_directory(watch: RootConfig) -> None:
     where = f"[watch:{watch.name}] path {watch.path}"
-    if not watch.path.exists():
-        raise WatchError(f"{where} does not exist; create it or fix the path in the configuration")
-    if not watch.path.is_dir():
+    try:
+        mode = os.stat(watch.path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise WatchError(f"{where} does not exist; create it or fix the path in the configuration") from None
+    except PermissionError:
+        raise WatchError(f"{where} cannot be reached: a directory above it is closed to this process"
+                         f"{_access_hint()}") from None
+    if not stat.S_ISDIR(mode):
         raise WatchError(f"{where} is not a directory")
     if not os.access(watch.path, os.R_OK | os.X_OK):
-        raise WatchError(f"{where} is not readable by this user (uid {os.getuid()}); fix its permissions")
+        raise WatchError(f"{where} is not readable by this process{_access_hint()}")
+
+
+def _access_hint() -> str:
+    """What to do about a directory closed to this process. Its supplementary groups are the ones it started
+    with: a group its user joined since (adduser sendit-watcher GROUP) counts only after a restart."""
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        gained = set(os.getgrouplist(user.pw_name, user.pw_gid)) - set(os.getgroups()) - {os.getegid()}
+    except (KeyError, OSError):  # a uid without a passwd entry: no group list to compare with
+        return f" (uid {os.geteuid()}); give it read access (and search access to the directories above)"
+    if gained:
+        names = ", ".join(sorted(_group_name(gid) for gid in gained))
+        return (f"; user {user.pw_name} is in group(s) {names} now, but a running process keeps the groups it "
+                f"started with (a reload cannot change them): restart the service (systemctl restart "
+                f"sendit-watcher) to take the new group membership")
+    return (f" (user {user.pw_name}, uid {user.pw_uid}); give this user read access (and search access to the "
+            f"directories above), then reload")
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _first_error(exc: Any) -> str:
@@ -323,7 +381,7 @@ def _first_error(exc: Any) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _watch_failure(watch: WatchConfig, exc: Any) -> str:
+def _watch_failure(watch: RootConfig, exc: Any) -> str:
     text = _first_error(exc)
     hint = ""
     if "No space left" in text or "ENOSPC" in text:

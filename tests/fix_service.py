@@ -56,6 +56,7 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        path.chmod(0o666)  # a service run as another user (ServiceProcess's ``command``) may send too
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
         self._closed = False
@@ -90,14 +91,16 @@ class ServiceProcess:
     """``python -m sendit_watcher --config FILE run`` with a NOTIFY_SOCKET of the test's. Every one started in
     a session is kept in STARTED, for the PHI canary (fix_canary) to read their logs and STATUS lines at the end."""
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.notify = NotifySocket(workdir / f"notify-{time.monotonic_ns()}.sock")
         self.log_path = workdir / f"service-{time.monotonic_ns()}.log"
         environment = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), "PYTHONPATH": str(REPO),
                        **(env or {})}
         self._log = self.log_path.open("wb")
         STARTED.append(self)  # once it has a log (a socket path too long for AF_UNIX fails the test, not the run)
-        self.process = subprocess.Popen([sys.executable, "-m", "sendit_watcher", "--config", str(config), "run"],
+        python = command or [sys.executable]  # e.g. setpriv ... /usr/bin/python3, to run as another user
+        self.process = subprocess.Popen([*python, "-m", "sendit_watcher", "--config", str(config), "run"],
                                         env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -126,6 +129,22 @@ class ServiceProcess:
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+    def descendants(self) -> list[int]:
+        """Every process below the service: workers, their parse pools and forkservers, at any depth."""
+        parents: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, below = [], [self.process.pid]
+        while below:
+            children = parents.get(below.pop(), [])
+            found += children
+            below += children
+        return found
 
     @property
     def log(self) -> str:

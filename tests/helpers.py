@@ -17,12 +17,12 @@ import pydicom
 from psycopg import sql
 
 from sendit_watcher import batches
-from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, WatchConfig, WatcherConfig
+from sendit_watcher.batch_import import Outcome, import_batch
+from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import BATCH_CLASS
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import InlineParser, Parser
-from sendit_watcher.worker import Outcome, import_batch
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -97,7 +97,7 @@ def make_config(database: DatabaseConfig, roots: dict[str, Path] | None = None, 
     import pyinotify
 
     mask = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
-    watches = tuple(WatchConfig(name, path, mask, "sendit_watcher.processors.DicomFolderImporter")
+    watches = tuple(RootConfig(name, path, mask, "sendit_watcher.processors.DicomFolderImporter")
                     for name, path in (roots or {}).items())
     return Config(None, database, ImportConfig(full_header=full_header, workers=workers, parse_processes=2),
                   WatcherConfig(settle_seconds=settle, rescan_interval=rescan, drain_seconds=10, host="test-host"),

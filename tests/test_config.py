@@ -37,7 +37,7 @@ events = IN_CREATE|IN_MOVED_TO
 """)
     config = configuration.load(str(path))
     assert config.database.dsn == "dbname=sendit" and config.database.schema == "imaging"
-    assert config.importer.full_header is False and config.importer.worker_count == 3
+    assert config.importing.full_header is False and config.importing.worker_count == 3
     assert config.watcher.temp_suffixes == (".tmp", ".part", ".incoming")
     assert config.watcher.is_temporary("Study.PART") and not config.watcher.is_temporary("Study")
     watch = config.watches[0]

@@ -18,10 +18,10 @@ import pytest
 from psycopg import sql
 
 from sendit_watcher import batches
+from sendit_watcher.batch_import import Failure
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.worker import Failure
 from tests.fix_database import ADMIN_DSN
 from tests.fix_dicom import make_study
 from tests.fix_service import REPO, write_config
@@ -63,7 +63,7 @@ def test_a_failed_batch_that_succeeds_as_its_last_success_saw_it_is_news(
     with connect(database, autocommit=True) as listener:
         listener.add_notify_handler(lambda notify: notified.append(notify.payload))
         listener.execute("LISTEN sendit_batch")
-        with caplog.at_level(logging.INFO, logger="sendit_watcher.worker"):
+        with caplog.at_level(logging.INFO, logger="sendit_watcher.batch_import"):
             outcome = import_folder(conn, config, root / "A")
         wait_until(lambda: listener.execute("SELECT 1") is not None and bool(notified), timeout=5,
                    what="NOTIFY sendit_batch")

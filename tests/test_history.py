@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from sendit_watcher import batches, catchup, metrics, status
+from sendit_watcher.batch_import import import_next
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.catchup import ScanResult, scan_roots
 from sendit_watcher.config import Config, DatabaseConfig
@@ -25,7 +26,6 @@ from sendit_watcher.migrate import available, migrate
 from sendit_watcher.names import to_text
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.walk import fingerprint, walk
-from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
 from tests.helpers import make_config
 
@@ -209,7 +209,7 @@ def test_status_and_metrics_count_every_batch_by_status_and_host(database: Datab
     assert 'sendit_import_failures{status="failed",host="test-host"} 1' in text
     assert "sendit_queue_depth 1" in text
     counts = batches.queue_counts(conn)
-    assert (counts.queued, counts.imported, counts.failed) == (1, 2, 1)
+    assert (counts.queued, counts.finished, counts.failed) == (1, 2, 1)
 
 
 def test_a_schema_migrated_from_before_the_tally_counts_its_existing_rows(test_dsn: str) -> None:

@@ -13,12 +13,12 @@ import pytest
 from pydicom.uid import generate_uid
 
 from sendit_watcher import lean
+from sendit_watcher.batch_import import import_batch
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
-from sendit_watcher.worker import import_batch
 from tests.fix_dicom import make_study
 from tests.helpers import count_rows, import_folder, make_config, pydicom_test_files
 

@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendit_watcher import dicomjson, lean
+from sendit_watcher.batch_import import Failure
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 from sendit_watcher.dicomjson import too_large_detail
 from sendit_watcher.headers import Instance, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
-from sendit_watcher.worker import Failure
 from tests.fix_service import REPO
 from tests.helpers import import_folder, scalar
 

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sendit_watcher import roots
+from sendit_watcher.batch_import import import_next
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.parsers import InlineParser
-from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
 from tests.helpers import assert_mirror, import_folder, make_config, on_host, scalar_int
 

@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sendit_watcher import batches
+from sendit_watcher.batch_import import import_next
 from sendit_watcher.catchup import scan_roots
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
 from sendit_watcher.intake import Intake
 from sendit_watcher.parsers import InlineParser
-from sendit_watcher.worker import import_next
 from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess, write_config
 from tests.helpers import assert_mirror, import_folder, make_config, regular_files, scalar_int, wait_until

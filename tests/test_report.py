@@ -6,11 +6,11 @@ import io
 import json
 from datetime import UTC, datetime
 
+from sendit_watcher.batch_import import Failure
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.importer import Result
 from sendit_watcher.report import Progress, outcome_json, status_json, status_table, summary_line
 from sendit_watcher.status import BatchRow, Totals
-from sendit_watcher.worker import Failure
 
 DONE = Result(7, "incoming", "A", BatchStatus.DONE, 120, 118, 118, 2, 0.5)
 

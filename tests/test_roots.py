@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendit_watcher import batches, roots
+from sendit_watcher.batch_import import Failure, NotHere, import_next
 from sendit_watcher.catchup import scan_roots
 from sendit_watcher.cli import main
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.roots import RootGuard
-from sendit_watcher.worker import Failure, NotHere, import_next
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess, write_config
 from tests.helpers import import_folder, make_config, on_host, scalar, scalar_int, wait_until

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendit_watcher.config import WatchConfig, WatcherConfig
+from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.intake import LOOK_DELAY, Intake
 from sendit_watcher.watcher import Watcher
@@ -72,7 +72,7 @@ class Harness:
         self.clock = FakeClock()
         self.intake = Intake(settle, clock=self.clock)
         self.watcher = Watcher(WatcherConfig(settle_seconds=settle), self.intake)
-        self.watcher.add_root(WatchConfig("in", root, EVENTS, "sendit_watcher.processors.DicomFolderImporter"))
+        self.watcher.add_root(RootConfig("in", root, EVENTS, "sendit_watcher.processors.DicomFolderImporter"))
 
     def drain(self) -> None:
         """Dispatch every event queued so far (the kernel queues them as the file operations happen)."""

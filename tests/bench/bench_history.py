@@ -24,7 +24,7 @@ from typing import Any
 
 from sendit_watcher import metrics, status
 from sendit_watcher.catchup import scan_roots
-from sendit_watcher.config import DatabaseConfig, WatchConfig
+from sendit_watcher.config import DatabaseConfig, RootConfig
 from sendit_watcher.db import connect
 from sendit_watcher.migrate import migrate
 from sendit_watcher.walk import fingerprint, walk
@@ -75,7 +75,7 @@ def _rss_kb(field: str) -> int:
 
 
 def _scan_in_child(database: DatabaseConfig, root: Path) -> dict[str, float]:
-    watch = WatchConfig(name=ROOT, path=root, events=0, processor="")
+    watch = RootConfig(name=ROOT, path=root, events=0, processor="")
     before = _rss_kb("VmRSS")
     result = scan_roots(database, {ROOT: watch}, "bench-host", lambda name: False, 0.0, set())
     assert result.error is None and not result.changed and not result.gone, result

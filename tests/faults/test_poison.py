@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from sendit_watcher import batches
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.catchup import scan_roots
-from sendit_watcher.config import DatabaseConfig, WatchConfig
+from sendit_watcher.config import DatabaseConfig, RootConfig
 from sendit_watcher.db import Connection
 from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import REPO, ServiceProcess, write_config
@@ -411,7 +411,7 @@ def test_a_scan_that_saw_a_failed_batch_changed_queues_it_whenever_it_failed(con
     assert batch is not None
     began = batches.database_time(conn)
     assert batches.record_failure(conn, batch, "test-host", "provoked", "1:stale-fingerprint")
-    watch = WatchConfig("incoming", root, 0, "sendit_watcher.processors.DicomFolderImporter")
+    watch = RootConfig("incoming", root, 0, "sendit_watcher.processors.DicomFolderImporter")
     result = scan_roots(database, {"incoming": watch}, "test-host", lambda name: name.endswith(".tmp"), 0.0, set())
     assert sorted(result.changed) == [("incoming", "F"), ("incoming", "N")]
     assert result.seen_failed == {("incoming", "F")}
