@@ -16,8 +16,8 @@ from typing import Any
 from sendit_watcher import batches
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
-from sendit_watcher.dicomjson import storable
-from sendit_watcher.headers import Instance
+from sendit_watcher.dicom.dicomjson import storable
+from sendit_watcher.dicom.headers import Instance
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendit_watcher import dicomjson, lean
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
-from sendit_watcher.dicomjson import too_large_detail
-from sendit_watcher.headers import Instance, read_instance
+from sendit_watcher.dicom import dicomjson, lean
+from sendit_watcher.dicom.dicomjson import too_large_detail
+from sendit_watcher.dicom.headers import Instance, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
 from sendit_watcher.worker import Failure
 from tests.fix_service import REPO
@@ -76,8 +76,8 @@ def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, 
 
 _MEASURE = """
 import json, resource, sys
-from sendit_watcher import lean
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry
 import os
 quiet_pydicom()

@@ -20,8 +20,8 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from sendit_watcher import dicomjson, lean
-from sendit_watcher.dicomjson import (
+from sendit_watcher.dicom import dicomjson, lean
+from sendit_watcher.dicom.dicomjson import (
     VALUE_LIMIT,
     dataset_to_json,
     is_multi_value,
@@ -29,7 +29,7 @@ from sendit_watcher.dicomjson import (
     storable,
     too_large_detail,
 )
-from sendit_watcher.elements import FALLBACK, Decoder, _dictionary_vr, deferred
+from sendit_watcher.dicom.elements import FALLBACK, Decoder, _dictionary_vr, deferred
 from sendit_watcher.errors import one_line
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from sendit_watcher.elements import (
+from sendit_watcher.dicom.elements import (
     BINARY_VRS,
     FLOAT_VRS,
     INT_VRS,

@@ -34,9 +34,9 @@ from typing import Any, cast
 from pydicom import valuerep
 from pydicom.datadict import private_dictionary_VR
 
-from sendit_watcher import dicomjson as _dicomjson
-from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, _scalar, storable
-from sendit_watcher.elements import (
+from sendit_watcher.dicom import dicomjson as _dicomjson
+from sendit_watcher.dicom.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, _scalar, storable
+from sendit_watcher.dicom.elements import (
     _CHARSET_AFFECTED,
     _CODECS,
     BINARY_VRS,
@@ -590,7 +590,7 @@ class _MainTags:
 
 def _fields(main: dict[int, str], transfer_syntax_uid: str, header: str | None) -> dict[str, Any]:
     """The Instance fields, or fall back when the file is a rejection (pydicom gives the reason)."""
-    from sendit_watcher import headers  # imported here: headers imports this module
+    from sendit_watcher.dicom import headers  # imported here: headers imports this module
 
     tags = cast(Any, _MainTags(main))
     fields: dict[str, Any] = {name: headers._text(tags, tag) for tag, name in _MAIN_TEXT.items()}
