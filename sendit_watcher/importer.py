@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from sendit_watcher import batches
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
-from sendit_watcher.dicom.dicomjson import storable
-from sendit_watcher.dicom.headers import Instance
+from sendit_watcher.dicom.tags import MAIN_TAGS, SQL_TYPES, Instance
+from sendit_watcher.dicom.values import storable
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
@@ -227,15 +229,10 @@ WHERE id = %(batch)s
 """
 
 
-_STAGING_COLUMNS = (
-    "path", "size", "mtime_ns", "reason", "detail",
-    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "instance_number", "content_date",
-    "series_instance_uid", "modality", "series_number", "series_date", "series_description", "body_part_examined",
-    "study_instance_uid", "study_date", "study_time", "accession_number", "study_id", "study_description",
-    "referring_physician_name", "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-    "patient_sex", "header",
-)
-_INSTANCE_FIELDS = _STAGING_COLUMNS[5:]
+# A staged row: the file, its rejection (reason, detail) or its Instance's columns (the main tags, then the
+# header), and its ctime.
+_INSTANCE_FIELDS = tuple(t.column for t in MAIN_TAGS) + ("header",)
+_STAGING_COLUMNS = ("path", "size", "mtime_ns", "reason", "detail") + _INSTANCE_FIELDS
 
 
 def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection], parser: Parser,
@@ -290,9 +287,12 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
 
 def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:
     if isinstance(result, Rejection):
-        return (result.path, result.size, result.mtime_ns, result.reason, result.detail) + (None,) * 24
+        return (result.path, result.size, result.mtime_ns, result.reason, result.detail) + _NO_INSTANCE
     return (result.path, result.size, result.mtime_ns, None, None) + tuple(
         getattr(result, name) for name in _INSTANCE_FIELDS)
+
+
+_NO_INSTANCE = (None,) * len(_INSTANCE_FIELDS)
 
 
 def _merge(conn: Connection, batch_id: int, staged: int) -> int:
@@ -320,21 +320,15 @@ def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, n
 
 # Once per connection. The header is compressed as instance.header is (migration 0004 decides: lz4 where the
 # server has it), so the merge copies the compressed value as it is. attcompression is read through to_jsonb so
-# that the block also runs on servers older than 14, which have no such column.
-_CREATE_STAGING = """
+# that the block also runs on servers older than 14, which have no such column. The main tags' columns come
+# from their table (dicom.tags.MAIN_TAGS).
+_CREATE_STAGING = sql.SQL("""
 DO $$
 BEGIN
     IF to_regclass('pg_temp.staging') IS NULL THEN
         CREATE TEMP TABLE staging (
             path text, size bigint, mtime_ns bigint, ctime_ns bigint, reason text, detail text,
-            sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer,
-            content_date date,
-            series_instance_uid text, modality text, series_number integer, series_date date,
-            series_description text, body_part_examined text,
-            study_instance_uid text, study_date date, study_time text, accession_number text, study_id text,
-            study_description text, referring_physician_name text,
-            patient_id text, issuer_of_patient_id text, patient_name text, patient_birth_date date,
-            patient_sex text,
+            {main_columns},
             header jsonb
         ) ON COMMIT DELETE ROWS;
         IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = 'instance'::regclass AND a.attname = 'header'
@@ -344,16 +338,11 @@ BEGIN
     END IF;
 END
 $$
-"""
+""").format(main_columns=sql.SQL(", ").join(
+    sql.SQL("{} {}").format(sql.Identifier(t.column), sql.SQL(SQL_TYPES[t.kind])) for t in MAIN_TAGS))
 
-_COPY_STAGING = """
-COPY staging (path, size, mtime_ns, reason, detail,
-    sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, content_date,
-    series_instance_uid, modality, series_number, series_date, series_description, body_part_examined,
-    study_instance_uid, study_date, study_time, accession_number, study_id, study_description,
-    referring_physician_name, patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex,
-    header, ctime_ns) FROM STDIN
-"""
+_COPY_STAGING = sql.SQL("COPY staging ({}) FROM STDIN").format(
+    sql.SQL(", ").join(sql.Identifier(c) for c in _STAGING_COLUMNS + ("ctime_ns",)))
 
 # Each merge takes the first file (by path) for a key and leaves existing rows alone: first writer wins.
 # A patient without a PatientID is one per study (study_key), never one row shared by different people.

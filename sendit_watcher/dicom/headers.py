@@ -3,106 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import errno
 import json
 import logging
-import math
 import os
 import re
 import stat
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from sendit_watcher.dicom import dicomjson, lean
-from sendit_watcher.dicom.dicomjson import (
-    VALUE_LIMIT,
-    dataset_to_json,
-    is_multi_value,
-    jsonb_safe,
-    storable,
-    too_large_detail,
+from sendit_watcher.dicom import lean, values
+from sendit_watcher.dicom.dicomjson import dataset_to_json, is_multi_value, jsonb_safe
+from sendit_watcher.dicom.elements import FALLBACK, Decoder, deferred, dictionary_vr
+from sendit_watcher.dicom.tags import (
+    DICOMDIR_SOP_CLASS,
+    DIRECTORY_RECORD_SEQUENCE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    KEY_TAGS,
+    MEDIA_STORAGE_SOP_CLASS_UID,
+    READ_TAGS,
+    SPECIFIC_CHARACTER_SET,
+    TRANSFER_SYNTAX_UID,
+    UID_TAGS,
+    Instance,
 )
-from sendit_watcher.dicom.elements import FALLBACK, Decoder, _dictionary_vr, deferred
+from sendit_watcher.dicom.values import KEY_LIMIT_BYTES, VALUE_LIMIT, clean, too_large_detail
 from sendit_watcher.errors import one_line
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
 
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
-
-# Tags of the main columns, cited as in the standard.
-SOP_CLASS_UID = 0x00080016            # (0008,0016)
-SOP_INSTANCE_UID = 0x00080018         # (0008,0018)
-STUDY_DATE = 0x00080020               # (0008,0020)
-SERIES_DATE = 0x00080021              # (0008,0021)
-CONTENT_DATE = 0x00080023             # (0008,0023)
-STUDY_TIME = 0x00080030               # (0008,0030)
-ACCESSION_NUMBER = 0x00080050         # (0008,0050)
-MODALITY = 0x00080060                 # (0008,0060)
-REFERRING_PHYSICIAN_NAME = 0x00080090  # (0008,0090)
-STUDY_DESCRIPTION = 0x00081030        # (0008,1030)
-SERIES_DESCRIPTION = 0x0008103E       # (0008,103E)
-PATIENT_NAME = 0x00100010             # (0010,0010)
-PATIENT_ID = 0x00100020               # (0010,0020)
-ISSUER_OF_PATIENT_ID = 0x00100021     # (0010,0021)
-PATIENT_BIRTH_DATE = 0x00100030       # (0010,0030)
-PATIENT_SEX = 0x00100040              # (0010,0040)
-BODY_PART_EXAMINED = 0x00180015       # (0018,0015)
-STUDY_INSTANCE_UID = 0x0020000D       # (0020,000D)
-SERIES_INSTANCE_UID = 0x0020000E      # (0020,000E)
-STUDY_ID = 0x00200010                 # (0020,0010)
-SERIES_NUMBER = 0x00200011            # (0020,0011)
-INSTANCE_NUMBER = 0x00200013          # (0020,0013)
-DIRECTORY_RECORD_SEQUENCE = 0x00041220  # (0004,1220)
-SPECIFIC_CHARACTER_SET = 0x00080005   # (0008,0005)
-
 # What a main-tags-only read asks pydicom for; it skips the values of everything else.
-MAIN_TAGS = [SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, SERIES_DATE, CONTENT_DATE,
-             STUDY_TIME, ACCESSION_NUMBER, MODALITY, REFERRING_PHYSICIAN_NAME, STUDY_DESCRIPTION, SERIES_DESCRIPTION,
-             PATIENT_NAME, PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_BIRTH_DATE, PATIENT_SEX, BODY_PART_EXAMINED,
-             STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, STUDY_ID, SERIES_NUMBER, INSTANCE_NUMBER,
-             DIRECTORY_RECORD_SEQUENCE]
-
-
-@dataclass(frozen=True)
-class Instance:
-    """The columns of one importable instance, with its patient, study and series."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sop_instance_uid: str
-    sop_class_uid: str | None
-    transfer_syntax_uid: str | None
-    instance_number: int | None
-    content_date: str | None
-    series_instance_uid: str
-    modality: str | None
-    series_number: int | None
-    series_date: str | None
-    series_description: str | None
-    body_part_examined: str | None
-    study_instance_uid: str
-    study_date: str | None
-    study_time: str | None
-    accession_number: str | None
-    study_id: str | None
-    study_description: str | None
-    referring_physician_name: str | None
-    patient_id: str
-    issuer_of_patient_id: str
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    header: str | None  # DICOM JSON text, or None when full headers are off
+MAIN_TAGS = [SPECIFIC_CHARACTER_SET, *(t.tag for t in READ_TAGS), DIRECTORY_RECORD_SEQUENCE]
+_OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
+_SOP_INSTANCE_UID = next(t for t in UID_TAGS if t.column == "sop_instance_uid")
 
 
 def quiet_pydicom() -> None:
@@ -179,7 +120,7 @@ def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Ins
             header = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
             instance = dataclasses.replace(instance, header=header)
         del model
-    if len(header) > dicomjson.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > dicomjson.HEADER_LIMIT:
+    if len(header) > values.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > values.HEADER_LIMIT:
         return reject("header-too-large", too_large_detail())
     return instance
 
@@ -192,7 +133,7 @@ def _drop_long_values(model: dict[str, Any]) -> bool:
             continue
         if element.get("vr") == "SQ":
             dropped = any([_drop_long_values(item) for item in value if isinstance(item, dict)]) or dropped
-        elif len(json.dumps(value, ensure_ascii=False)) > VALUE_LIMIT:
+        elif not values.kept_in_header(value):
             del element["Value"]
             dropped = True
     return dropped
@@ -241,7 +182,7 @@ def _sequence_vr(tag: int, raw: RawDataElement) -> bool:
     """True for an element pydicom reads as a sequence: SQ in the file, or in the dictionary for an implicit VR
     element or one written as UN."""
     vr = str(getattr(raw.VR, "value", raw.VR)) if raw.VR else None
-    return vr == "SQ" or (vr in (None, "UN") and _dictionary_vr(tag) == "SQ")
+    return vr == "SQ" or (vr in (None, "UN") and dictionary_vr(tag) == "SQ")
 
 
 def _classify_failure(exc: Exception) -> tuple[str, str]:
@@ -259,13 +200,11 @@ def _missing(fields: Decoder, forced: bool) -> tuple[str, str]:
     dataset = fields.dataset
     if _media_sop_class(dataset) == DICOMDIR_SOP_CLASS or DIRECTORY_RECORD_SEQUENCE in dataset:
         return "dicomdir", "a DICOMDIR holds directory records, not an instance"
-    if not _text(fields, SOP_INSTANCE_UID):
+    if not _column(fields, _SOP_INSTANCE_UID.tag, True):
         if forced and not _looks_like_dicom(dataset):
             return "not-dicom", "no DICOM data elements found"
-        return "no-sop-instance-uid", "SOPInstanceUID (0008,0018) is missing or empty"
-    absent = [name for tag, name in ((STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)"),
-                                     (SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)"))
-              if not _text(fields, tag)]
+        return "no-sop-instance-uid", f"{_SOP_INSTANCE_UID.name} is missing or empty"
+    absent = [t.name for t in UID_TAGS if t is not _SOP_INSTANCE_UID and not _column(fields, t.tag, True)]
     return "missing-uid", " and ".join(absent) + " missing or empty"
 
 
@@ -276,102 +215,54 @@ def _looks_like_dicom(dataset: Any) -> bool:
 
 def _media_sop_class(dataset: Any) -> str | None:
     meta = getattr(dataset, "file_meta", None)
-    value = meta.get((0x0002, 0x0002)) if meta is not None else None
+    value = meta.get(MEDIA_STORAGE_SOP_CLASS_UID) if meta is not None else None
     return str(value.value) if value is not None else None
-
-
-_KEY_TAGS = frozenset({PATIENT_ID, ISSUER_OF_PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID})
 
 
 def _instance(entry: FileEntry, fields: Decoder, full_header: bool) -> Instance | None:
     dataset = fields.dataset
-    sop_instance_uid = _text(fields, SOP_INSTANCE_UID)
-    study_uid, series_uid = _text(fields, STUDY_INSTANCE_UID), _text(fields, SERIES_INSTANCE_UID)
-    if not (sop_instance_uid and study_uid and series_uid) or _media_sop_class(dataset) == DICOMDIR_SOP_CLASS:
+    uids = values.columns(lambda tag: _raw_text(fields, tag), UID_TAGS)
+    if not all(uids.values()) or _media_sop_class(dataset) == DICOMDIR_SOP_CLASS:
         return None
     return Instance(
-        path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns,
-        sop_instance_uid=sop_instance_uid, sop_class_uid=_text(fields, SOP_CLASS_UID),
-        transfer_syntax_uid=_transfer_syntax(dataset),
-        instance_number=_integer(fields, INSTANCE_NUMBER), content_date=_date(fields, CONTENT_DATE),
-        series_instance_uid=series_uid, modality=_text(fields, MODALITY),
-        series_number=_integer(fields, SERIES_NUMBER), series_date=_date(fields, SERIES_DATE),
-        series_description=_text(fields, SERIES_DESCRIPTION), body_part_examined=_text(fields, BODY_PART_EXAMINED),
-        study_instance_uid=study_uid, study_date=_date(fields, STUDY_DATE), study_time=_text(fields, STUDY_TIME),
-        accession_number=_text(fields, ACCESSION_NUMBER), study_id=_text(fields, STUDY_ID),
-        study_description=_text(fields, STUDY_DESCRIPTION),
-        referring_physician_name=_text(fields, REFERRING_PHYSICIAN_NAME),
-        patient_id=_text(fields, PATIENT_ID) or "", issuer_of_patient_id=_text(fields, ISSUER_OF_PATIENT_ID) or "",
-        patient_name=_text(fields, PATIENT_NAME), patient_birth_date=_date(fields, PATIENT_BIRTH_DATE),
-        patient_sex=_text(fields, PATIENT_SEX),
+        path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, transfer_syntax_uid=_transfer_syntax(dataset),
+        **uids, **values.columns(lambda tag: _raw_text(fields, tag), _OTHER_TAGS),
         header=_header_json(dataset) if full_header else None,
     )
 
 
-def _text(fields: Decoder, tag: int) -> str | None:
-    """A value as text as DICOM writes it (multiple values joined by backslash), without NULs (in a key, a NUL
-    becomes U+FFFD: two keys that differ only by a NUL stay two)."""
+def _column(fields: Decoder, tag: int, key: bool) -> str | None:
+    """A main tag's value as a text column (values.text)."""
+    return values.text(_raw_text(fields, tag), key)
+
+
+def _raw_text(fields: Decoder, tag: int) -> str | None:
+    """A value as text as DICOM writes it (multiple values joined by backslash), or None when absent: from
+    its bytes where the fast path can, else from pydicom's value."""
     fast = fields.text(tag)
     if fast is not FALLBACK:
-        return _clean(str(fast), tag).strip() or None if fast is not None else None
+        return None if fast is None else str(fast)
     element = fields.dataset.get(tag)
     value = None if element is None else element.value
     if value is None:
         return None
     if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    elif is_multi_value(value):
-        value = "\\".join(str(v) for v in value)
-    text = _clean(str(value), tag).strip()
-    return text or None
-
-
-def _clean(text: str, tag: int = 0) -> str:
-    """Text PostgreSQL can store: NUL characters removed (replaced by U+FFFD in a key), lone surrogates replaced
-    by U+FFFD."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd" if tag in _KEY_TAGS else "")
-    return storable(text)
-
-
-def _integer(fields: Decoder, tag: int) -> int | None:
-    """The first value of an IS element as an int4 column: None when it is not a whole number that fits
-    ("1.5", "1e999", "NaN", "99999999999"); "12", "+12" and "12.0" are 12."""
-    text = _text(fields, tag)
-    first = text.split("\\")[0].strip() if text else ""
-    try:
-        number = int(first)
-    except ValueError:
-        try:
-            real = float(first)
-        except ValueError:
-            return None
-        if not (math.isfinite(real) and real.is_integer()):
-            return None
-        number = int(real)
-    return number if -2**31 <= number < 2**31 else None
-
-
-def _date(fields: Decoder, tag: int) -> str | None:
-    text = _text(fields, tag)
-    if not text or len(text) < 8:
-        return None
-    try:
-        return datetime.date(int(text[0:4]), int(text[4:6]), int(text[6:8])).isoformat()
-    except ValueError:
-        return None
+        return value.decode("latin-1")
+    if is_multi_value(value):
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def _transfer_syntax(dataset: Any) -> str | None:
     meta = getattr(dataset, "file_meta", None)
-    element = meta.get((0x0002, 0x0010)) if meta is not None else None
+    element = meta.get(TRANSFER_SYNTAX_UID) if meta is not None else None
     if element is not None and element.value:
-        return _clean(str(element.value))
+        return clean(str(element.value))
     encoding = getattr(dataset, "original_encoding", None)  # pydicom 3: (implicit, little endian)
     implicit, little = encoding if encoding else (dataset.is_implicit_VR, dataset.is_little_endian)
     if implicit is None:
         return None
-    return _IMPLICIT_LE if implicit else (_EXPLICIT_LE if little else _EXPLICIT_BE)
+    return IMPLICIT_VR_LE if implicit else (EXPLICIT_VR_LE if little else EXPLICIT_VR_BE)
 
 
 def _header_json(dataset: Any) -> str:
@@ -388,17 +279,6 @@ def _header_json(dataset: Any) -> str:
     return json.dumps(jsonb_safe(model), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-# Main-tag values that go into a unique index: PostgreSQL cannot index a row of more than about 2.7 kB.
-KEY_LIMIT_BYTES = 512
-_KEYS = (("patient_id", "PatientID (0010,0020)"), ("issuer_of_patient_id", "IssuerOfPatientID (0010,0021)"),
-         ("study_instance_uid", "StudyInstanceUID (0020,000D)"), ("series_instance_uid",
-                                                                  "SeriesInstanceUID (0020,000E)"),
-         ("sop_instance_uid", "SOPInstanceUID (0008,0018)"))
-
-
-_KEY_TAG_NAMES = ((PATIENT_ID, _KEYS[0][1]), (ISSUER_OF_PATIENT_ID, _KEYS[1][1]), (STUDY_INSTANCE_UID, _KEYS[2][1]),
-                  (SERIES_INSTANCE_UID, _KEYS[3][1]), (SOP_INSTANCE_UID, _KEYS[4][1]))
-_UIDS = _KEYS[2:]
 _UID_CHARACTERS = re.compile(r"[\x20-\x7e]*")  # printable ASCII: the same text from every byte string it can be
 
 
@@ -409,26 +289,26 @@ def _key_problem(instance: Instance) -> tuple[str, str] | None:
     oversized = _oversized_key(instance)
     if oversized:
         return "oversized-value", oversized
-    for field, name in _UIDS:
-        if not _UID_CHARACTERS.fullmatch(getattr(instance, field)):
-            return "invalid-uid", f"{name} holds a NUL, a control character or bytes that are not ASCII"
+    for key in UID_TAGS:
+        if not _UID_CHARACTERS.fullmatch(getattr(instance, key.column)):
+            return "invalid-uid", f"{key.name} holds a NUL, a control character or bytes that are not ASCII"
     return None
 
 
 def _deferred_key(dataset: Any) -> str | None:
     """Why a key main tag too long to have been read (longer than VALUE_LIMIT) cannot be a database key."""
     elements = getattr(dataset, "_dict", {})
-    for tag, name in _KEY_TAG_NAMES:
-        raw = elements.get(tag)
+    for key in KEY_TAGS:
+        raw = elements.get(key.tag)
         if isinstance(raw, RawDataElement) and deferred(raw):
-            return f"{name} is {raw.length:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
+            return f"{key.name} is {raw.length:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
     return None
 
 
 def _oversized_key(instance: Instance) -> str | None:
     """Why a main-tag value cannot be a database key (too long to index), naming the tag, never the value."""
-    for field, name in _KEYS:
-        size = len(getattr(instance, field).encode("utf-8"))
+    for key in KEY_TAGS:
+        size = len(getattr(instance, key.column).encode("utf-8"))
         if size > KEY_LIMIT_BYTES:
-            return f"{name} is {size:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
+            return f"{key.name} is {size:,} bytes long; at most {KEY_LIMIT_BYTES} can be a database key"
     return None
