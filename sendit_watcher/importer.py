@@ -21,6 +21,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.dicom.tags import MAIN_TAGS, SQL_TYPES, Instance
 from sendit_watcher.dicom.values import storable
 from sendit_watcher.names import to_disk
+from sendit_watcher.outcomes import RETRYABLE, RejectReason
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
 
@@ -132,10 +133,6 @@ def _returning(conn: Connection, batch_id: int, freed: list[str], paths: list[st
     return int(row[0]) if row else 0
 
 
-# Rejections that say nothing about the file's content: the file is read again at every import of its folder.
-RETRYABLE = ("unreadable", "unreadable-directory", "vanished")
-
-
 def _has_retryable(conn: Connection, batch_id: int) -> bool:
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM rejected_file WHERE batch = %s AND reason = ANY(%s))",
                        (batch_id, list(RETRYABLE))).fetchone()
@@ -189,7 +186,7 @@ def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str], parse
     rows go, and their folders elsewhere are read again; returns the paths of this folder's."""
     if not freed:
         return set()
-    rows = conn.execute(_FREE_DUPLICATES, {"sops": freed}).fetchall()
+    rows = conn.execute(_FREE_DUPLICATES, {"sops": freed, "duplicate": RejectReason.DUPLICATE}).fetchall()
     elsewhere: dict[int, set[str]] = {}
     for batch, path in rows:
         if batch != batch_id:
@@ -304,7 +301,7 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
         conn.execute(_RECORD_CONFLICTS, {"batch": batch_id})
     inserted = max(conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount, 0) if staged else 0
     if inserted < staged:  # some staged instances already existed: they are duplicates
-        conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
+        conn.execute(_MERGE_DUPLICATES, {"batch": batch_id, "duplicate": RejectReason.DUPLICATE})
     conn.execute(_MERGE_REJECTED, {"batch": batch_id})
     return inserted
 
@@ -395,7 +392,7 @@ ON CONFLICT (sop_instance_uid) DO NOTHING
 
 _MERGE_DUPLICATES = """
 INSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail, duplicate_of)
-SELECT %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, 'duplicate',
+SELECT %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, %(duplicate)s,
        'same SOPInstanceUID as ' || b.root || ':' || b.path || '/' || i.path, s.sop_instance_uid
 FROM staging s
 JOIN instance i ON i.sop_instance_uid = s.sop_instance_uid
@@ -427,7 +424,7 @@ ON CONFLICT (batch, path_key(path), tag) DO NOTHING
 
 _FREE_DUPLICATES = """
 DELETE FROM rejected_file r
-WHERE r.reason = 'duplicate' AND r.duplicate_of = ANY(%(sops)s)
+WHERE r.reason = %(duplicate)s AND r.duplicate_of = ANY(%(sops)s)
   AND NOT EXISTS (SELECT 1 FROM instance i WHERE i.sop_instance_uid = r.duplicate_of)
 RETURNING r.batch, r.path
 """

@@ -36,6 +36,7 @@ from sendit_watcher.dicom.tags import (
 )
 from sendit_watcher.dicom.values import KEY_LIMIT_BYTES, VALUE_LIMIT, clean, too_large_detail
 from sendit_watcher.errors import one_line
+from sendit_watcher.outcomes import RejectReason
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
@@ -57,57 +58,57 @@ def quiet_pydicom() -> None:
 
 def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance | Rejection:
     """Read ``entry`` (relative to ``folder``) and classify it; never raises for a bad file."""
-    def reject(reason: str, detail: str) -> Rejection:
+    def reject(reason: RejectReason, detail: str) -> Rejection:
         return Rejection(entry.path, reason, detail, entry.size, entry.mtime_ns)
 
     if entry.size == 0:
-        return reject("empty-file", "zero bytes")
+        return reject(RejectReason.EMPTY_FILE, "zero bytes")
     fast = lean.read_fields(folder, entry.path, full_header) if lean.ENABLED else None
     if fast is not None:  # the lean reader only ever answers for an importable instance
         too_large = fast.pop(lean.TOO_LARGE, False)
         read = Instance(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, **fast)
-        problem = _key_problem(read) or (("header-too-large", too_large_detail()) if too_large else None)
+        problem = _key_problem(read) or ((RejectReason.HEADER_TOO_LARGE, too_large_detail()) if too_large else None)
         return reject(*problem) if problem else _bounded(read, reject)
     try:
         dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
     except _NotRegular as exc:
-        return reject("not-a-regular-file", str(exc))
+        return reject(RejectReason.NOT_A_REGULAR_FILE, str(exc))
     except FileNotFoundError:
-        return reject("vanished", "deleted before it could be read")
+        return reject(RejectReason.VANISHED, "deleted before it could be read")
     except PermissionError as exc:
-        return reject("unreadable", exc.strerror or str(exc))
+        return reject(RejectReason.UNREADABLE, exc.strerror or str(exc))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return reject("symlink", "replaced by a symbolic link before it was read; not followed")
+            return reject(RejectReason.SYMLINK, "replaced by a symbolic link before it was read; not followed")
         if exc.errno == errno.ENOTDIR:
-            return reject("vanished", "a folder above it was replaced before it could be read")
+            return reject(RejectReason.VANISHED, "a folder above it was replaced before it could be read")
         return reject(*_classify_failure(exc))
     except EOFError as exc:
-        return reject("truncated", one_line(exc) if str(exc).strip() else "file ends inside the header")
+        return reject(RejectReason.TRUNCATED, one_line(exc) if str(exc).strip() else "file ends inside the header")
     except InvalidDicomError as exc:
-        return reject("not-dicom", one_line(exc))
+        return reject(RejectReason.NOT_DICOM, one_line(exc))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         return reject(*_classify_failure(exc))
     too_long = _deferred_key(dataset)
     if too_long:
-        return reject("oversized-value", too_long)
+        return reject(RejectReason.OVERSIZED_VALUE, too_long)
     try:
         fields = Decoder(dataset)
         instance = _instance(entry, fields, full_header)
     except Exception as exc:  # noqa: BLE001 - a value that cannot be decoded
-        return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
+        return reject(RejectReason.INVALID_DICOM, f"{type(exc).__name__}: {one_line(exc)}")
     if instance is None:
         try:
             return reject(*_missing(fields, forced))
         except Exception as exc:  # noqa: BLE001 - a file meta value pydicom cannot convert (0002,0002)
-            return reject("invalid-dicom", f"{type(exc).__name__}: {one_line(exc)}")
+            return reject(RejectReason.INVALID_DICOM, f"{type(exc).__name__}: {one_line(exc)}")
     problem = _key_problem(instance)
     return reject(*problem) if problem else _bounded(instance, reject)
 
 
 
 
-def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Instance | Rejection:
+def _bounded(instance: Instance, reject: Callable[[RejectReason, str], Rejection]) -> Instance | Rejection:
     """The instance with every element value longer than VALUE_LIMIT left out of its JSON header (the element
     stays, with its VR): such values are bulk data in all but VR. A header still longer than HEADER_LIMIT (in
     UTF-8) is a rejection, ``header-too-large``: it would not fit a row (SQLSTATE 54000 for the whole folder)."""
@@ -121,7 +122,7 @@ def _bounded(instance: Instance, reject: Callable[[str, str], Rejection]) -> Ins
             instance = dataclasses.replace(instance, header=header)
         del model
     if len(header) > values.HEADER_LIMIT // 4 and len(header.encode("utf-8")) > values.HEADER_LIMIT:
-        return reject("header-too-large", too_large_detail())
+        return reject(RejectReason.HEADER_TOO_LARGE, too_large_detail())
     return instance
 
 
@@ -185,27 +186,27 @@ def _sequence_vr(tag: int, raw: RawDataElement) -> bool:
     return vr == "SQ" or (vr in (None, "UN") and dictionary_vr(tag) == "SQ")
 
 
-def _classify_failure(exc: Exception) -> tuple[str, str]:
+def _classify_failure(exc: Exception) -> tuple[RejectReason, str]:
     text = one_line(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
-        return "unreadable", exc.strerror or text
+        return RejectReason.UNREADABLE, exc.strerror or text
     if isinstance(exc, RecursionError):
-        return "invalid-dicom", "sequences nested too deeply"
+        return RejectReason.INVALID_DICOM, "sequences nested too deeply"
     if "end of file" in text.lower() or "truncat" in text.lower():
-        return "truncated", text
-    return "invalid-dicom", f"{type(exc).__name__}: {text}"
+        return RejectReason.TRUNCATED, text
+    return RejectReason.INVALID_DICOM, f"{type(exc).__name__}: {text}"
 
 
-def _missing(fields: Decoder, forced: bool) -> tuple[str, str]:
+def _missing(fields: Decoder, forced: bool) -> tuple[RejectReason, str]:
     dataset = fields.dataset
     if _media_sop_class(dataset) == DICOMDIR_SOP_CLASS or DIRECTORY_RECORD_SEQUENCE in dataset:
-        return "dicomdir", "a DICOMDIR holds directory records, not an instance"
+        return RejectReason.DICOMDIR, "a DICOMDIR holds directory records, not an instance"
     if not _column(fields, _SOP_INSTANCE_UID.tag, True):
         if forced and not _looks_like_dicom(dataset):
-            return "not-dicom", "no DICOM data elements found"
-        return "no-sop-instance-uid", f"{_SOP_INSTANCE_UID.name} is missing or empty"
+            return RejectReason.NOT_DICOM, "no DICOM data elements found"
+        return RejectReason.NO_SOP_INSTANCE_UID, f"{_SOP_INSTANCE_UID.name} is missing or empty"
     absent = [t.name for t in UID_TAGS if t is not _SOP_INSTANCE_UID and not _column(fields, t.tag, True)]
-    return "missing-uid", " and ".join(absent) + " missing or empty"
+    return RejectReason.MISSING_UID, " and ".join(absent) + " missing or empty"
 
 
 def _looks_like_dicom(dataset: Any) -> bool:
@@ -282,16 +283,16 @@ def _header_json(dataset: Any) -> str:
 _UID_CHARACTERS = re.compile(r"[\x20-\x7e]*")  # printable ASCII: the same text from every byte string it can be
 
 
-def _key_problem(instance: Instance) -> tuple[str, str] | None:
+def _key_problem(instance: Instance) -> tuple[RejectReason, str] | None:
     """Why a main-tag value cannot be a database key, as a rejection (reason, detail) that names the tag, never
     the value: too long to index, or a UID with characters no UID has (a NUL, bytes that do not decode), which
     could make two different UIDs one key."""
     oversized = _oversized_key(instance)
     if oversized:
-        return "oversized-value", oversized
+        return RejectReason.OVERSIZED_VALUE, oversized
     for key in UID_TAGS:
         if not _UID_CHARACTERS.fullmatch(getattr(instance, key.column)):
-            return "invalid-uid", f"{key.name} holds a NUL, a control character or bytes that are not ASCII"
+            return RejectReason.INVALID_UID, f"{key.name} holds a NUL, a control character or bytes that are not ASCII"
     return None
 
 
