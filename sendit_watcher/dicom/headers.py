@@ -42,7 +42,7 @@ from sendit_watcher.walk import FileEntry, Rejection, open_beneath
 __all__ = ["Instance", "read_instance", "quiet_pydicom"]
 
 # What a main-tags-only read asks pydicom for; it skips the values of everything else.
-MAIN_TAGS = [SPECIFIC_CHARACTER_SET, *(t.tag for t in READ_TAGS), DIRECTORY_RECORD_SEQUENCE]
+_SPECIFIC_TAGS = [SPECIFIC_CHARACTER_SET, *(t.tag for t in READ_TAGS), DIRECTORY_RECORD_SEQUENCE]
 _OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
 _SOP_INSTANCE_UID = next(t for t in UID_TAGS if t.column == "sop_instance_uid")
 
@@ -70,7 +70,7 @@ def read_instance(folder: str, entry: FileEntry, full_header: bool) -> Instance 
         problem = _key_problem(read) or ((RejectReason.HEADER_TOO_LARGE, too_large_detail()) if too_large else None)
         return reject(*problem) if problem else _bounded(read, reject)
     try:
-        dataset, forced = _read(folder, entry.path, None if full_header else MAIN_TAGS)
+        dataset, forced = _read(folder, entry.path, None if full_header else _SPECIFIC_TAGS)
     except _NotRegular as exc:
         return reject(RejectReason.NOT_A_REGULAR_FILE, str(exc))
     except FileNotFoundError:
