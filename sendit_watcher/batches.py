@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import FINISH_LOCK, LEGACY_LOCKS, TALLY_LOCK, batch_lock
 from sendit_watcher.names import to_disk, to_text
+from sendit_watcher.outcomes import BatchStatus
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
@@ -34,16 +34,6 @@ QUEUE_CHANNEL = "sendit_queue"  # a batch was queued: wakes idle workers
 # (instance, rejected_file, main_tag_conflict, patient, study, series, requeues) and holds to its commit; so
 # finished_seq follows commit order, and no two imports ever decide on rows the other is changing (see
 # importer.import_claimed). Its key, and TALLY_LOCK's, are in locks.py.
-
-
-class BatchStatus(StrEnum):
-    """Where a batch stands; ``importing`` is never committed (a worker's advisory lock shows it)."""
-
-    QUEUED = "queued"
-    IMPORTING = "importing"
-    DONE = "done"
-    EMPTY = "empty"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from sendit_watcher import batches
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.db import Connection
-from sendit_watcher.dicomjson import storable
-from sendit_watcher.headers import Instance
+from sendit_watcher.dicom.tags import MAIN_TAGS, SQL_TYPES, Instance
+from sendit_watcher.dicom.values import storable
 from sendit_watcher.names import to_disk
+from sendit_watcher.outcomes import RETRYABLE, RejectReason
 from sendit_watcher.parsers import Parser
 from sendit_watcher.walk import FileEntry, Rejection, fingerprint, walk
 
@@ -130,10 +133,6 @@ def _returning(conn: Connection, batch_id: int, freed: list[str], paths: list[st
     return int(row[0]) if row else 0
 
 
-# Rejections that say nothing about the file's content: the file is read again at every import of its folder.
-RETRYABLE = ("unreadable", "unreadable-directory", "vanished")
-
-
 def _has_retryable(conn: Connection, batch_id: int) -> bool:
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM rejected_file WHERE batch = %s AND reason = ANY(%s))",
                        (batch_id, list(RETRYABLE))).fetchone()
@@ -192,7 +191,7 @@ def _promote_duplicates(conn: Connection, batch_id: int, freed: list[str], parse
     rows go, and their folders elsewhere are read again; returns the paths of this folder's."""
     if not freed:
         return set()
-    rows = conn.execute(_FREE_DUPLICATES, {"sops": freed}).fetchall()
+    rows = conn.execute(_FREE_DUPLICATES, {"sops": freed, "duplicate": RejectReason.DUPLICATE}).fetchall()
     elsewhere: dict[int, set[str]] = {}
     for batch, path in rows:
         if batch != batch_id:
@@ -232,15 +231,10 @@ WHERE id = %(batch)s
 """
 
 
-_STAGING_COLUMNS = (
-    "path", "size", "mtime_ns", "reason", "detail",
-    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "instance_number", "content_date",
-    "series_instance_uid", "modality", "series_number", "series_date", "series_description", "body_part_examined",
-    "study_instance_uid", "study_date", "study_time", "accession_number", "study_id", "study_description",
-    "referring_physician_name", "patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-    "patient_sex", "header",
-)
-_INSTANCE_FIELDS = _STAGING_COLUMNS[5:]
+# A staged row: the file, its rejection (reason, detail) or its Instance's columns (the main tags, then the
+# header), and its ctime.
+_INSTANCE_FIELDS = tuple(t.column for t in MAIN_TAGS) + ("header",)
+_STAGING_COLUMNS = ("path", "size", "mtime_ns", "reason", "detail") + _INSTANCE_FIELDS
 
 
 def _stage(conn: Connection, batch_id: int, folder: str, todo: list[FileEntry | Rejection], parser: Parser,
@@ -295,9 +289,12 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
 
 def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:
     if isinstance(result, Rejection):
-        return (result.path, result.size, result.mtime_ns, result.reason, result.detail) + (None,) * 24
+        return (result.path, result.size, result.mtime_ns, result.reason, result.detail) + _NO_INSTANCE
     return (result.path, result.size, result.mtime_ns, None, None) + tuple(
         getattr(result, name) for name in _INSTANCE_FIELDS)
+
+
+_NO_INSTANCE = (None,) * len(_INSTANCE_FIELDS)
 
 
 def _merge(conn: Connection, batch_id: int, staged: int) -> int:
@@ -309,7 +306,7 @@ def _merge(conn: Connection, batch_id: int, staged: int) -> int:
         conn.execute(_RECORD_CONFLICTS, {"batch": batch_id})
     inserted = max(conn.execute(_MERGE_INSTANCES, {"batch": batch_id}).rowcount, 0) if staged else 0
     if inserted < staged:  # some staged instances already existed: they are duplicates
-        conn.execute(_MERGE_DUPLICATES, {"batch": batch_id})
+        conn.execute(_MERGE_DUPLICATES, {"batch": batch_id, "duplicate": RejectReason.DUPLICATE})
     conn.execute(_MERGE_REJECTED, {"batch": batch_id})
     return inserted
 
@@ -325,21 +322,15 @@ def _finish(conn: Connection, batch: Batch, host: str, stamp: str, files: int, n
 
 # Once per connection. The header is compressed as instance.header is (migration 0004 decides: lz4 where the
 # server has it), so the merge copies the compressed value as it is. attcompression is read through to_jsonb so
-# that the block also runs on servers older than 14, which have no such column.
-_CREATE_STAGING = """
+# that the block also runs on servers older than 14, which have no such column. The main tags' columns come
+# from their table (dicom.tags.MAIN_TAGS).
+_CREATE_STAGING = sql.SQL("""
 DO $$
 BEGIN
     IF to_regclass('pg_temp.staging') IS NULL THEN
         CREATE TEMP TABLE staging (
             path text, size bigint, mtime_ns bigint, ctime_ns bigint, reason text, detail text,
-            sop_instance_uid text, sop_class_uid text, transfer_syntax_uid text, instance_number integer,
-            content_date date,
-            series_instance_uid text, modality text, series_number integer, series_date date,
-            series_description text, body_part_examined text,
-            study_instance_uid text, study_date date, study_time text, accession_number text, study_id text,
-            study_description text, referring_physician_name text,
-            patient_id text, issuer_of_patient_id text, patient_name text, patient_birth_date date,
-            patient_sex text,
+            {main_columns},
             header jsonb
         ) ON COMMIT DELETE ROWS;
         IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = 'instance'::regclass AND a.attname = 'header'
@@ -349,16 +340,11 @@ BEGIN
     END IF;
 END
 $$
-"""
+""").format(main_columns=sql.SQL(", ").join(
+    sql.SQL("{} {}").format(sql.Identifier(t.column), sql.SQL(SQL_TYPES[t.kind])) for t in MAIN_TAGS))
 
-_COPY_STAGING = """
-COPY staging (path, size, mtime_ns, reason, detail,
-    sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, content_date,
-    series_instance_uid, modality, series_number, series_date, series_description, body_part_examined,
-    study_instance_uid, study_date, study_time, accession_number, study_id, study_description,
-    referring_physician_name, patient_id, issuer_of_patient_id, patient_name, patient_birth_date, patient_sex,
-    header, ctime_ns) FROM STDIN
-"""
+_COPY_STAGING = sql.SQL("COPY staging ({}) FROM STDIN").format(
+    sql.SQL(", ").join(sql.Identifier(c) for c in _STAGING_COLUMNS + ("ctime_ns",)))
 
 # Each merge takes the first file (by path) for a key and leaves existing rows alone: first writer wins.
 # A patient without a PatientID is one per study (study_key), never one row shared by different people.
@@ -411,7 +397,7 @@ ON CONFLICT (sop_instance_uid) DO NOTHING
 
 _MERGE_DUPLICATES = """
 INSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail, duplicate_of)
-SELECT %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, 'duplicate',
+SELECT %(batch)s, s.path, s.size, s.mtime_ns, s.ctime_ns, %(duplicate)s,
        'same SOPInstanceUID as ' || b.root || ':' || b.path || '/' || i.path, s.sop_instance_uid
 FROM staging s
 JOIN instance i ON i.sop_instance_uid = s.sop_instance_uid
@@ -443,7 +429,7 @@ ON CONFLICT (batch, path_key(path), tag) DO NOTHING
 
 _FREE_DUPLICATES = """
 DELETE FROM rejected_file r
-WHERE r.reason = 'duplicate' AND r.duplicate_of = ANY(%(sops)s)
+WHERE r.reason = %(duplicate)s AND r.duplicate_of = ANY(%(sops)s)
   AND NOT EXISTS (SELECT 1 FROM instance i WHERE i.sop_instance_uid = r.duplicate_of)
 RETURNING r.batch, r.path
 """

@@ -15,8 +15,8 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Protocol
 
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.errors import ImportFailed
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
 
 __all__ = ["Parser", "InlineParser", "PoolParser", "AdaptiveParser"]

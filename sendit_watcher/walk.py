@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sendit_watcher.names import to_disk, to_text
+from sendit_watcher.outcomes import RejectReason
 
 __all__ = ["FileEntry", "Rejection", "walk", "walk_stats", "walk_directories", "fingerprint", "legacy_fingerprint",
            "change_stamp", "newest_change", "open_folder", "open_beneath", "open_directory_beneath", "is_regular_file",
@@ -42,7 +43,7 @@ class Rejection:
     """An entry that is not an importable DICOM instance, and why."""
 
     path: str
-    reason: str
+    reason: RejectReason
     detail: str
     size: int | None = None
     mtime_ns: int | None = None
@@ -145,11 +146,11 @@ def _examine(level: _Level, name: str, depth: int) -> os.stat_result | Rejection
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return Rejection(to_text(path), "unreadable", exc.strerror or str(exc))
+        return Rejection(to_text(path), RejectReason.UNREADABLE, exc.strerror or str(exc))
     if not stat.S_ISDIR(info.st_mode):
         return info
     if depth >= MAX_DEPTH:
-        return Rejection(to_text(path), "too-deep", f"nested more than {MAX_DEPTH} folders deep; not walked")
+        return Rejection(to_text(path), RejectReason.TOO_DEEP, f"nested more than {MAX_DEPTH} folders deep; not walked")
     try:
         fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=level.fd)
     except FileNotFoundError:
@@ -160,7 +161,7 @@ def _examine(level: _Level, name: str, depth: int) -> os.stat_result | Rejection
         names = sorted(os.listdir(fd))
     except OSError as exc:
         os.close(fd)
-        return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
+        return Rejection(to_text(path), RejectReason.UNREADABLE_DIRECTORY, exc.strerror or str(exc))
     return _Level(fd, path + "/", iter(names))
 
 
@@ -171,9 +172,11 @@ def _unopenable(parent: int, name: str, path: str, exc: OSError) -> Rejection:
         except OSError:
             swapped = None
         if swapped is not None and stat.S_ISLNK(swapped.st_mode):
-            return Rejection(to_text(path), "symlink", "replaced by a symbolic link while walking; not followed")
-        return Rejection(to_text(path), "vanished", "replaced while walking; examined again at the next import")
-    return Rejection(to_text(path), "unreadable-directory", exc.strerror or str(exc))
+            return Rejection(to_text(path), RejectReason.SYMLINK,
+                             "replaced by a symbolic link while walking; not followed")
+        return Rejection(to_text(path), RejectReason.VANISHED,
+                         "replaced while walking; examined again at the next import")
+    return Rejection(to_text(path), RejectReason.UNREADABLE_DIRECTORY, exc.strerror or str(exc))
 
 
 def walk(folder: str, leave_out: str = "") -> Iterator[FileEntry | Rejection]:
@@ -192,9 +195,9 @@ def _classify(path: str, info: os.stat_result) -> FileEntry | Rejection:
     if stat.S_ISREG(info.st_mode):
         return FileEntry(path, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if stat.S_ISLNK(info.st_mode):
-        return Rejection(path, "symlink", "symbolic links are not followed", info.st_size, info.st_mtime_ns)
+        return Rejection(path, RejectReason.SYMLINK, "symbolic links are not followed", info.st_size, info.st_mtime_ns)
     kind = _KINDS.get(stat.S_IFMT(info.st_mode), "special file")
-    return Rejection(path, "not-a-regular-file", f"{kind}, not a regular file", None, info.st_mtime_ns)
+    return Rejection(path, RejectReason.NOT_A_REGULAR_FILE, f"{kind}, not a regular file", None, info.st_mtime_ns)
 
 
 def newest_change(folder: str) -> float | None:

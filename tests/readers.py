@@ -12,8 +12,8 @@ import json
 import os
 from typing import Any
 
-from sendit_watcher import lean
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
 
 __all__ = ["Instance", "Rejection", "canonical", "compare", "counts", "lean", "outcome", "quiet_pydicom", "read",

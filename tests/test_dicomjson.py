@@ -7,7 +7,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, dataset_to_json
+from sendit_watcher.dicom.dicomjson import dataset_to_json
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT
 from tests.helpers import pydicom_test_files
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "JPEG2000.dcm", "image_dfl.dcm",

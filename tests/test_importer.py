@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from sendit_watcher import lean
 from sendit_watcher.batch_import import import_batch
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
+from sendit_watcher.dicom import lean
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser, PoolParser
 from sendit_watcher.walk import FileEntry, walk

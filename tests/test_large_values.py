@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendit_watcher import dicomjson, lean
 from sendit_watcher.batch_import import Failure
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
-from sendit_watcher.dicomjson import too_large_detail
-from sendit_watcher.headers import Instance, read_instance
+from sendit_watcher.dicom import lean, values
+from sendit_watcher.dicom.headers import Instance, read_instance
+from sendit_watcher.dicom.values import too_large_detail
 from sendit_watcher.walk import FileEntry, Rejection
 from tests.fix_service import REPO
 from tests.helpers import import_folder, scalar
@@ -76,8 +76,8 @@ def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, 
 
 _MEASURE = """
 import json, resource, sys
-from sendit_watcher import lean
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry
 import os
 quiet_pydicom()
@@ -168,7 +168,7 @@ def test_a_header_over_the_limit_is_rejected_and_one_under_it_stored(tmp_path: P
     """HEADER_LIMIT lowered to 2 MiB (the real 32 MiB needs 32 MB files): a file of three 1,000,000-character
     UT values is rejected as `header-too-large` by either reader, one of two such values is an instance with
     both stored, and the folder imports."""
-    monkeypatch.setattr(dicomjson, "HEADER_LIMIT", 2 << 20)
+    monkeypatch.setattr(values, "HEADER_LIMIT", 2 << 20)
     monkeypatch.setattr(lean, "ENABLED", use_lean)
     folder = tmp_path / "LIMIT"
     folder.mkdir()
@@ -204,7 +204,7 @@ def test_header_too_large_exactly_when_its_json_is_over_the_limit(tmp_path: Path
         unbounded = read_instance(str(tmp_path), entry, True)
         assert isinstance(unbounded, Instance), unbounded
         assert unbounded.header is not None
-        patch.setattr(dicomjson, "HEADER_LIMIT", limit)
+        patch.setattr(values, "HEADER_LIMIT", limit)
         expected = read_instance(str(tmp_path), entry, True)
         patch.setattr(lean, "ENABLED", True)
         got = read_instance(str(tmp_path), entry, True)

@@ -1,4 +1,4 @@
-"""The lean header reader (sendit_watcher.lean) against today's pydicom path of read_instance, in this world.
+"""The lean header reader (sendit_watcher.dicom.lean) against today's pydicom path of read_instance, in this world.
 
 For every file of pydicom's test data (and pydicom-data's, where installed), a seeded byte-mutation corpus of
 them, and hypothesis-generated datasets across all VRs in both little-endian syntaxes: read_instance with the
@@ -30,8 +30,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from sendit_watcher import lean
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry, Rejection
 from tests.readers import compare
 

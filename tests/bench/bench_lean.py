@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from sendit_watcher import lean
-from sendit_watcher.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry
 from tests.bench.corpus import build
 

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sendit_watcher import batches, importer, lean
+from sendit_watcher import batches, importer
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.headers import Instance, read_instance
+from sendit_watcher.dicom import lean
+from sendit_watcher.dicom.headers import Instance, read_instance
 from sendit_watcher.migrate import migrate
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath, walk
 from tests.bench.corpus import build

@@ -4,38 +4,13 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from typing import Any
 
-from sendit_watcher.elements import (
-    BINARY_VRS,
-    FLOAT_VRS,
-    INT_VRS,
-    SIMPLE_TEXT_VRS,
-    SINGLE_VALUED,
-    STRIPPED_VRS,
-    Decoder,
-)
+from sendit_watcher.dicom.elements import BINARY_VRS, FLOAT_VRS, INT_VRS, SIMPLE_TEXT_VRS, Decoder
+from sendit_watcher.dicom.tags import SPECIFIC_CHARACTER_SET
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, clean, split_values
 
-__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "storable", "INLINE_BINARY_LIMIT", "NON_FINITE",
-           "VALUE_LIMIT", "HEADER_LIMIT", "too_large_detail"]
-
-# Binary values up to this many bytes are kept as InlineBinary; larger ones are bulk data and left out.
-INLINE_BINARY_LIMIT = 256
-# Any value longer than this, in the file or as JSON, is left out like bulk data (its element stays, with its VR);
-# a top-level value longer than this in the file is never even read.
-VALUE_LIMIT = 1 << 20
-# A file whose stored header (its DICOM JSON, in UTF-8) is longer than this is rejected as header-too-large:
-# PostgreSQL's jsonb holds at most 256 MB, and a header of small numbers takes up to 6 times its text there.
-HEADER_LIMIT = 32 << 20
-
-
-
-
-def too_large_detail() -> str:
-    """The rejection's detail: the same whichever reader found it, and however far it read."""
-    return (f"its header is more than {HEADER_LIMIT >> 20} MiB as DICOM JSON, the most one file may store "
-            "(PostgreSQL's jsonb holds at most 256 MB)")
+__all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "scalar"]
 
 
 # VRs whose fast-path values are already JSON-ready (tags as hex, numbers unpacked from binary)
@@ -68,7 +43,7 @@ def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str,
             values = decoder.values(vr, raw)
             entry: dict[str, Any] = {"vr": vr}
             if values:
-                entry["Value"] = values if vr in _PLAIN_VRS else [_scalar(vr, v) for v in values]
+                entry["Value"] = values if vr in _PLAIN_VRS else [scalar(vr, v) for v in values]
             model[key] = entry
     return model
 
@@ -78,18 +53,9 @@ _KEYS_LIMIT = 16384
 
 
 def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:
-    """A text element straight from its bytes: values split on backslash, padding removed, '' as null."""
-    text = data.decode(codec, "replace").rstrip(" \x00") if data else ""
-    if not text:
-        return {"vr": vr}
-    if vr in SINGLE_VALUED:
-        return {"vr": vr, "Value": [text]}
-    pieces = text.split("\\")
-    if vr in STRIPPED_VRS:
-        pieces = [p.strip(" \x00") for p in pieces]
-    if "" in pieces:
-        return {"vr": vr, "Value": [p or None for p in pieces]}
-    return {"vr": vr, "Value": pieces}
+    """A text element straight from its bytes, by values.split_values."""
+    values = split_values(vr, data.decode(codec, "replace")) if data else []
+    return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
 def _binary(vr: str, value: bytes | None) -> dict[str, Any]:
@@ -111,7 +77,7 @@ def _element(element: Any, codec: str | None) -> dict[str, Any]:
     elif value is not None and value != "" and value != b"":
         values = list(value) if is_multi_value(value) else [value]
         if values:
-            entry["Value"] = [_scalar(vr, v) for v in values]
+            entry["Value"] = [scalar(vr, v) for v in values]
     return entry
 
 
@@ -126,7 +92,8 @@ def is_multi_value(value: Any) -> bool:
     return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
 
 
-def _scalar(vr: str, value: Any) -> Any:
+def scalar(vr: str, value: Any) -> Any:
+    """One value of a PN, AT, number or text element as the DICOM JSON model has it."""
     if value is None or value == "":
         return None
     if vr == "PN":
@@ -164,23 +131,7 @@ def _person_name(text: str) -> dict[str, str]:
 
 def _item_codec(item: Any, codec: str | None) -> str | None:
     """A sequence item's own SpecificCharacterSet wins over its parent's ("" = read it from the item)."""
-    return "" if _CHARSET in item else codec
-
-
-_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
-
-# How values JSON and jsonb cannot hold are stored (the DICOM JSON model's string form for special numbers).
-NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """Text PostgreSQL can hold: lone surrogates replaced by U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
+    return "" if SPECIFIC_CHARACTER_SET in item else codec
 
 
 def jsonb_safe(value: Any) -> Any:
@@ -189,7 +140,7 @@ def jsonb_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else NON_FINITE[repr(value)]
     if isinstance(value, str):
-        return storable(value.replace("\x00", ""))
+        return clean(value)
     if isinstance(value, dict):
         return {jsonb_safe(key): jsonb_safe(item) for key, item in value.items()}
     if isinstance(value, list):

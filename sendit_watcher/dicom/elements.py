@@ -13,30 +13,33 @@ from pydicom import valuerep
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
-__all__ = ["Decoder", "FALLBACK", "deferred", "known_un", "TEXT_VRS", "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS",
-           "FLOAT_VRS", "SINGLE_VALUED", "STRIPPED_VRS"]
+from sendit_watcher.dicom.tags import SPECIFIC_CHARACTER_SET
+from sendit_watcher.dicom.values import charset_codec, split_values
+
+__all__ = ["Decoder", "FALLBACK", "deferred", "known_un", "private_data", "dictionary_vr", "vr_names", "TEXT_VRS",
+           "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "CHARSET_AFFECTED", "STRUCT_FORMATS",
+           "UNPACKERS", "TAG_PAIRS"]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
-def _names(vrs: Iterable[Any]) -> frozenset[str]:
+
+def vr_names(vrs: Iterable[Any]) -> frozenset[str]:
     """pydicom's VR set (of its VR enum, pydicom >= 2.3) as plain strings."""
     return frozenset(str(getattr(vr, "value", vr)) for vr in vrs)
 
 
 # The VR classes, from pydicom's own tables wherever it has one; every module takes them from here.
-TEXT_VRS = _names(valuerep.STR_VR)  # text, including IS and DS
+TEXT_VRS = vr_names(valuerep.STR_VR)  # text, including IS and DS
 SIMPLE_TEXT_VRS = TEXT_VRS - {"PN", "IS", "DS"}  # text whose DICOM JSON value is the text itself
-BINARY_VRS = _names(valuerep.BYTES_VR)  # OB OD OF OL OV OW UN
-INT_VRS = _names(valuerep.INT_VR) - {"AT"}  # IS and the binary integers
-FLOAT_VRS = _names(valuerep.FLOAT_VR)  # DS FL FD
-_CHARSET_AFFECTED = _names(valuerep.CUSTOMIZABLE_CHARSET_VR)  # text decoded with SpecificCharacterSet
-SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is part of the value (PS3.5 6.2)
-STRIPPED_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "IS", "DS"})  # leading spaces not significant
-_STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
-_UNPACKERS = {(vr, little): struct.Struct(("<" if little else ">") + code)
-              for vr, code in _STRUCT.items() for little in (True, False)}
-_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
-_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
+BINARY_VRS = vr_names(valuerep.BYTES_VR)  # OB OD OF OL OV OW UN
+INT_VRS = vr_names(valuerep.INT_VR) - {"AT"}  # IS and the binary integers
+FLOAT_VRS = vr_names(valuerep.FLOAT_VR)  # DS FL FD
+CHARSET_AFFECTED = vr_names(valuerep.CUSTOMIZABLE_CHARSET_VR)  # text decoded with SpecificCharacterSet
+# The binary numbers: each VR's struct format, and its unpackers by (VR, little endian); an AT value's tags.
+STRUCT_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+UNPACKERS = {(vr, little): struct.Struct(("<" if little else ">") + code)
+             for vr, code in STRUCT_FORMATS.items() for little in (True, False)}
+TAG_PAIRS = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
 
 
 class Decoder:
@@ -61,11 +64,11 @@ class Decoder:
             if type(raw) is not RawDataElement:
                 yield tag, "", None
                 continue
-            vr = raw.VR or _dictionary_vr(tag)
+            vr = raw.VR or dictionary_vr(tag)
             if deferred(raw):  # longer than the read's defer_size: its element without its value, never read
                 yield tag, (vr or "UN").split(" ", 1)[0], raw
                 continue
-            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in _CHARSET_AFFECTED) \
+            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in CHARSET_AFFECTED) \
                     or _known_un(vr, tag):
                 yield tag, "", None
             else:
@@ -76,10 +79,10 @@ class Decoder:
         raw = self.dataset.get_item(tag)
         if not isinstance(raw, RawDataElement):
             return None
-        vr = raw.VR or _dictionary_vr(tag)
+        vr = raw.VR or dictionary_vr(tag)
         if deferred(raw):
             return (vr or "UN").split(" ", 1)[0], raw
-        if vr is None or " " in vr or vr == "SQ" or (vr in _CHARSET_AFFECTED and self.codec is None) or \
+        if vr is None or " " in vr or vr == "SQ" or (vr in CHARSET_AFFECTED and self.codec is None) or \
                 _known_un(vr, tag):
             return None
         return vr, raw
@@ -88,16 +91,16 @@ class Decoder:
         """Python values of a raw element: str for text, int/float for numbers, one bytes for binary."""
         data = raw.value or b""
         if vr in TEXT_VRS:
-            return _text_values(vr, data.decode(self.codec or "latin-1", "replace"))
-        if vr in _STRUCT:
-            unpacker = _UNPACKERS[vr, raw.is_little_endian]
+            return split_values(vr, data.decode(self.codec or "latin-1", "replace"))
+        if vr in STRUCT_FORMATS:
+            unpacker = UNPACKERS[vr, raw.is_little_endian]
             size = unpacker.size
             if len(data) == size:
                 return list(unpacker.unpack(data))
             return [v[0] for v in unpacker.iter_unpack(data[: len(data) - len(data) % size])]
         if vr == "AT":
-            code = "<HH" if raw.is_little_endian else ">HH"
-            return [f"{g:04X}{e:04X}" for g, e in struct.iter_unpack(code, data[: len(data) - len(data) % 4])]
+            pairs = TAG_PAIRS[raw.is_little_endian]
+            return [f"{g:04X}{e:04X}" for g, e in pairs.iter_unpack(data[: len(data) - len(data) % 4])]
         return [data]
 
     def text(self, tag: int) -> str | None | object:
@@ -124,7 +127,7 @@ def deferred(raw: RawDataElement) -> bool:
 def known_un(tag: int) -> bool:
     """True for a public tag whose dictionary VR is not UN: pydicom converts such an element read as UN to its
     dictionary VR (a sequence, text, numbers), so it is left to pydicom."""
-    vr = _dictionary_vr(tag) if not (tag >> 16) & 1 else None
+    vr = dictionary_vr(tag) if not (tag >> 16) & 1 else None
     return vr is not None and vr != "UN"
 
 
@@ -140,28 +143,17 @@ def private_data(tag: int) -> bool:
 
 
 def _codec(dataset: Any) -> str | None:
-    raw = dataset.get_item(_CHARSET)
-    if raw is None:
-        return _CODECS[""]
-    value = raw.value if isinstance(raw, RawDataElement) else str(raw.value).encode("ascii", "replace")
-    name = (value or b"").decode("ascii", "replace").strip(" \x00")
-    return _CODECS.get(name)
+    raw = dataset.get_item(SPECIFIC_CHARACTER_SET)
+    value = b"" if raw is None else raw.value if isinstance(raw, RawDataElement) else str(raw.value).encode(
+        "ascii", "replace")
+    return charset_codec(value or b"")
 
 
 @lru_cache(maxsize=16384)  # bounded: hostile files can carry any number of distinct private tags
-def _dictionary_vr(tag: int) -> str | None:
+def dictionary_vr(tag: int) -> str | None:
     try:
         vr = dictionary_VR(tag)
     except KeyError:
         return None
     return str(getattr(vr, "value", vr))
 
-
-def _text_values(vr: str, text: str) -> list[Any]:
-    text = text.rstrip(" \x00")
-    if not text:
-        return []
-    pieces = [text] if vr in SINGLE_VALUED else text.split("\\")
-    if vr in STRIPPED_VRS:
-        pieces = [p.strip(" \x00") for p in pieces]
-    return [p if p != "" else None for p in pieces]

@@ -1,16 +1,17 @@
 """A lean, single-pass DICOM header reader for explicit and implicit VR little endian (and the encapsulated
 syntaxes, whose header is explicit VR little endian), proven identical to the pydicom path of
-``headers.read_instance`` by differential tests (tests/test_lean.py).
+``headers.read_instance`` by differential tests (tests/test_lean.py). It sits below ``headers``, which calls it
+first, and never calls up into it.
 
 Each file is read with one ``os.read`` of its first 64 KiB (more, in doubling steps, only when its header is longer)
 and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own
 (0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
-``stop_before_pixels`` does. The main tags are decoded and the DICOM JSON text is written directly, by the value
-rules of ``elements`` and ``dicomjson`` (whose helpers it calls) and ``headers._header_json`` (non-finite numbers as
-"NaN"/"Infinity"/"-Infinity", NULs dropped); each element's JSON is remembered by its tag, VR, value bytes and
-character set (bounded), so the values a series repeats from file to file are written once. Implicit VR takes
-pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown private elements are
-UN), and resolves 'US or SS' from (0028,0103).
+``stop_before_pixels`` does. The main tags become columns by the rules of ``values`` (as in headers' path), and
+the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
+it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
+its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
+once. Implicit VR takes pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown
+private elements are UN), and resolves 'US or SS' from (0028,0103).
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
 and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
@@ -29,52 +30,58 @@ import stat
 import struct
 from functools import lru_cache
 from json.encoder import encode_basestring
-from typing import Any, cast
+from typing import Any
 
 from pydicom import valuerep
 from pydicom.datadict import private_dictionary_VR
 
-from sendit_watcher import dicomjson as _dicomjson
-from sendit_watcher.dicomjson import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, _scalar, storable
-from sendit_watcher.elements import (
-    _CHARSET_AFFECTED,
-    _CODECS,
+from sendit_watcher.dicom import values
+from sendit_watcher.dicom.dicomjson import scalar
+from sendit_watcher.dicom.elements import (
     BINARY_VRS,
+    CHARSET_AFFECTED,
     SIMPLE_TEXT_VRS,
-    SINGLE_VALUED,
-    STRIPPED_VRS,
+    STRUCT_FORMATS,
+    TAG_PAIRS,
     TEXT_VRS,
-    _dictionary_vr,
-    _names,
-    _text_values,
+    UNPACKERS,
+    dictionary_vr,
     known_un,
     private_data,
+    vr_names,
 )
+from sendit_watcher.dicom.tags import (
+    DICOMDIR_SOP_CLASS,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    MEDIA_STORAGE_SOP_CLASS_UID,
+    READ_TAGS,
+    SPECIFIC_CHARACTER_SET,
+    TRANSFER_SYNTAX_UID,
+    UID_TAGS,
+)
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, clean, split_values
 from sendit_watcher.walk import open_beneath
 
 __all__ = ["ENABLED", "COUNTS", "TOO_LARGE", "read_fields", "reset_counts"]
 
 ENABLED = True  # the module-level switch: False makes headers.read_instance use the pydicom path for every file
-TOO_LARGE = "too_large"  # a field set when the header is longer than dicomjson.HEADER_LIMIT (it is None then)
+TOO_LARGE = "too_large"  # a field set when the header is longer than values.HEADER_LIMIT (it is None then)
 COUNTS = {"lean": 0, "fallback": 0}  # files this process read with the lean reader, and files it handed back
 
 FIRST_READ = 65536  # bytes of the first read; a longer header is read on in doubling steps
 # A top-level value longer than this is not stored (its element is, with its VR): it is seeked past, never read,
-# as pydicom's dcmread(defer_size=...) does in headers' path (dicomjson.VALUE_LIMIT).
+# as pydicom's dcmread(defer_size=...) does in headers' path (values.VALUE_LIMIT).
 DEFER_SIZE = VALUE_LIMIT
 _PREAMBLE = 128
-_SYNTAXES = {b"1.2.840.10008.1.2": ("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
-             b"1.2.840.10008.1.2\x00": ("1.2.840.10008.1.2", True),
-             b"1.2.840.10008.1.2.1": ("1.2.840.10008.1.2.1", False),  # Explicit VR Little Endian
-             b"1.2.840.10008.1.2.1\x00": ("1.2.840.10008.1.2.1", False)}
+_SYNTAXES = {IMPLICIT_VR_LE.encode() + pad: (IMPLICIT_VR_LE, True) for pad in (b"", b"\x00")}
+_SYNTAXES.update({EXPLICIT_VR_LE.encode() + pad: (EXPLICIT_VR_LE, False) for pad in (b"", b"\x00")})
 _ENCAPSULATED = ["1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81", "90", "91", "92", "93",
                                                      "100", "101", "102", "103", "104", "105", "106", "107",
                                                      "108", "201", "202", "203")] + ["1.2.840.10008.1.2.5"]
 _SYNTAXES.update({uid.encode() + pad: (uid, False) for uid in _ENCAPSULATED for pad in (b"", b"\x00")})
-_DICOMDIR_SOP_CLASS = b"1.2.840.10008.1.3.10"  # Media Storage Directory Storage
-_TRANSFER_SYNTAX_UID = 0x00020010  # (0002,0010)
-_MEDIA_SOP_CLASS_UID = 0x00020002  # (0002,0002) MediaStorageSOPClassUID
-_CHARSET = 0x00080005  # (0008,0005) SpecificCharacterSet
+_DICOMDIR_SOP_CLASS = DICOMDIR_SOP_CLASS.encode()
+_CHARSET = SPECIFIC_CHARACTER_SET
 _FIRST_DATASET_TAG = 0x00080000  # top-level elements below group 0008 (command, DICOMDIR) are left to pydicom
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # (7FE0,0008) (7FE0,0009) (7FE0,0010)
 _PIXEL_REPRESENTATION = 0x00280103  # (0028,0103)
@@ -87,12 +94,11 @@ _UNDEFINED = 0xFFFFFFFF
 _TAG_LENGTH = struct.Struct("<HHL")  # implicit VR element header; item and delimiter headers
 _LONG_LENGTH = struct.Struct("<L")
 
-_STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
-_UNPACKERS = {vr: struct.Struct("<" + code) for vr, code in _STRUCT.items()}
-_STANDARD = _names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}))
-_KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(_STRUCT) | {"AT", "SQ"}) & _STANDARD
+_UNPACKERS = {vr: UNPACKERS[vr, True] for vr in STRUCT_FORMATS}  # little endian only
+_STANDARD = vr_names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(STRUCT_FORMATS) | {"AT", "SQ"}))
+_KNOWN_VRS = (TEXT_VRS | BINARY_VRS | set(STRUCT_FORMATS) | {"AT", "SQ"}) & _STANDARD
 _VR_BYTES = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
-_LONG_VRS = _names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
+_LONG_VRS = vr_names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-byte length, as this pydicom reads them
 # Written fragments, '"GGGGEEEE":{...}' by (tag, VR, value bytes, codec), shared by every file this process
 # reads: the files of a series repeat most of their values, so most elements are one dictionary lookup. Bounded
 # in entries and in value size (emptied when full), so files full of distinct values cannot grow it.
@@ -100,17 +106,8 @@ _FRAGMENTS: dict[tuple[int, str, bytes, str], str] = {}
 _FRAGMENTS_LIMIT = 8192
 _FRAGMENT_VALUE_LIMIT = 128
 
-# Main-column tags and the Instance field each fills (names from the standard).
-_MAIN_TEXT = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid", 0x00080030: "study_time",
-              0x00080050: "accession_number", 0x00080060: "modality", 0x00080090: "referring_physician_name",
-              0x00081030: "study_description", 0x0008103E: "series_description", 0x00100010: "patient_name",
-              0x00100020: "patient_id", 0x00100021: "issuer_of_patient_id", 0x00100040: "patient_sex",
-              0x00180015: "body_part_examined", 0x0020000D: "study_instance_uid",
-              0x0020000E: "series_instance_uid", 0x00200010: "study_id"}
-_MAIN_DATE = {0x00080020: "study_date", 0x00080021: "series_date", 0x00080023: "content_date",
-              0x00100030: "patient_birth_date"}
-_MAIN_INTEGER = {0x00200011: "series_number", 0x00200013: "instance_number"}
-_MAIN_TAGS = frozenset(_MAIN_TEXT) | frozenset(_MAIN_DATE) | frozenset(_MAIN_INTEGER)
+_MAIN_TAGS = frozenset(t.tag for t in READ_TAGS)  # the top-level tags whose text becomes a column
+_OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
 _SPECIAL_TOP = _MAIN_TAGS | {_PIXEL_REPRESENTATION}  # top-level elements whose value is read beyond the JSON
 _SPECIAL_ITEM: frozenset[int] = frozenset()
 _FIRST_PIXEL_TAG = min(_PIXEL_TAGS)
@@ -172,8 +169,8 @@ def _parse(reader: _Reader) -> dict[str, Any]:
     if data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
         raise _Fallback
     meta, start = reader.file_meta(_PREAMBLE + 4)
-    syntax = _SYNTAXES.get(meta.get(_TRANSFER_SYNTAX_UID, b""))
-    if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(_MEDIA_SOP_CLASS_UID, b""):
+    syntax = _SYNTAXES.get(meta.get(TRANSFER_SYNTAX_UID, b""))
+    if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(MEDIA_STORAGE_SOP_CLASS_UID, b""):
         raise _Fallback
     transfer_syntax_uid, reader.implicit = syntax
     reader.need(start + 6)
@@ -221,7 +218,7 @@ class _Reader:
         if len(fragment) > VALUE_LIMIT // 2 and not _kept(fragment):  # up to half: its value's JSON fits
             return fragment
         self.kept += len(fragment)
-        if self.kept > _dicomjson.HEADER_LIMIT:
+        if self.kept > values.HEADER_LIMIT:
             raise _HeaderTooLarge
         return fragment
 
@@ -248,7 +245,7 @@ class _Reader:
             if group != 0x0002:
                 return meta, pos
             tag, vr, length, pos = self._explicit_header(pos)
-            if tag <= last or vr != _dictionary_vr(tag) or vr == "SQ" or length == _UNDEFINED:
+            if tag <= last or vr != dictionary_vr(tag) or vr == "SQ" or length == _UNDEFINED:
                 raise _Fallback  # out of order, unknown, or a VR pydicom would convert otherwise
             if vr in _UNPACKERS and length != _UNPACKERS[vr].size:  # pydicom converts (0002,0000) on reading
                 raise _Fallback
@@ -276,7 +273,7 @@ class _Reader:
         tag = group << 16 | element
         if top and tag in _PIXEL_TAGS:  # the end of the header: its VR does not matter
             return tag, "", length, pos + 8
-        vr = _dictionary_vr(tag) if group != 0xFFFE else None
+        vr = dictionary_vr(tag) if group != 0xFFFE else None
         if vr is None and group & 1:
             return tag, "", length, pos + 8
         if vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
@@ -393,7 +390,7 @@ class _Reader:
     def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
         """The JSON of one element ('"GGGGEEEE":{...}') whose value is at ``pos``, the position after it, and
         the dataset's codec from here on (changed by (0008,0005))."""
-        if tag < _CHARSET and (vr == "SQ" or vr in _CHARSET_AFFECTED):
+        if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
         if vr == "SQ":
             entry, pos = self._sequence(pos, length, codec)
@@ -439,7 +436,7 @@ class _Reader:
 def _kept(fragment: str) -> bool:
     """Whether headers._bounded keeps this element's value (its rule, on this element alone)."""
     value = json.loads("{" + fragment + "}").popitem()[1].get("Value")
-    return value is None or len(json.dumps(value, ensure_ascii=False)) <= VALUE_LIMIT
+    return value is None or values.kept_in_header(value)
 
 
 def _private_vr(tag: int, creators: dict[int, str]) -> str:
@@ -489,7 +486,7 @@ def _sequence_entry(items: list[str]) -> str:
 
 def _charset_codec(vr: str, value: bytes) -> str:
     """The Python codec of a (0008,0005) SpecificCharacterSet the fast path decodes itself, else fall back."""
-    codec = _CODECS.get(value.decode("ascii", "replace").strip(" \x00")) if vr == "CS" else None
+    codec = values.charset_codec(value) if vr == "CS" else None
     if codec is None:
         raise _Fallback
     return codec
@@ -500,7 +497,7 @@ def _main_text(vr: str, value: bytes, codec: str) -> str:
     not text (pydicom converts it)."""
     if vr not in TEXT_VRS:
         raise _Fallback
-    return "\\".join(v for v in _text_values(vr, value.decode(codec, "replace")) if v is not None)
+    return "\\".join(v for v in split_values(vr, value.decode(codec, "replace")) if v is not None)
 
 
 def _key(tag: int) -> str:
@@ -530,36 +527,28 @@ def _entry(vr: str, value: bytes, codec: str) -> str:
             return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(value).decode("ascii")}"}}'
         return f'{{"vr":"{vr}"}}'
     if vr in TEXT_VRS:  # PN, IS, DS
-        values = [_json(_scalar(vr, v)) for v in _text_values(vr, value.decode(codec, "replace"))]
+        items = [_json(scalar(vr, v)) for v in split_values(vr, value.decode(codec, "replace"))]
     elif vr == "AT":
-        values = [f'"{g:04X}{e:04X}"' for g, e in struct.iter_unpack("<HH", value[:len(value) - len(value) % 4])]
+        items = [f'"{g:04X}{e:04X}"' for g, e in TAG_PAIRS[True].iter_unpack(value[:len(value) - len(value) % 4])]
     else:
         unpacker = _UNPACKERS[vr]
         usable = value[:len(value) - len(value) % unpacker.size]
-        values = [_json(v[0]) for v in unpacker.iter_unpack(usable)]
-    if not values:
+        items = [_json(v[0]) for v in unpacker.iter_unpack(usable)]
+    if not items:
         return f'{{"vr":"{vr}"}}'
-    return f'{{"vr":"{vr}","Value":[{",".join(values)}]}}'
+    return f'{{"vr":"{vr}","Value":[{",".join(items)}]}}'
 
 
 def _text_entry(vr: str, value: bytes, codec: str) -> str:
-    """dicomjson._simple_text, written as JSON: values split on backslash, padding removed, '' as null."""
-    text = value.decode(codec, "replace").rstrip(" \x00") if value else ""
-    if not text:
+    """dicomjson._simple_text, written as JSON (values.split_values)."""
+    pieces = split_values(vr, value.decode(codec, "replace")) if value else []
+    if not pieces:
         return f'{{"vr":"{vr}"}}'
-    if vr in SINGLE_VALUED:
-        pieces = [text]
-    else:
-        pieces = text.split("\\")
-        if vr in STRIPPED_VRS:
-            pieces = [p.strip(" \x00") for p in pieces]
     return f'{{"vr":"{vr}","Value":[{",".join(_string(p) if p else "null" for p in pieces)}]}}'
 
 
 def _string(text: str) -> str:
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    return str(encode_basestring(storable(text)))
+    return str(encode_basestring(clean(text)))
 
 
 def _json(value: Any) -> str:
@@ -577,29 +566,13 @@ def _json(value: Any) -> str:
     raise _Fallback
 
 
-class _MainTags:
-    """The top-level main tags as ``elements.Decoder.text`` gives them, so that headers' own ``_text``,
-    ``_integer`` and ``_date`` turn them into columns: one definition of each column, whatever it becomes."""
-
-    def __init__(self, texts: dict[int, str]) -> None:
-        self.texts = texts
-
-    def text(self, tag: int) -> str | None:
-        return self.texts.get(tag)
-
-
 def _fields(main: dict[int, str], transfer_syntax_uid: str, header: str | None) -> dict[str, Any]:
-    """The Instance fields, or fall back when the file is a rejection (pydicom gives the reason)."""
-    from sendit_watcher import headers  # imported here: headers imports this module
-
-    tags = cast(Any, _MainTags(main))
-    fields: dict[str, Any] = {name: headers._text(tags, tag) for tag, name in _MAIN_TEXT.items()}
-    if not (fields["sop_instance_uid"] and fields["study_instance_uid"] and fields["series_instance_uid"]):
+    """The Instance fields (values.columns, as headers' path), or fall back when the file is a rejection
+    (pydicom gives the reason)."""
+    fields = values.columns(main.get, UID_TAGS)
+    if not all(fields.values()):
         raise _Fallback
-    fields.update({name: headers._date(tags, tag) for tag, name in _MAIN_DATE.items()})
-    fields.update({name: headers._integer(tags, tag) for tag, name in _MAIN_INTEGER.items()})
-    fields["patient_id"] = fields["patient_id"] or ""
-    fields["issuer_of_patient_id"] = fields["issuer_of_patient_id"] or ""
+    fields.update(values.columns(main.get, _OTHER_TAGS))
     fields["transfer_syntax_uid"] = transfer_syntax_uid
     fields["header"] = header
     return fields
