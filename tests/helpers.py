@@ -111,7 +111,7 @@ def pydicom_test_files() -> Path:
     return Path(get_testdata_files("CT_small.dcm")[0]).parent
 
 
-# --- the mirror promise as a check the tests call after every import (DESIGN.md §10): for every folder, its
+# --- the mirror promise as a check the tests call after every import: for every folder, its
 # instance rows + rejected rows = the regular files on disk, every row's path exists (and an instance row's file
 # holds that SOP Instance UID), and a SOP Instance UID on disk anywhere has exactly one instance row.
 

@@ -1,4 +1,4 @@
-"""The database mirrors each folder as it is now (issue 12, DESIGN.md §10 "Mirror"), through the public command
+"""The database mirrors each folder as it is now (the promise "the database mirrors the disk"), through the public command
 `sendit-watcher import` and through the running service: deleted, renamed, replaced files, and a duplicate that
 becomes the instance when its original is gone; and generated sequences of such operations (hypothesis)."""
 

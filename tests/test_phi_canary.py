@@ -1,4 +1,4 @@
-"""The PHI canary (DESIGN §10 "No PHI leaves the process"): corpora whose PatientName, PatientID and
+"""The PHI canary (the promise "no PHI leaves the process"): corpora whose PatientName, PatientID and
 PatientBirthDate carry marker strings, plus the values that make PostgreSQL errors likely (a 12,000-character
 PatientID beyond a unique index's row size, NaN in FD, U+0000 in text next to the birth date), go through the
 running service and the command line; afterwards no marker, nor any fragment of one, may appear in the service's
