@@ -1,6 +1,7 @@
 """The database mirrors each folder as it is now (the promise "the database mirrors the disk"), through the
-public command `sendit-watcher import` and through the running service: deleted, renamed, replaced files, and a duplicate that
-becomes the instance when its original is gone; and generated sequences of such operations (hypothesis)."""
+public command `sendit-watcher import` and through the running service: deleted, renamed, replaced files, and a
+duplicate that becomes the instance when its original is gone; and generated sequences of such operations
+(hypothesis)."""
 
 from __future__ import annotations
 
