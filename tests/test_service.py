@@ -243,10 +243,11 @@ def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn
 
 
 def test_the_loss_of_a_third_party_processors_root_is_noticed(tmp_path: Path, database: DatabaseConfig,
-                                                              incoming: Path) -> None:
+                                                              incoming: Path,
+                                                              processor_path: Callable[[str], str]) -> None:
     other = tmp_path / "other"
     other.mkdir()
-    extra = f"\n[watch:other]\npath = {other}\nevents = IN_CREATE\nprocessor = tests.fix_processors.CreatesOnly\n"
+    extra = f"\n[watch:other]\npath = {other}\nevents = IN_CREATE\nprocessor = {processor_path('CreatesOnly')}\n"
     process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra),
                              tmp_path)
     try:
@@ -296,10 +297,11 @@ def test_database_unreachable_at_start_goes_ready_degraded(tmp_path: Path, incom
 
 
 def test_a_processor_that_raises_never_stops_the_notifier(tmp_path: Path, database: DatabaseConfig,
-                                                          incoming: Path, conn: Connection) -> None:
+                                                          incoming: Path, conn: Connection,
+                                                          processor_path: Callable[[str], str]) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    extra = f"\n[watch:broken]\npath = {broken}\nprocessor = tests.fix_processors.Exploding\n"
+    extra = f"\n[watch:broken]\npath = {broken}\nprocessor = {processor_path('Exploding')}\n"
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra)
     process = ServiceProcess(config, tmp_path)
     try:
