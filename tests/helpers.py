@@ -1,4 +1,5 @@
-"""Helpers every test module may call: waiting on a condition, reading rows, building a Config, dropping studies.
+"""Helpers every test module may call: waiting on a condition, reading rows, building a Config or a conffile,
+making and dropping studies.
 
 Fixtures live in the ``fix_*`` plugins that ``conftest.py`` loads; this module holds plain functions only.
 """
@@ -6,6 +7,9 @@ Fixtures live in the ``fix_*`` plugins that ``conftest.py`` loads; this module h
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
+import itertools
 import os
 import stat
 import time
@@ -18,7 +22,7 @@ from psycopg import sql
 
 from sendit_watcher import batches
 from sendit_watcher.batch_import import Outcome, import_batch
-from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
+from sendit_watcher.config import SCHEMA, Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import BATCH_CLASS
 from sendit_watcher.names import to_disk
@@ -109,6 +113,79 @@ def pydicom_test_files() -> Path:
     from pydicom.data import get_testdata_files
 
     return Path(get_testdata_files("CT_small.dcm")[0]).parent
+
+
+# --- studies: fast real ones for floods (pydicom's CT_small.dcm with its UIDs patched in place, fixed length)
+
+_SOP, _SERIES, _STUDY = (str(d) * 60 for d in (9, 8, 7))
+_counter = itertools.count(1)
+PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE = "Fixture^Jane^Q", "PHI-4711-XYZ", "19610417"
+
+
+@functools.cache
+def _template() -> bytes:
+    ds = pydicom.dcmread(pydicom_test_files() / "CT_small.dcm")
+    ds.SOPInstanceUID = _SOP
+    ds.file_meta.MediaStorageSOPInstanceUID = _SOP
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = _SERIES, _STUDY
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _uid(kind: int, number: int) -> bytes:
+    """A valid UID of exactly 60 characters (no component starts with 0)."""
+    uid = f"1.2.826.0.1.3680043.10.{kind}.1{os.getpid():07d}.1{number:0{60 - 35}d}"
+    assert len(uid) == 60, uid
+    return uid.encode()
+
+
+def make_study(folder: Path, files: int) -> list[str]:
+    """Write one study of ``files`` instances into ``folder``; returns their SOPInstanceUIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = _template().replace(_STUDY.encode(), _uid(1, next(_counter))).replace(
+        _SERIES.encode(), _uid(2, next(_counter)))
+    uids = []
+    for n in range(files):
+        sop = _uid(3, next(_counter))
+        (folder / f"IM{n:05d}.dcm").write_bytes(study.replace(_SOP.encode(), sop))
+        uids.append(sop.decode())
+    return uids
+
+
+def drop_study(root: Path, name: str, files: int) -> list[str]:
+    """Write a study into ``root/NAME.tmp`` and rename it to ``NAME``, as upload tools do."""
+    uids = make_study(root / f"{name}.tmp", files)
+    (root / f"{name}.tmp").rename(root / name)
+    return uids
+
+
+# --- the service's conffile: what the service under test runs with unless a test says otherwise.
+TEST_OPTIONS: dict[str, object] = {
+    "retry_interval": 0.5, "connect_timeout": 3, "workers": 2, "settle_seconds": 1.0, "rescan_interval": 0,
+    "drain_seconds": 10, "log_level": "debug", "host": "test-host", "role": "all",
+}
+
+
+def write_config(path: Path, database: DatabaseConfig, roots: dict[str, Path], *, extra: str = "",
+                 **options: object) -> Path:
+    """A conffile for the service under test: TEST_OPTIONS overridden by ``options`` (any option of the
+    schema, by its key, e.g. ``settle_seconds=0.5``), the given roots, then ``extra`` INI text."""
+    sections: dict[str, dict[str, object]] = {}
+    values = {"dsn": database.dsn, "schema": database.schema, **TEST_OPTIONS, **options}
+    for key, value in values.items():
+        sections.setdefault(_section_of(key), {})[key] = value
+    text = [f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) for name, keys in sections.items()]
+    text += [f"[watch:{name}]\npath = {root}\n" for name, root in roots.items()]
+    path.write_text("\n".join(text) + extra)
+    return path
+
+
+def _section_of(key: str) -> str:
+    found = [section for section, options in SCHEMA.items() if any(o.key == key for o in options)]
+    assert len(found) == 1 and not found[0].startswith("watch:"), f"{key!r} is not an option of one section"
+    return found[0]
 
 
 # --- the mirror promise as a check the tests call after every import: for every folder, its

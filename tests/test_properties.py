@@ -49,7 +49,7 @@ from sendit_watcher import names
 from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_service import write_config
+from tests.helpers import write_config
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 SCALE = float(os.environ.get("SENDIT_HYPOTHESIS_SCALE", "1"))

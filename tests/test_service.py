@@ -17,10 +17,20 @@ import pytest
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.migrate import MIGRATION_LOCK
-from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, drop_study, make_study
 from tests.fix_postgres import PrivateCluster
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import batch_rows, done, scalar, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import (
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    batch_rows,
+    done,
+    drop_study,
+    make_study,
+    scalar,
+    wait_until,
+    write_config,
+)
 
 
 @pytest.fixture
