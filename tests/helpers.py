@@ -6,27 +6,36 @@ Fixtures live in the ``fix_*`` plugins that ``conftest.py`` loads; this module h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
 import itertools
+import json
 import os
 import stat
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from psycopg import sql
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from sendit_watcher import batches
 from sendit_watcher.batch_import import Outcome, import_batch
+from sendit_watcher.cli import main
 from sendit_watcher.config import SCHEMA, Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import BATCH_CLASS
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import InlineParser, Parser
+
+if TYPE_CHECKING:
+    from hypothesis import settings
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -285,3 +294,127 @@ UNIT = Path(__file__).resolve().parent.parent / "systemd" / "sendit-watcher.serv
 def exec_reload() -> list[str]:
     """Every ExecReload= line of the unit, in order (systemd runs them one after another)."""
     return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]
+
+
+# --- the property tests (test_dataset_properties, test_tree_properties): hypothesis' settings, folders imported
+# through the public `import` command, and what the database says about one batch
+
+# One standard tag per VR, the same VR in pydicom 2.3's and 3.0's dictionaries (so implicit VR reads it back), and
+# none of them a main tag (a column of its own): the tests' one VR -> tag table.
+VR_TAGS = {"AE": 0x00080054, "AS": 0x0072005F, "AT": 0x00720060, "CS": 0x00080061, "DA": 0x00181200,
+           "DS": 0x00082130, "DT": 0x0008002A, "FL": 0x0018605A, "FD": 0x00081163, "IS": 0x00081160,
+           "LO": 0x00080070, "LT": 0x00204000, "OB": 0x00720065, "OD": 0x00720073, "OF": 0x00720067,
+           "OL": 0x00720075, "OV": 0x00720081, "OW": 0x00720069, "PN": 0x00081070, "SH": 0x00081010,
+           "SL": 0x00186020, "SQ": 0x0040A730, "SS": 0x00189219, "ST": 0x00080081, "SV": 0x00720082,
+           "TM": 0x00080032, "UC": 0x0072006F, "UI": 0x0008001A, "UL": 0x00081161, "UN": 0x0072006D,
+           "UR": 0x00081190, "US": 0x00181244, "UT": 0x00189910, "UV": 0x00720083}
+
+PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
+SCALE = float(os.environ.get("SENDIT_HYPOTHESIS_SCALE", "1"))
+RANDOM = os.environ.get("SENDIT_HYPOTHESIS_RANDOM") == "1"
+SHRINK = os.environ.get("SENDIT_HYPOTHESIS_SHRINK") == "1"
+
+
+def examples(n: int) -> settings:
+    """Hypothesis' settings for a property test of ``n`` examples, each a whole import. Examples are derandomized
+    (the same on every run) unless SENDIT_HYPOTHESIS_RANDOM=1; SENDIT_HYPOTHESIS_SCALE multiplies their number for
+    a soak; SENDIT_HYPOTHESIS_SHRINK=1 shrinks a failure to a minimal example (slow: hundreds of imports)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    phases = tuple(Phase) if SHRINK else (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, derandomize=not RANDOM, database=None,
+                    phases=phases, report_multiple_bugs=False,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                           HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+
+_serial = itertools.count(1)
+
+
+def uid(kind: int) -> str:
+    """A fresh UID (of this process, this instant)."""
+    return f"1.2.826.0.1.3680043.10.99.{kind}.{os.getpid()}.{time.time_ns()}.{next(_serial)}"
+
+
+def run_import(conffile: Path, folder: Path | bytes) -> tuple[int, list[dict[str, Any]]]:
+    """``sendit-watcher --config C import --json --no-progress FOLDER`` in this process: (exit code, JSON lines)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--config", str(conffile), "import", "--json", "--no-progress", os.fsdecode(folder)])
+    return code, [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+
+
+@dataclass
+class BatchRows:
+    """One batch's row and its instance and rejected_file rows, by path."""
+
+    batch: dict[str, Any]
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    rejected_detail: dict[str, str] = field(default_factory=dict)
+
+
+def rows_of(conn: Connection, batch_id: int) -> BatchRows:
+    row = conn.execute("SELECT status, files, instances, rejected, last_error FROM batch WHERE id = %s",
+                       (batch_id,)).fetchone()
+    assert row is not None, f"no batch row {batch_id}"
+    rows = BatchRows(dict(zip(("status", "files", "instances", "rejected", "last_error"), row, strict=True)))
+    for path, sop, header, number, series_number, content_date in conn.execute(
+            "SELECT i.path, i.sop_instance_uid, i.header::text, i.instance_number, s.series_number, i.content_date"
+            " FROM instance i JOIN series s ON s.id = i.series WHERE i.batch = %s", (batch_id,)):
+        assert path not in rows.instances
+        rows.instances[path] = {"sop": sop, "header": header, "instance_number": number,
+                                "series_number": series_number, "content_date": content_date}
+    for path, reason, detail in conn.execute("SELECT path, reason, detail FROM rejected_file WHERE batch = %s",
+                                             (batch_id,)):
+        assert path not in rows.rejected
+        rows.rejected[path] = reason
+        rows.rejected_detail[path] = detail
+    conn.rollback()
+    return rows
+
+
+def import_by_command(conffile: Path, folder: Path, conn: Connection) -> tuple[dict[str, Any], BatchRows]:
+    """Import a folder through the command; not failed, and its batch's rows."""
+    code, outcomes = run_import(conffile, folder)
+    assert len(outcomes) == 1, outcomes
+    outcome = outcomes[0]
+    assert outcome["status"] != "failed" and code == 0, f"the folder failed: {outcome}"
+    return outcome, rows_of(conn, outcome["batch_id"])
+
+
+def check_accounting(outcome: dict[str, Any], rows: BatchRows, files: int) -> None:
+    """What every import holds: one row per file, batch.files = files, every rejection with a reason."""
+    assert rows.batch["status"] in ("done", "empty"), rows.batch
+    assert not set(rows.instances) & set(rows.rejected), "a file is both an instance and a rejection"
+    assert len(rows.instances) + len(rows.rejected) == files, (
+        f"{files} files on disk, {len(rows.instances)} instance rows + {len(rows.rejected)} rejected rows: "
+        f"{sorted(rows.instances)[:5]} {sorted(rows.rejected.items())[:5]}")
+    assert rows.batch["files"] == files and outcome["files"] == files, (rows.batch, outcome)
+    assert rows.batch["instances"] == len(rows.instances) and rows.batch["rejected"] == len(rows.rejected)
+    assert all(reason.strip() for reason in rows.rejected.values()), rows.rejected
+
+
+def import_and_check_accounting(conn: Connection, conffile: Path, folder: Path, files: int) -> BatchRows:
+    outcome, rows = import_by_command(conffile, folder, conn)
+    check_accounting(outcome, rows, files)
+    return rows
+
+
+
+def dataset_bytes(ds: Dataset, implicit: bool) -> bytes:
+    """``ds`` as a file in explicit or implicit VR little endian, its file meta made from its SOP UIDs."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+        pydicom.uid.ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    if PYDICOM3:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        ds.preamble = b"\0" * 128
+        pydicom.dcmwrite(buffer, ds, write_like_original=False)
+    return buffer.getvalue()
+
