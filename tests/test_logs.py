@@ -22,10 +22,9 @@ from sendit_watcher import logs
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.logs import batch_fields, under_journal
-from tests.fix_dicom import drop_study, make_study
 from tests.fix_postgres import PrivateCluster
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import done, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import done, drop_study, make_study, wait_until, write_config
 
 
 def test_batch_fields_become_journal_field_names() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import sendit_watcher
 from sendit_watcher.config import DatabaseConfig
-from tests.fix_service import REPO, ServiceProcess, write_config
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import write_config
 
 SQL_METHODS = {"execute", "executemany", "copy"}
 # The one query text that is not a literal: a migration file shipped in the package, applied as a whole.
