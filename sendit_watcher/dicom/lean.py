@@ -3,10 +3,13 @@ syntaxes, whose header is explicit VR little endian), proven identical to the py
 ``headers.read_instance`` by differential tests (tests/test_lean.py). It sits below ``headers``, which calls it
 first, and never calls up into it.
 
-Each file is read with one ``os.read`` of its first 64 KiB (more, in doubling steps, only when its header is longer)
-and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own
-(0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
-``stop_before_pixels`` does. The main tags become columns by the rules of ``values`` (as in headers' path), and
+Each file is read through a ``stream.Stream``, 64 KiB at a time (most headers are one read), dropping what it has
+walked past, and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with
+its own (0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
+``stop_before_pixels`` does. Memory is bounded per value: a value that will not be stored is passed over, never
+read (with the main tags only, every value but theirs and the private creators', and every sequence of defined
+length, as pydicom's ``specific_tags`` read does; with the full header, every value whose JSON is certainly longer
+than VALUE_LIMIT, ``_Reader.left_out``), and a stored value longer than a chunk is read on its own, once. The main tags become columns by the rules of ``values`` (as in headers' path), and
 the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
 it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
 its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
@@ -28,6 +31,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any
@@ -50,6 +54,7 @@ from sendit_watcher.dicom.elements import (
     private_data,
     vr_names,
 )
+from sendit_watcher.dicom.stream import Stream
 from sendit_watcher.dicom.tags import (
     DICOMDIR_SOP_CLASS,
     EXPLICIT_VR_LE,
@@ -69,7 +74,7 @@ ENABLED = True  # the module-level switch: False makes headers.read_instance use
 TOO_LARGE = "too_large"  # a field set when the header is longer than values.HEADER_LIMIT (it is None then)
 COUNTS = {"lean": 0, "fallback": 0}  # files this process read with the lean reader, and files it handed back
 
-FIRST_READ = 65536  # bytes of the first read; a longer header is read on in doubling steps
+FIRST_READ = 65536  # bytes of each read (stream.Stream's chunk): a longer header is read on a chunk at a time
 # A top-level value longer than this is not stored (its element is, with its VR): it is seeked past, never read,
 # as pydicom's dcmread(defer_size=...) does in headers' path (values.VALUE_LIMIT).
 DEFER_SIZE = VALUE_LIMIT
@@ -142,40 +147,35 @@ def _read_file(folder: str, path: str, full_header: bool) -> dict[str, Any] | No
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return parse(os.read(fd, FIRST_READ), False, full_header, fd)
+        return parse(fd, full_header)
     finally:
         os.close(fd)
 
 
-def parse(data: bytes, eof: bool, full_header: bool, fd: int | None = None) -> dict[str, Any] | None:
-    """The Instance fields of the file whose first bytes are ``data`` (all of it when ``eof``; ``fd`` reads on
-    from there), or None. A header longer than HEADER_LIMIT is not written: the fields say TOO_LARGE instead."""
+def parse(fd: int, full_header: bool) -> dict[str, Any] | None:
+    """The Instance fields of the regular file open as ``fd``, or None. A header longer than HEADER_LIMIT is not
+    written: the fields say TOO_LARGE instead."""
     try:
-        return _parse(_Reader(data, eof, full_header, fd))
+        return _parse(_Reader(Stream(fd, FIRST_READ), full_header))
     except _Fallback:
         return None
-    except _HeaderTooLarge:  # read on for the main tags only: the file may be a rejection of an earlier kind
-        if fd is not None:
-            os.lseek(fd, len(data), os.SEEK_SET)
-        fields = parse(data, eof, False, fd)
+    except _HeaderTooLarge:  # read again for the main tags only: the file may be a rejection of an earlier kind
+        fields = parse(fd, False)
     if fields is not None:
         fields[TOO_LARGE] = True
     return fields
 
 
 def _parse(reader: _Reader) -> dict[str, Any]:
-    reader.need(_PREAMBLE + 4)
-    data = reader.data
-    if data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+    if reader.value(_PREAMBLE, 4) != b"DICM":
         raise _Fallback
     meta, start = reader.file_meta(_PREAMBLE + 4)
     syntax = _SYNTAXES.get(meta.get(TRANSFER_SYNTAX_UID, b""))
     if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(MEDIA_STORAGE_SOP_CLASS_UID, b""):
         raise _Fallback
     transfer_syntax_uid, reader.implicit = syntax
-    reader.need(start + 6)
-    data = reader.data
-    looks_explicit = 0x40 < data[start + 4] < 0x5B and 0x40 < data[start + 5] < 0x5B
+    vr = reader.value(start + 4, 2)
+    looks_explicit = 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
     if looks_explicit == reader.implicit:  # pydicom would switch VR encoding: leave it to pydicom
         raise _Fallback
     header, _ = reader.dataset(start, None, "latin-1", True)
@@ -183,32 +183,30 @@ def _parse(reader: _Reader) -> dict[str, Any]:
 
 
 class _Reader:
-    """Walks one file's bytes: the file meta group, then the dataset with its sequences."""
+    """Walks one file's bytes: the file meta group, then the dataset with its sequences. Positions are the file's
+    offsets; the bytes are the window of ``stream`` (a chunk, never the whole header), and a value that will not be
+    stored is passed over without being read."""
 
-    def __init__(self, data: bytes, eof: bool, full_header: bool, fd: int | None) -> None:
-        self.data = data
-        self.eof = eof  # the file ends where data does
-        self.fd = fd
+    def __init__(self, stream: Stream, full_header: bool) -> None:
+        self.stream = stream
         self.json = full_header
         self.implicit = False
         self.main: dict[int, str] = {}
         self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
         self.kept = 0  # characters of the large values' JSON written so far (``counted``)
 
-    def need(self, end: int) -> None:
-        """Read on when the bytes so far end before ``end``; fall back when the file does."""
-        while end > len(self.data):
-            if not self.more(max(len(self.data), end - len(self.data))):
-                raise _Fallback
+    def need(self, start: int, stop: int) -> None:
+        """Have the stream's window hold the bytes from ``start`` to ``stop``; fall back when the file ends first."""
+        if not self.stream.cover(start, stop):
+            raise _Fallback
 
-    def more(self, size: int) -> bool:
-        """Read up to ``size`` more bytes; False at the end of the file (seen, not assumed from a short read)."""
-        chunk = os.read(self.fd, size) if self.fd is not None and not self.eof else b""
-        if not chunk:
-            self.eof = True
-            return False
-        self.data += chunk
-        return True
+    def value(self, start: int, length: int) -> bytes:
+        """The ``length`` bytes at ``start`` (a large value is read on its own, once); fall back when the file
+        ends first."""
+        value = self.stream.value(start, length)
+        if value is None:
+            raise _Fallback
+        return value
 
     def counted(self, fragment: str) -> str:
         """``fragment``, counted towards the header's size: raise _HeaderTooLarge as soon as the fragments that
@@ -222,26 +220,14 @@ class _Reader:
             raise _HeaderTooLarge
         return fragment
 
-    def skip(self, pos: int, length: int) -> int:
-        """Pass over the top-level value of ``length`` bytes at ``pos`` without reading it (what is not in memory
-        yet is seeked past, and what is of it is dropped); the position after it. A value that runs past the end
-        of the file ends the dataset there, as pydicom's deferred read has it."""
-        end = pos + length
-        if end <= len(self.data):
-            return end
-        if self.fd is not None and not self.eof:
-            os.lseek(self.fd, end - len(self.data), os.SEEK_CUR)
-        self.data = self.data[:pos]  # the file's bytes from here on follow at ``pos``
-        return pos
-
     def file_meta(self, pos: int) -> tuple[dict[int, bytes], int]:
         """Group 0002 (explicit VR little endian, defined lengths, each element with its dictionary VR): its
         values by tag, and where it ends."""
         meta: dict[int, bytes] = {}
         last = 0
         while True:
-            self.need(pos + 8)
-            group, element = struct.unpack_from("<HH", self.data, pos)
+            self.need(pos, pos + 8)
+            group, element = struct.unpack_from("<HH", self.stream.data, pos - self.stream.base)
             if group != 0x0002:
                 return meta, pos
             tag, vr, length, pos = self._explicit_header(pos)
@@ -250,26 +236,24 @@ class _Reader:
             if vr in _UNPACKERS and length != _UNPACKERS[vr].size:  # pydicom converts (0002,0000) on reading
                 raise _Fallback
             last = tag
-            self.need(pos + length)
-            meta[tag] = self.data[pos:pos + length]
+            meta[tag] = self.value(pos, length)
             pos += length
 
     def _explicit_header(self, pos: int) -> tuple[int, str, int, int]:
         """(tag, VR, length, value position) of the explicit VR element header at ``pos``."""
-        group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
-        vr = _VR_BYTES.get(self.data[pos + 4:pos + 6])
+        data, at = self.stream.data, pos - self.stream.base
+        group, element, length = _TAG_LENGTH.unpack_from(data, at)
+        vr = _VR_BYTES.get(data[at + 4:at + 6])
         if vr is None or (vr == "UN" and known_un(group << 16 | element)):  # pydicom converts a known UN
             raise _Fallback
         if vr in _LONG_VRS:
-            if pos + 12 > len(self.data):
-                self.need(pos + 12)
-            return group << 16 | element, vr, _LONG_LENGTH.unpack_from(self.data, pos + 8)[0], pos + 12
+            return group << 16 | element, vr, _LONG_LENGTH.unpack_from(self.value(pos + 8, 4))[0], pos + 12
         return group << 16 | element, vr, length >> 16, pos + 8
 
     def _implicit_header(self, pos: int, top: bool) -> tuple[int, str, int, int]:
         """(tag, VR, length, value position) of the implicit VR element header at ``pos``; VR '' for a private
         element (its VR comes from its creator, _private_vr)."""
-        group, element, length = _TAG_LENGTH.unpack_from(self.data, pos)
+        group, element, length = _TAG_LENGTH.unpack_from(self.stream.data, pos - self.stream.base)
         tag = group << 16 | element
         if top and tag in _PIXEL_TAGS:  # the end of the header: its VR does not matter
             return tag, "", length, pos + 8
@@ -304,17 +288,18 @@ class _Reader:
         unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
-        value_limit = DEFER_SIZE
-        data = self.data
-        size = len(data)
+        value_limit, inline_limit = DEFER_SIZE, INLINE_BINARY_LIMIT
+        stream = self.stream
+        data, base = stream.data, stream.base
+        size = base + len(data)  # where the window ends, as a file position
         while pos != end:
             if pos + 8 > size:
-                if top and pos == size and not self.more(FIRST_READ):
+                if top and pos >= stream.size:
                     break  # the end of the file, and of the dataset
-                self.need(pos + 8)
-                data = self.data
-                size = len(data)
-            group, element, length = unpack(data, pos)
+                self.need(pos, pos + 8)
+                data, base = stream.data, stream.base
+                size = base + len(data)
+            group, element, length = unpack(data, pos - base)
             if group == 0xFFFE:
                 if element == 0xE00D and length == 0 and end is None and not top:
                     return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
@@ -323,15 +308,15 @@ class _Reader:
                 tag, vr, length, pos = self._implicit_header(pos, top)
             else:
                 tag = group << 16 | element
-                vr = vr_of(data[pos + 4:pos + 6])  # type: ignore[assignment]
+                vr = vr_of(data[pos - base + 4:pos - base + 6])  # type: ignore[assignment]
                 if vr is None or (vr == "UN" and (known_un(tag) or _known_private(tag, raw_creators))):
                     raise _Fallback  # pydicom converts a UN its dictionaries know
                 if vr in long_vrs:
                     if pos + 12 > size:
-                        self.need(pos + 12)
-                        data = self.data
-                        size = len(data)
-                    length = long_length(data, pos + 8)[0]
+                        self.need(pos, pos + 12)
+                        data, base = stream.data, stream.base
+                        size = base + len(data)
+                    length = long_length(data, pos - base + 8)[0]
                     pos += 12
                 else:
                     length >>= 16
@@ -351,57 +336,82 @@ class _Reader:
                 if sequences and odd_pixel_representation:  # pydicom converts (0028,0103) reading a sequence
                     raise _Fallback
                 entry, pos, codec = self._element(tag, vr, length, pos, codec, top)
-                data = self.data
-                size = len(data)
+                data, base = stream.data, stream.base
+                size = base + len(data)
                 if json:
                     append(entry)
-            elif top and (length > value_limit or not json and pos + length > size) and not (
-                    group & 1 and element <= 0xFF):  # not stored: skipped, never read (pydicom's defer_size)
+            elif top and length > value_limit and not (group & 1 and element <= 0xFF):
+                # not stored: passed over, never read, and the end of the file if it runs past it (pydicom's
+                # defer_size)
                 if json and implicit and tag in _US_OR_SS:
                     raise _Fallback  # pydicom resolves its VR from (0028,0103): leave it to pydicom
-                pos = self.skip(pos, length)
-                data = self.data
-                size = len(data)
+                pos += length
                 if json:
                     append(_key(tag) + f'{{"vr":"{vr}"}}')
                 continue
             else:
                 stop = pos + length
-                if stop > size:
-                    self.need(stop)
-                    data = self.data
-                    size = len(data)
-                if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
-                    value = data[pos:stop]
-                    if length <= fragment_limit:
-                        append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
+                if json and (length <= inline_limit or not self.left_out(vr, pos, length, codec)) or (
+                        vr == "LO" and group & 1 and element <= 0xFF):  # stored, or a private creator
+                    if stop > size:
+                        value = self.value(pos, length)
+                        data, base = stream.data, stream.base
+                        size = base + len(data)
                     else:
-                        append(self.counted(_fragment(tag, vr, value, codec)))
+                        value = data[pos - base:stop - base]
+                    if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
+                        if length <= fragment_limit:
+                            append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
+                        else:
+                            append(self.counted(_fragment(tag, vr, value, codec)))
+                    if vr == "LO" and group & 1:
+                        if implicit:
+                            creators[tag] = _creator(value)
+                        elif element <= 0xFF:
+                            raw_creators[tag] = value
+                elif stop > stream.size and (json or not top):
+                    raise _Fallback  # runs past the end of the file: pydicom's path says what that is
+                elif json:  # not stored (its JSON is certainly too long): passed over, never read
+                    append(_key(tag) + f'{{"vr":"{vr}"}}')
                 pos = stop
-            if vr == "LO" and group & 1:
-                if implicit:
-                    creators[tag] = _creator(data[pos - length:pos])
-                elif element <= 0xFF:
-                    raw_creators[tag] = data[pos - length:pos]
             if end is not None and pos > end:
                 raise _Fallback
         return "{" + ",".join(parts) + "}", pos
+
+    def left_out(self, vr: str, pos: int, length: int, codec: str) -> bool:
+        """True when the value of ``length`` bytes at ``pos`` is certainly left out of the stored header (as
+        headers._bounded and dicomjson have it), so that it need not be read: binary data longer than
+        INLINE_BINARY_LIMIT; numbers too many for their JSON (at least two characters each) to fit VALUE_LIMIT;
+        text with more significant characters (neither padding nor NUL, each at least one in the JSON) than
+        VALUE_LIMIT, counted chunk by chunk (nothing is kept) in the character sets decoded here."""
+        if vr in BINARY_VRS:
+            return length > INLINE_BINARY_LIMIT
+        unpacker = _UNPACKERS.get(vr)
+        if unpacker is not None or vr == "AT":
+            return 2 * (length // (unpacker.size if unpacker else 4)) - 1 > VALUE_LIMIT
+        significant = _SIGNIFICANT.get(codec) if vr in SIMPLE_TEXT_VRS and length > VALUE_LIMIT else None
+        if significant is None:
+            return False
+        exceeds = self.stream.exceeds(pos, length, significant, VALUE_LIMIT)
+        if exceeds is None:
+            raise _Fallback  # the file ends inside the value
+        return exceeds
 
     def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
         """The JSON of one element ('"GGGGEEEE":{...}') whose value is at ``pos``, the position after it, and
         the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
-        if vr == "SQ":
+        if vr == "SQ" and (self.json or length == _UNDEFINED):
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
         if length == _UNDEFINED or (top and length > DEFER_SIZE and tag != _CHARSET):
             raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
-        if pos + length > len(self.data):
-            self.need(pos + length)
+        if pos + length > self.stream.size:
+            raise _Fallback
         if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
-            return "", pos + length, codec  # main tags only: this value is not needed
-        value = self.data[pos:pos + length]
+            return "", pos + length, codec  # main tags only: not needed (a sequence too), passed over as pydicom does
+        value = self.value(pos, length)
         if tag == _CHARSET:
             if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
                 raise _Fallback
@@ -415,11 +425,11 @@ class _Reader:
     def _sequence(self, pos: int, length: int, codec: str) -> tuple[str, int]:
         items: list[str] = []
         end = None if length == _UNDEFINED else pos + length
-        if end is not None:
-            self.need(end)
+        if end is not None and end > self.stream.size:
+            raise _Fallback
         while pos != end:
-            self.need(pos + 8)
-            group, element, item_length = _TAG_LENGTH.unpack_from(self.data, pos)
+            self.need(pos, pos + 8)
+            group, element, item_length = _TAG_LENGTH.unpack_from(self.stream.data, pos - self.stream.base)
             tag = group << 16 | element
             if end is None and tag == _SEQUENCE_END and item_length == 0:
                 return _sequence_entry(items), pos + 8
@@ -431,6 +441,16 @@ class _Reader:
                 raise _Fallback
             items.append(item)
         return _sequence_entry(items), pos
+
+
+def _significant_characters(deleted: bytes) -> Callable[[bytes], int]:
+    """Counts the characters of text bytes that are neither padding (space, NUL) nor, in UTF-8, a continuation
+    byte: at most as many characters as the text decodes to, each one at least one character of its JSON."""
+    return lambda chunk: len(chunk.translate(None, deleted))
+
+
+_SIGNIFICANT = {"latin-1": _significant_characters(b" \x00"),
+                "utf-8": _significant_characters(b" \x00" + bytes(range(0x80, 0xC0)))}
 
 
 def _kept(fragment: str) -> bool:
