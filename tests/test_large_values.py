@@ -1,6 +1,8 @@
 """Memory is bounded per value, not per file (issue 19, item 6): a value that is not stored is never read, by
 either reader, in either full_header mode, and the file is still its instance; a file whose stored header is too
-big for a row is rejected alone (`header-too-large`), never failing its folder.
+big for a row is rejected alone (`header-too-large`), never failing its folder. Inside a sequence too (issue 21,
+items 3-4): the lean reader reads of a value only what deciding and storing it takes, counted in bytes read
+(``stream.COUNTS``) and, for a 300 MiB value, in peak RSS.
 
 The large files are sparse (a hole where the value is), so they cost no disk; they are deleted with tmp_path.
 """
@@ -12,6 +14,7 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,12 +24,13 @@ from hypothesis import strategies as st
 from sendit_watcher.batch_import import Failure
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
-from sendit_watcher.dicom import lean, values
+from sendit_watcher.dicom import lean, stream, values
 from sendit_watcher.dicom.headers import Instance, read_instance
 from sendit_watcher.dicom.values import too_large_detail
 from sendit_watcher.walk import FileEntry, Rejection
 from tests.fix_service import REPO
 from tests.helpers import import_folder, scalar
+from tests.readers import compare, quiet_pydicom, read
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 STUDY, SERIES = "1.2.826.0.1.3680043.10.1919.1", "1.2.826.0.1.3680043.10.1919.2"
@@ -47,10 +51,8 @@ def _implicit(tag: int, vr: str, value: bytes) -> bytes:
     return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, str, int] | None = None,
-               texts: int = 0, text_size: int = 0) -> None:
-    """A DICOM file written element by element: the main tags, ``texts`` UT values of ``text_size`` characters
-    in private elements, then ``big`` (tag, VR, length) as a hole (sparse: no disk) and (0042,0012) after it."""
+def _head(sop: str, implicit: bool) -> bytes:
+    """Preamble, file meta and the main tags of a file."""
     syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
     element = _implicit if implicit else _explicit
     meta_body = (_explicit(0x00020001, "OB", b"\x00\x01") + _explicit(0x00020002, "UI", ENCAPSULATED_PDF.encode())
@@ -60,8 +62,16 @@ def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, 
         (0x00080016, "UI", ENCAPSULATED_PDF), (0x00080018, "UI", sop), (0x00080060, "CS", "DOC"),
         (0x00100010, "PN", "Large^Value"), (0x00100020, "LO", "LARGE-1"), (0x0020000D, "UI", STUDY),
         (0x0020000E, "UI", SERIES), (0x00200013, "IS", "1")))
+    return b"\x00" * 128 + b"DICM" + meta + body
+
+
+def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, str, int] | None = None,
+               texts: int = 0, text_size: int = 0) -> None:
+    """A DICOM file written element by element: the main tags, ``texts`` UT values of ``text_size`` characters
+    in private elements, then ``big`` (tag, VR, length) as a hole (sparse: no disk) and (0042,0012) after it."""
+    element = _implicit if implicit else _explicit
     with path.open("wb") as out:
-        out.write(b"\x00" * 128 + b"DICM" + meta + body)
+        out.write(_head(sop, implicit))
         if texts:
             out.write(element(0x00290010, "LO", b"LARGE VALUES"))
             filler = ("0123456789abcdef" * (text_size // 16 + 1))[:text_size].encode()
@@ -76,7 +86,7 @@ def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, 
 
 _MEASURE = """
 import json, resource, sys
-from sendit_watcher.dicom import lean
+from sendit_watcher.dicom import lean, stream
 from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
 from sendit_watcher.walk import FileEntry
 import os
@@ -88,9 +98,11 @@ def read(name):
     return read_instance(folder, FileEntry(name, info.st_size, info.st_mtime_ns), full_header)
 first = read(small)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+read_before = stream.COUNTS["bytes_read"]
 result = read(big)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"before_kb": before, "after_kb": after, "instance": isinstance(result, Instance),
+                  "bytes_read": stream.COUNTS["bytes_read"] - read_before,
                   "header": getattr(result, "header", None), "lean": lean.COUNTS["lean"],
                   "reason": getattr(result, "reason", None)}))
 """
@@ -229,3 +241,114 @@ def write_mixed(path: Path, elements: list[tuple[str, int]], implicit: bool) -> 
         body += element(0x00291000 + n, vr if vr != "LO" else "LT", value)
     with path.open("ab") as out:
         out.write(body)
+
+
+def _repeated(unit: bytes) -> Callable[[int], bytes]:
+    return lambda size: unit * size
+
+
+def _blank(size: int) -> bytes:
+    return b" " * (size - 4) + b"end "
+
+
+# A large value inside a sequence item, by kind: its tag, VR, length, and its bytes (None: a hole, zeros on no
+# disk), and how many of its bytes the lean reader may read with the full header.
+_IN_SEQUENCE: dict[str, tuple[int, str, int, Callable[[int], bytes] | None, Callable[[int], int]]] = {
+    "OB": (0x00420011, "OB", 64 << 20, None, lambda size: 0),  # binary: left out beyond 256 bytes
+    "FD": (0x0040A161, "FD", 6 << 20, None, lambda size: 0),  # 786,432 numbers: JSON over VALUE_LIMIT
+    "UT": (0x0040A160, "UT", 4 << 20, _repeated(b"x"), lambda size: values.VALUE_LIMIT),  # read until certain
+    "UT-blank": (0x0040A160, "UT", 2 << 20, _blank, lambda size: 2 * size),  # measured whole, then read to know
+    "UT-kept": (0x0040A160, "UT", 900 << 10, _repeated(b"x"), lambda size: size),  # stored: read once
+}
+
+
+def write_in_sequence(path: Path, sop: str, kind: str, *, implicit: bool, defined: bool, size: int | None = None
+                      ) -> None:
+    """A file whose (0040,0275) sequence holds one item: (0040,0007), the large value of ``kind`` (``size`` bytes
+    long if given) and (0042,0012); (0042,0010) follows the sequence. Sequence and item of defined or undefined
+    length."""
+    tag, vr, length, fill, _ = _IN_SEQUENCE[kind]
+    length = size or length
+    element = _implicit if implicit else _explicit
+    before = element(0x00400007, "LO", b"BEFORE THE VALUE")
+    value_header = element(tag, vr, b"")[:-4] + struct.pack("<L", length)
+    after = element(0x00420012, "LO", b"application/pdf")
+    item_length = len(before) + len(value_header) + length + len(after)
+    sequence = element(0x00400275, "SQ", b"")[:-4]
+    if defined:
+        opening = sequence + struct.pack("<LHHL", 8 + item_length, 0xFFFE, 0xE000, item_length)
+        closing = b""
+    else:
+        opening = sequence + struct.pack("<LHHL", 0xFFFFFFFF, 0xFFFE, 0xE000, 0xFFFFFFFF)
+        closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
+    with path.open("wb") as out:
+        out.write(_head(sop, implicit) + opening + before + value_header)
+        if fill is None:
+            out.seek(length, os.SEEK_CUR)
+        else:
+            out.write(fill(length))
+        out.write(after + closing + element(0x00420010, "ST", b"AFTER THE SEQUENCE"))
+
+
+def _in_sequence_cases() -> list[object]:
+    return [pytest.param(kind, implicit, defined, full_header,
+                         id=f"{kind}-{'implicit' if implicit else 'explicit'}-{'defined' if defined else 'undefined'}"
+                            f"-{'full' if full_header else 'main'}")
+            for kind in _IN_SEQUENCE for implicit in (False, True) for defined in (True, False)
+            for full_header in (True, False) if implicit or _IN_SEQUENCE[kind][1] != "FD"]  # FD: 2-byte length
+
+
+@pytest.mark.parametrize(("kind", "implicit", "defined", "full_header"), _in_sequence_cases())
+def test_a_value_in_a_sequence_is_read_only_when_it_is_stored(tmp_path: Path, kind: str, implicit: bool,
+                                                              defined: bool, full_header: bool) -> None:
+    """A large value inside a sequence item: both readers store the same header (the value left out or kept as
+    headers._bounded has it, the elements after it read), and the lean reader answers having read, besides a few
+    chunks, only what it had to of the value: nothing of a binary value or of numbers left out, text until it
+    has seen more than VALUE_LIMIT significant characters (all of it, and once more to store it, when it is
+    blank), a stored value once; with the main tags only, nothing of any value in a sequence."""
+    quiet_pydicom()
+    write_in_sequence(tmp_path / "f.dcm", "1.2.826.0.1.3680043.10.1919.8.1", kind, implicit=implicit,
+                      defined=defined)
+    length, allowed = _IN_SEQUENCE[kind][2], _IN_SEQUENCE[kind][4]
+    read_before = stream.COUNTS["bytes_read"]
+    assert compare(str(tmp_path), "f.dcm", full_header), "the lean reader handed the file back to pydicom"
+    bytes_read = stream.COUNTS["bytes_read"] - read_before
+    budget = 4 * lean.FIRST_READ + (allowed(length) if full_header else 0)
+    assert bytes_read <= budget, f"read {bytes_read:,} bytes of a {length:,}-byte value; at most {budget:,}"
+    result = read(str(tmp_path), "f.dcm", full_header, True)
+    assert isinstance(result, Instance), result
+    if full_header:
+        header = json.loads(result.header or "")
+        item = header["00400275"]["Value"][0]
+        assert item["00420012"]["Value"] == ["application/pdf"], "the element after the value was not read"
+        assert header["00420010"]["Value"] == ["AFTER THE SEQUENCE"]
+        assert ("Value" in item[f"{_IN_SEQUENCE[kind][0]:08X}"]) == (kind == "UT-kept")
+
+
+@pytest.mark.parametrize("full_header", [True, False], ids=["full-header", "main-tags"])
+@pytest.mark.parametrize("defined", [True, False], ids=["defined", "undefined"])
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_a_300_mib_value_in_a_sequence_costs_the_lean_reader_no_memory(tmp_path: Path, implicit: bool,
+                                                                       defined: bool, full_header: bool) -> None:
+    """A 300 MiB OB inside a sequence item, read by the lean reader in a fresh process: the peak RSS grows by
+    less than 50 MB over a small file's (it was +566 to +1,766 MB: the value read into one growing buffer), less
+    than 1 MiB of the file is read, and the header holds the element with its VR and the elements after it."""
+    write_file(tmp_path / "small.dcm", "1.2.826.0.1.3680043.10.1919.9.1", implicit=implicit)
+    write_in_sequence(tmp_path / "big.dcm", "1.2.826.0.1.3680043.10.1919.9.2", "OB", implicit=implicit,
+                      defined=defined, size=BIG)
+    run = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path), "small.dcm", "big.dcm",
+                          "1" if full_header else "0", "1"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=False, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    measured = json.loads(run.stdout)
+    growth_mb = (measured["after_kb"] - measured["before_kb"]) / 1024
+    assert measured["instance"], measured["reason"]
+    assert measured["lean"] == 2, "the lean reader handed the file back to pydicom"
+    assert growth_mb < 50, f"reading the file raised the peak RSS by {growth_mb:.0f} MB"
+    assert measured["bytes_read"] < 1 << 20, f"read {measured['bytes_read']:,} bytes of the file"
+    if full_header:
+        item = json.loads(measured["header"])["00400275"]["Value"][0]
+        assert item["00420011"] == {"vr": "OB"}
+        assert item["00420012"]["Value"] == ["application/pdf"]
+    else:
+        assert measured["header"] is None

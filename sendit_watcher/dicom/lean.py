@@ -3,18 +3,21 @@ syntaxes, whose header is explicit VR little endian), proven identical to the py
 ``headers.read_instance`` by differential tests (tests/test_lean.py). It sits below ``headers``, which calls it
 first, and never calls up into it.
 
-Each file is read through a ``stream.Stream``, 64 KiB at a time (most headers are one read), dropping what it has
-walked past, and walked with ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with
-its own (0008,0005) SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's
-``stop_before_pixels`` does. Memory is bounded per value: a value that will not be stored is passed over, never
-read (with the main tags only, every value but theirs and the private creators', and every sequence of defined
-length, as pydicom's ``specific_tags`` read does; with the full header, every value whose JSON is certainly longer
-than VALUE_LIMIT, ``_Reader.left_out``), and a stored value longer than a chunk is read on its own, once. The main tags become columns by the rules of ``values`` (as in headers' path), and
+Each file is read through a ``stream.Stream``, 64 KiB at a time (most headers are one read), and walked with
+``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own (0008,0005)
+SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's ``stop_before_pixels``
+does. The main tags become columns by the rules of ``values`` (as in headers' path), and
 the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
 it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
 its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
 once. Implicit VR takes pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown
 private elements are UN), and resolves 'US or SS' from (0028,0103).
+
+Memory is bounded per value, not per file: the stream drops what the reader has walked past; a value that will not
+be stored is passed over, never read (with the main tags only, every value but theirs and the private creators',
+and every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value
+whose JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read
+on its own, once.
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
 and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
@@ -405,12 +408,12 @@ class _Reader:
         if vr == "SQ" and (self.json or length == _UNDEFINED):
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
-        if length == _UNDEFINED or (top and length > DEFER_SIZE and tag != _CHARSET):
-            raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
-        if pos + length > self.stream.size:
-            raise _Fallback
+        if length == _UNDEFINED or pos + length > self.stream.size:
+            raise _Fallback  # undefined length (not a sequence), or past the end of the file: pydicom's business
         if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
             return "", pos + length, codec  # main tags only: not needed (a sequence too), passed over as pydicom does
+        if top and length > DEFER_SIZE and tag != _CHARSET:
+            raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
         value = self.value(pos, length)
         if tag == _CHARSET:
             if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
