@@ -241,6 +241,21 @@ def _encapsulated_pdf() -> Dataset:
     return ds
 
 
+def _ob_in_sequence() -> Dataset:
+    """The GE CT with a private sequence (defined lengths) whose one item holds a private OB of 40 MB."""
+    ds = _ct()
+    _identify(ds, CT_IMAGE, 17)
+    raw(ds, 0x00570010, "LO", b"SENDIT BENCH NESTED ")
+    item = Dataset()
+    raw(item, 0x00570010, "LO", b"SENDIT BENCH NESTED ")
+    raw(item, 0x00571002, "OB", random.Random(17).randbytes(40 << 20))
+    raw(item, 0x00571003, "LO", b"AFTER THE BLOB")
+    item.is_undefined_length_sequence_item = False
+    ds.add_new(0x00571001, "SQ", Sequence([item]))
+    ds[0x00571001].is_undefined_length = False
+    return ds
+
+
 def _large_ut() -> Dataset:
     ds = _ct()
     _identify(ds, CT_IMAGE, 10)
@@ -303,6 +318,8 @@ CLASSES = {c.name: c for c in [
               _creator_un_multivalued),
     FileClass("explicit-big-endian", "GE CT, explicit VR big endian", BIG_ENDIAN, _syntax_only),
     FileClass("deflated", "GE CT, deflated explicit VR LE", DEFLATED, _syntax_only),
+    FileClass("large-ob-in-sq", "GE CT + private SQ whose item holds a private OB of 40 MB", EXPLICIT,
+              _ob_in_sequence, 10),
 ]}
 
 
