@@ -13,7 +13,7 @@ import sendit_watcher
 import sendit_watcher.dicom
 
 PACKAGE = Path(sendit_watcher.__file__).parent
-ORDER = ["tags", "values", "elements", "dicomjson", "lean", "headers"]  # bottom up
+ORDER = ["tags", "values", "elements", "dicomjson", "stream", "lean", "headers"]  # bottom up
 LEAVES = {"errors": set(), "names": set(), "outcomes": set(), "walk": {"names", "outcomes"}}
 
 

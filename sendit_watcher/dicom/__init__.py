@@ -9,6 +9,7 @@ the leaf modules errors, names, walk and outcomes), never one below it:
   store, the size limits, and what each kind of main tag becomes as a column.
 - ``elements``: decoding pydicom's raw elements without building DataElements; the VR classes.
 - ``dicomjson``: a pydicom dataset as the DICOM JSON model.
+- ``stream``: one file read forward in bounded chunks, values passed over unread or read on their own (lean's).
 - ``lean``: the single-pass reader that needs no pydicom dataset; it answers only for an importable instance.
 - ``headers``: ``read_instance``: the lean reader first, pydicom for everything it leaves; the rejections.
 """
