@@ -148,22 +148,23 @@ def read_fields(folder: str, path: str, full_header: bool) -> dict[str, Any] | N
 def _read_file(folder: str, path: str, full_header: bool) -> dict[str, Any] | None:
     fd = open_beneath(folder, path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             return None
-        return parse(fd, full_header)
+        return parse(fd, info.st_size, full_header)
     finally:
         os.close(fd)
 
 
-def parse(fd: int, full_header: bool) -> dict[str, Any] | None:
-    """The Instance fields of the regular file open as ``fd``, or None. A header longer than HEADER_LIMIT is not
-    written: the fields say TOO_LARGE instead."""
+def parse(fd: int, size: int, full_header: bool) -> dict[str, Any] | None:
+    """The Instance fields of the regular file of ``size`` bytes open as ``fd``, or None. A header longer than
+    HEADER_LIMIT is not written: the fields say TOO_LARGE instead."""
     try:
-        return _parse(_Reader(Stream(fd, FIRST_READ), full_header))
+        return _parse(_Reader(Stream(fd, size, FIRST_READ), full_header))
     except _Fallback:
         return None
     except _HeaderTooLarge:  # read again for the main tags only: the file may be a rejection of an earlier kind
-        fields = parse(fd, False)
+        fields = parse(fd, size, False)
     if fields is not None:
         fields[TOO_LARGE] = True
     return fields
@@ -206,7 +207,11 @@ class _Reader:
     def value(self, start: int, length: int) -> bytes:
         """The ``length`` bytes at ``start`` (a large value is read on its own, once); fall back when the file
         ends first."""
-        value = self.stream.value(start, length)
+        stream = self.stream
+        at = start - stream.base
+        if at >= 0 and at + length <= len(stream.data):
+            return stream.data[at:at + length]
+        value = stream.value(start, length)
         if value is None:
             raise _Fallback
         return value
@@ -302,7 +307,8 @@ class _Reader:
                 self.need(pos, pos + 8)
                 data, base = stream.data, stream.base
                 size = base + len(data)
-            group, element, length = unpack(data, pos - base)
+            at = pos - base  # where the element is in the window
+            group, element, length = unpack(data, at)
             if group == 0xFFFE:
                 if element == 0xE00D and length == 0 and end is None and not top:
                     return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
@@ -311,7 +317,7 @@ class _Reader:
                 tag, vr, length, pos = self._implicit_header(pos, top)
             else:
                 tag = group << 16 | element
-                vr = vr_of(data[pos - base + 4:pos - base + 6])  # type: ignore[assignment]
+                vr = vr_of(data[at + 4:at + 6])  # type: ignore[assignment]
                 if vr is None or (vr == "UN" and (known_un(tag) or _known_private(tag, raw_creators))):
                     raise _Fallback  # pydicom converts a UN its dictionaries know
                 if vr in long_vrs:
@@ -319,7 +325,8 @@ class _Reader:
                         self.need(pos, pos + 12)
                         data, base = stream.data, stream.base
                         size = base + len(data)
-                    length = long_length(data, pos - base + 8)[0]
+                        at = pos - base
+                    length = long_length(data, at + 8)[0]
                     pos += 12
                 else:
                     length >>= 16
@@ -430,9 +437,11 @@ class _Reader:
         end = None if length == _UNDEFINED else pos + length
         if end is not None and end > self.stream.size:
             raise _Fallback
+        stream = self.stream
         while pos != end:
-            self.need(pos, pos + 8)
-            group, element, item_length = _TAG_LENGTH.unpack_from(self.stream.data, pos - self.stream.base)
+            if pos + 8 > stream.base + len(stream.data):
+                self.need(pos, pos + 8)
+            group, element, item_length = _TAG_LENGTH.unpack_from(stream.data, pos - stream.base)
             tag = group << 16 | element
             if end is None and tag == _SEQUENCE_END and item_length == 0:
                 return _sequence_entry(items), pos + 8

@@ -19,12 +19,13 @@ COUNTS = {"bytes_read": 0}  # bytes this process has read through a Stream
 
 
 class Stream:
-    """The file open as ``fd`` (a regular file, not changed while it is read), read ``chunk`` bytes at a time."""
+    """The regular file of ``size`` bytes open as ``fd`` (not changed while it is read), read ``chunk`` bytes at a
+    time."""
 
-    def __init__(self, fd: int, chunk: int) -> None:
+    def __init__(self, fd: int, size: int, chunk: int) -> None:
         self.fd = fd
         self.chunk = max(chunk, 16)
-        self.size = os.fstat(fd).st_size  # where the file ends; lowered if it turns out shorter
+        self.size = size  # where the file ends; lowered if it turns out shorter
         self.base = 0
         self.data = b""
 
