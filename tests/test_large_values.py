@@ -28,6 +28,7 @@ from sendit_watcher.dicom import lean, stream, values
 from sendit_watcher.dicom.headers import Instance, read_instance
 from sendit_watcher.dicom.values import too_large_detail
 from sendit_watcher.walk import FileEntry, Rejection
+from tests.bench.classes import generate
 from tests.fix_service import REPO
 from tests.helpers import import_folder, scalar
 from tests.readers import compare, quiet_pydicom, read
@@ -352,3 +353,29 @@ def test_a_300_mib_value_in_a_sequence_costs_the_lean_reader_no_memory(tmp_path:
         assert item["00420012"]["Value"] == ["application/pdf"]
     else:
         assert measured["header"] is None
+
+
+@pytest.mark.parametrize("full_header", [True, False], ids=["full-header", "main-tags"])
+def test_the_window_over_a_file_never_holds_more_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             full_header: bool) -> None:
+    """With 4 KiB chunks, a GE CT with a private sequence of 500 items (110 KB) and a file with a 900 KiB text
+    stored from a sequence are read as the pydicom path reads them, and the lean reader's window over the file
+    never holds more than a chunk: what it has walked past is dropped, a longer value is read on its own."""
+    quiet_pydicom()
+    chunk = 4096
+    monkeypatch.setattr(lean, "FIRST_READ", chunk)
+    largest = [0]
+    cover = stream.Stream.cover
+
+    def measured(self: stream.Stream, start: int, stop: int) -> bool:
+        covered = cover(self, start, stop)
+        largest[0] = max(largest[0], len(self.data))
+        return covered
+
+    monkeypatch.setattr(stream.Stream, "cover", measured)
+    sequence = generate("private-sq-undefined", tmp_path, 1)[0]
+    write_in_sequence(tmp_path / "kept.dcm", "1.2.826.0.1.3680043.10.1919.10.1", "UT-kept", implicit=False,
+                      defined=True)
+    for name in (sequence.name, "kept.dcm"):
+        assert compare(str(tmp_path), name, full_header), "the lean reader handed the file back to pydicom"
+    assert 0 < largest[0] <= chunk
