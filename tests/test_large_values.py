@@ -14,7 +14,6 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,59 +30,8 @@ from sendit_watcher.walk import FileEntry, Rejection
 from tests.bench.classes import generate
 from tests.fix_service import REPO
 from tests.helpers import import_folder, scalar
+from tests.large_files import BIG, IN_SEQUENCE, explicit_element, implicit_element, write_file, write_in_sequence
 from tests.readers import compare, quiet_pydicom, read
-
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-STUDY, SERIES = "1.2.826.0.1.3680043.10.1919.1", "1.2.826.0.1.3680043.10.1919.2"
-BIG = 300 << 20  # the EncapsulatedDocument's length: 300 MiB
-
-
-def _explicit(tag: int, vr: str, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB") else b" "
-    if vr in ("OB", "OW", "UN", "UT", "SQ", "UC", "UR", "OD", "OF", "OL", "OV"):
-        return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
-
-
-def _implicit(tag: int, vr: str, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB") else b" "
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def _head(sop: str, implicit: bool) -> bytes:
-    """Preamble, file meta and the main tags of a file."""
-    syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
-    element = _implicit if implicit else _explicit
-    meta_body = (_explicit(0x00020001, "OB", b"\x00\x01") + _explicit(0x00020002, "UI", ENCAPSULATED_PDF.encode())
-                 + _explicit(0x00020003, "UI", sop.encode()) + _explicit(0x00020010, "UI", syntax.encode()))
-    meta = _explicit(0x00020000, "UL", struct.pack("<L", len(meta_body))) + meta_body
-    body = b"".join(element(tag, vr, value.encode()) for tag, vr, value in (
-        (0x00080016, "UI", ENCAPSULATED_PDF), (0x00080018, "UI", sop), (0x00080060, "CS", "DOC"),
-        (0x00100010, "PN", "Large^Value"), (0x00100020, "LO", "LARGE-1"), (0x0020000D, "UI", STUDY),
-        (0x0020000E, "UI", SERIES), (0x00200013, "IS", "1")))
-    return b"\x00" * 128 + b"DICM" + meta + body
-
-
-def write_file(path: Path, sop: str, *, implicit: bool = False, big: tuple[int, str, int] | None = None,
-               texts: int = 0, text_size: int = 0) -> None:
-    """A DICOM file written element by element: the main tags, ``texts`` UT values of ``text_size`` characters
-    in private elements, then ``big`` (tag, VR, length) as a hole (sparse: no disk) and (0042,0012) after it."""
-    element = _implicit if implicit else _explicit
-    with path.open("wb") as out:
-        out.write(_head(sop, implicit))
-        if texts:
-            out.write(element(0x00290010, "LO", b"LARGE VALUES"))
-            filler = ("0123456789abcdef" * (text_size // 16 + 1))[:text_size].encode()
-            for n in range(texts):  # written one by one: the test's own memory stays small
-                out.write(element(0x00291000 + n, "UT", filler))
-        if big is not None:
-            tag, vr, length = big
-            out.write(element(tag, vr, b"")[:-4] + struct.pack("<L", length))
-            out.seek(length, os.SEEK_CUR)  # the value: a hole, read as zeros
-            out.write(element(0x00420012, "LO", b"application/pdf"))
-
 
 _MEASURE = """
 import json, resource, sys
@@ -233,7 +181,7 @@ def write_mixed(path: Path, elements: list[tuple[str, int]], implicit: bool) -> 
     """A file with the main tags and one private element per (VR, size) (implicit VR: all UN, as pydicom reads
     unknown private elements)."""
     write_file(path, "1.2.826.0.1.3680043.10.1919.7.1", implicit=implicit)
-    element = _implicit if implicit else _explicit
+    element = implicit_element if implicit else explicit_element
     fills = {"UT": b"x", "LO": b"y", "FD": struct.pack("<d", 1.5), "US": struct.pack("<H", 7), "OB": b"\x01"}
     body = element(0x00290010, "LO", b"LARGE VALUES")
     for n, (vr, size) in enumerate(elements):
@@ -244,59 +192,12 @@ def write_mixed(path: Path, elements: list[tuple[str, int]], implicit: bool) -> 
         out.write(body)
 
 
-def _repeated(unit: bytes) -> Callable[[int], bytes]:
-    return lambda size: unit * size
-
-
-def _blank(size: int) -> bytes:
-    return b" " * (size - 4) + b"end "
-
-
-# A large value inside a sequence item, by kind: its tag, VR, length, and its bytes (None: a hole, zeros on no
-# disk), and how many of its bytes the lean reader may read with the full header.
-_IN_SEQUENCE: dict[str, tuple[int, str, int, Callable[[int], bytes] | None, Callable[[int], int]]] = {
-    "OB": (0x00420011, "OB", 64 << 20, None, lambda size: 0),  # binary: left out beyond 256 bytes
-    "FD": (0x0040A161, "FD", 6 << 20, None, lambda size: 0),  # 786,432 numbers: JSON over VALUE_LIMIT
-    "UT": (0x0040A160, "UT", 4 << 20, _repeated(b"x"), lambda size: values.VALUE_LIMIT),  # read until certain
-    "UT-blank": (0x0040A160, "UT", 2 << 20, _blank, lambda size: 2 * size),  # measured whole, then read to know
-    "UT-kept": (0x0040A160, "UT", 900 << 10, _repeated(b"x"), lambda size: size),  # stored: read once
-}
-
-
-def write_in_sequence(path: Path, sop: str, kind: str, *, implicit: bool, defined: bool, size: int | None = None
-                      ) -> None:
-    """A file whose (0040,0275) sequence holds one item: (0040,0007), the large value of ``kind`` (``size`` bytes
-    long if given) and (0042,0012); (0042,0010) follows the sequence. Sequence and item of defined or undefined
-    length."""
-    tag, vr, length, fill, _ = _IN_SEQUENCE[kind]
-    length = size or length
-    element = _implicit if implicit else _explicit
-    before = element(0x00400007, "LO", b"BEFORE THE VALUE")
-    value_header = element(tag, vr, b"")[:-4] + struct.pack("<L", length)
-    after = element(0x00420012, "LO", b"application/pdf")
-    item_length = len(before) + len(value_header) + length + len(after)
-    sequence = element(0x00400275, "SQ", b"")[:-4]
-    if defined:
-        opening = sequence + struct.pack("<LHHL", 8 + item_length, 0xFFFE, 0xE000, item_length)
-        closing = b""
-    else:
-        opening = sequence + struct.pack("<LHHL", 0xFFFFFFFF, 0xFFFE, 0xE000, 0xFFFFFFFF)
-        closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
-    with path.open("wb") as out:
-        out.write(_head(sop, implicit) + opening + before + value_header)
-        if fill is None:
-            out.seek(length, os.SEEK_CUR)
-        else:
-            out.write(fill(length))
-        out.write(after + closing + element(0x00420010, "ST", b"AFTER THE SEQUENCE"))
-
-
 def _in_sequence_cases() -> list[object]:
     return [pytest.param(kind, implicit, defined, full_header,
                          id=f"{kind}-{'implicit' if implicit else 'explicit'}-{'defined' if defined else 'undefined'}"
                             f"-{'full' if full_header else 'main'}")
-            for kind in _IN_SEQUENCE for implicit in (False, True) for defined in (True, False)
-            for full_header in (True, False) if implicit or _IN_SEQUENCE[kind][1] != "FD"]  # FD: 2-byte length
+            for kind in IN_SEQUENCE for implicit in (False, True) for defined in (True, False)
+            for full_header in (True, False) if implicit or IN_SEQUENCE[kind][1] != "FD"]  # FD: 2-byte length
 
 
 @pytest.mark.parametrize(("kind", "implicit", "defined", "full_header"), _in_sequence_cases())
@@ -310,7 +211,7 @@ def test_a_value_in_a_sequence_is_read_only_when_it_is_stored(tmp_path: Path, ki
     quiet_pydicom()
     write_in_sequence(tmp_path / "f.dcm", "1.2.826.0.1.3680043.10.1919.8.1", kind, implicit=implicit,
                       defined=defined)
-    length, allowed = _IN_SEQUENCE[kind][2], _IN_SEQUENCE[kind][4]
+    length, allowed = IN_SEQUENCE[kind][2], IN_SEQUENCE[kind][4]
     read_before = stream.COUNTS["bytes_read"]
     assert compare(str(tmp_path), "f.dcm", full_header), "the lean reader handed the file back to pydicom"
     bytes_read = stream.COUNTS["bytes_read"] - read_before
@@ -323,7 +224,7 @@ def test_a_value_in_a_sequence_is_read_only_when_it_is_stored(tmp_path: Path, ki
         item = header["00400275"]["Value"][0]
         assert item["00420012"]["Value"] == ["application/pdf"], "the element after the value was not read"
         assert header["00420010"]["Value"] == ["AFTER THE SEQUENCE"]
-        assert ("Value" in item[f"{_IN_SEQUENCE[kind][0]:08X}"]) == (kind == "UT-kept")
+        assert ("Value" in item[f"{IN_SEQUENCE[kind][0]:08X}"]) == (kind == "UT-kept")
 
 
 @pytest.mark.parametrize("full_header", [True, False], ids=["full-header", "main-tags"])
