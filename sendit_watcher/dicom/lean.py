@@ -361,7 +361,10 @@ class _Reader:
                 continue
             else:
                 stop = pos + length
-                if json and (length <= inline_limit or not self.left_out(vr, pos, length, codec)) or (
+                if json and length <= fragment_limit and stop <= size:  # the common case: small, in the window
+                    value = data[pos - base:stop - base]  # _fragment's lookup, inlined: mostly one dictionary hit
+                    append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
+                elif json and (length <= inline_limit or not self.left_out(vr, pos, length, codec)) or (
                         vr == "LO" and group & 1 and element <= 0xFF):  # stored, or a private creator
                     if stop > size:
                         value = self.value(pos, length)
@@ -369,21 +372,19 @@ class _Reader:
                         size = base + len(data)
                     else:
                         value = data[pos - base:stop - base]
-                    if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
-                        if length <= fragment_limit:
-                            append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
-                        else:
-                            append(self.counted(_fragment(tag, vr, value, codec)))
-                    if vr == "LO" and group & 1:
-                        if implicit:
-                            creators[tag] = _creator(value)
-                        elif element <= 0xFF:
-                            raw_creators[tag] = value
+                    if json:
+                        append(_fragment(tag, vr, value, codec) if length <= fragment_limit
+                               else self.counted(_fragment(tag, vr, value, codec)))
                 elif stop > stream.size and (json or not top):
                     raise _Fallback  # runs past the end of the file: pydicom's path says what that is
                 elif json:  # not stored (its JSON is certainly too long): passed over, never read
                     append(_key(tag) + f'{{"vr":"{vr}"}}')
                 pos = stop
+            if vr == "LO" and group & 1:  # a private creator: read above, whatever the mode
+                if implicit:
+                    creators[tag] = _creator(value)
+                elif element <= 0xFF:
+                    raw_creators[tag] = value
             if end is not None and pos > end:
                 raise _Fallback
         return "{" + ",".join(parts) + "}", pos
@@ -421,7 +422,8 @@ class _Reader:
             return "", pos + length, codec  # main tags only: not needed (a sequence too), passed over as pydicom does
         if top and length > DEFER_SIZE and tag != _CHARSET:
             raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
-        value = self.value(pos, length)
+        data, at = self.stream.data, pos - self.stream.base
+        value = data[at:at + length] if at + length <= len(data) else self.value(pos, length)
         if tag == _CHARSET:
             if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
                 raise _Fallback
