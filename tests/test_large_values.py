@@ -280,3 +280,33 @@ def test_the_window_over_a_file_never_holds_more_than_a_chunk(tmp_path: Path, mo
     for name in (sequence.name, "kept.dcm"):
         assert compare(str(tmp_path), name, full_header), "the lean reader handed the file back to pydicom"
     assert 0 < largest[0] <= chunk
+
+
+def _truncated_cases() -> list[object]:
+    top = [pytest.param("top", implicit, size, True, "", id=f"top-{size}-{'implicit' if implicit else 'explicit'}")
+           for implicit in (False, True) for size in (600, 4000, BIG)]
+    nested = [pytest.param("sequence", implicit, 0, defined, kind,
+                           id=f"sequence-{kind}-{'defined' if defined else 'undefined'}-"
+                              f"{'implicit' if implicit else 'explicit'}")
+              for implicit in (False, True) for defined in (True, False) for kind in ("OB", "UT")]
+    return top + nested
+
+
+@pytest.mark.parametrize(("where", "implicit", "size", "defined", "kind"), _truncated_cases())
+def test_a_value_that_runs_past_the_end_of_the_file(tmp_path: Path, where: str, implicit: bool, size: int,
+                                                    defined: bool, kind: str) -> None:
+    """A file cut inside a large value, at the top level (600 B, 4 KB and 300 MiB values) or in a sequence item:
+    a value passed over unread is no licence to differ, both readers give the same instance or rejection in both
+    modes (pydicom ends the dataset at a deferred value's end of file; the lean reader does the same or hands the
+    file back)."""
+    quiet_pydicom()
+    path = tmp_path / "cut.dcm"
+    if where == "top":
+        write_file(path, "1.2.826.0.1.3680043.10.1919.12.1", implicit=implicit, big=(0x00420011, "OB", size))
+        cut = min(size // 2, 10 << 20)
+    else:
+        write_in_sequence(path, "1.2.826.0.1.3680043.10.1919.12.2", kind, implicit=implicit, defined=defined)
+        cut = IN_SEQUENCE[kind][2] // 2
+    os.truncate(path, path.stat().st_size - cut)
+    for full_header in (True, False):
+        compare(str(tmp_path), path.name, full_header)
