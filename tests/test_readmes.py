@@ -56,7 +56,7 @@ def test_every_test_the_promise_table_names_exists() -> None:
 
 def test_every_benchmark_the_figures_come_from_is_a_module() -> None:
     text = (REPO / "tests" / "bench" / "README.md").read_text()
-    modules = set(re.findall(r"python -m (tests\.bench\.\w+)", text))
+    modules = set(re.findall(r"python\S* -m (tests\.bench\.\w+)", text))
     assert {"tests.bench.run", "tests.bench.bench_history"} <= modules, modules
     for module in modules:
         assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"tests/bench/README.md names {module}"
