@@ -23,6 +23,7 @@ from pathlib import Path
 
 from psycopg.rows import class_row
 
+from sendit_watcher.access import access_fix, readable, whom
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import Config, RootConfig
 from sendit_watcher.db import Connection
@@ -79,6 +80,7 @@ class Verdict:
     record: Identity | None = None
     note: str | None = None
     proven: bool = False  # itself, and it has shown this host a folder the database knows: absence means something
+    fix: str | None = None  # what the operator does about a lost root, when it is not `adopt-root` after a change
 
 
 def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0) -> Verdict:
@@ -235,6 +237,9 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
         now = identity_now(watch.path)
     except OSError as exc:
         return Verdict(watch.name, False, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+    if now is not None and not readable(watch.path):  # an unmounted 0700 mount point, a group not given yet
+        return Verdict(watch.name, False, f"not readable by {whom()}", now,
+                       fix=access_fix(watch.path, "it is watched again within seconds, and caught up"))
     # Proven before, and still the same directory (a mount placed on it since hides what proved it).
     shown = (record is not None and record.proven and recorded is not None and now is not None
              and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point))
@@ -253,7 +258,7 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     with conn.transaction():
         verdict = assess(conn, host, watch)
         before = _record_of(conn, watch.name, host, lock=True)
-        was_lost = before is not None and before.lost_reason is not None
+        was_lost = before.lost_reason if before is not None else None
         if verdict.itself:
             _store(conn, host, watch.name, verdict)
             if verdict.proven and not (before is not None and before.proven):
@@ -296,12 +301,13 @@ def prove(conn: Connection, host: str, root: str) -> None:
                      " AND device IS NOT NULL", (root, host))
 
 
-def _log_change(watch: RootConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
+def _log_change(watch: RootConfig, host: str, verdict: Verdict, was_lost: str | None) -> None:
+    """The change from itself to lost (or from one reason to another), and back, once each."""
     where = f"watch root {watch.path} ([watch:{watch.name}]) on host {host}"
-    if not verdict.itself and not was_lost:
-        log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (after a "
-                  "deliberate change: sendit-watcher adopt-root %s)", where, verdict.reason, watch.name,
-                  extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+    if not verdict.itself and verdict.reason != was_lost:
+        fix = verdict.fix or f"after a deliberate change: sendit-watcher adopt-root {watch.name}"
+        log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (%s)", where,
+                  verdict.reason, fix, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
     elif verdict.itself and was_lost:
         log.warning("%s is back (itself again); catching up", where, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
     if verdict.itself and verdict.note and verdict.now is not None:

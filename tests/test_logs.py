@@ -222,3 +222,38 @@ def test_a_root_readable_through_a_group_joined_after_start_asks_for_a_restart(
     assert f"user {user} is in group(s) {group} now" in said[0]
     assert "restart the service (systemctl restart sendit-watcher) to take the new group membership" in said[0]
     assert "Traceback" not in service.log and "PermissionError" not in service.log
+
+
+def test_a_reload_says_that_a_root_closed_but_to_a_group_joined_since_the_start_needs_a_restart(
+        group_only: tuple[Path, str, str], database: DatabaseConfig) -> None:
+    """A root readable only by a group: lost at start (the service lacks the group); then the operator runs
+    `adduser sendit-watcher GROUP` and `systemctl reload`. The reload re-reads an unchanged file, and the service
+    cannot take the group: it used to leave the root unwatched without a word; it says, naming the root, that a
+    restart is needed."""
+    top, user, group = group_only
+    incoming, pacs = top / "incoming", top / "pacs"
+    incoming.mkdir()
+    pacs.mkdir(mode=0o750)
+    os.chown(pacs, 0, grp.getgrnam(group).gr_gid)
+    config = write_config(top / "watcher.conf", database, {"incoming": incoming, "pacs": pacs})
+    config.chmod(0o644)
+    command = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups",
+               "/usr/bin/python3"]
+    service = ServiceProcess(config, top, command=command)
+    try:
+        service.wait_ready()
+        service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT pacs" in line)
+        wait_until(lambda: "is lost: not readable" in service.log, 15, "the lost root said")
+        service.signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in service.log, what="the reload")
+        time.sleep(1)
+        assert service.process.poll() is None
+    finally:
+        service.kill()
+    said = lines(service.log, "reload: [watch:pacs]")
+    assert len(said) == 1 and said[0].startswith("ERROR ") and f"path {pacs} is not readable" in said[0], said
+    assert f"user {user} is in group(s) {group} now" in said[0]
+    assert "restart the service (systemctl restart sendit-watcher) to take the new group membership" in said[0]
+    lost = lines(service.log, "is lost: not readable")
+    assert len(lost) == 1 and f"user {user} is in group(s) {group} now" in lost[0], lost
+    assert "Traceback" not in service.log
