@@ -260,7 +260,8 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
         before = _record_of(conn, watch.name, host, lock=True)
         was_lost = before.lost_reason if before is not None else None
         if verdict.itself:
-            _store(conn, host, watch.name, verdict)
+            if not _store(conn, host, watch.name, verdict):  # recorded meanwhile by another process: said there
+                verdict = dataclasses.replace(verdict, note=None)
             if verdict.proven and not (before is not None and before.proven):
                 prove(conn, host, watch.name)
         else:
@@ -272,25 +273,33 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     return verdict
 
 
-def _store(conn: Connection, host: str, root: str, verdict: Verdict) -> None:
-    """An accepted identity (when it changed) and the lost state cleared."""
+def _store(conn: Connection, host: str, root: str, verdict: Verdict) -> bool:
+    """An accepted identity (when it changed) and the lost state cleared; False when the record already held
+    that identity (another process of the host stored it first)."""
     if verdict.record is None:
         conn.execute("UPDATE root_identity SET lost_reason = NULL, lost_since = NULL WHERE root = %s AND host = %s"
                      " AND lost_reason IS NOT NULL", (root, host))
-        return
-    _write_identity(conn, host, root, verdict.record)
+        return True
+    return _write_identity(conn, host, root, verdict.record)
 
 
-def _write_identity(conn: Connection, host: str, root: str, identity: Identity) -> None:
-    conn.execute(
+def _write_identity(conn: Connection, host: str, root: str, identity: Identity, *, force: bool = False) -> bool:
+    """Record ``identity`` (and clear the lost state); False when the record held it already, unless ``force``
+    (recorded_at is then set anew)."""
+    written = conn.execute(
         "INSERT INTO root_identity (root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (root, host) DO UPDATE SET"
         " device = EXCLUDED.device, inode = EXCLUDED.inode, mount_point = EXCLUDED.mount_point,"
         " fs_type = EXCLUDED.fs_type, fs_source = EXCLUDED.fs_source, fs_id = EXCLUDED.fs_id,"
         " recorded_at = now(), lost_reason = NULL, lost_since = NULL, proven = root_identity.proven"
-        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point",
+        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point"
+        " WHERE %s OR root_identity.lost_reason IS NOT NULL OR (root_identity.device, root_identity.inode,"
+        " root_identity.mount_point, root_identity.fs_type, root_identity.fs_source, root_identity.fs_id)"
+        " IS DISTINCT FROM (EXCLUDED.device, EXCLUDED.inode, EXCLUDED.mount_point, EXCLUDED.fs_type,"
+        " EXCLUDED.fs_source, EXCLUDED.fs_id) RETURNING 1",
         (root, host, Decimal(identity.device), Decimal(identity.inode), identity.mount_point, identity.fs_type,
-         identity.fs_source, Decimal(identity.fs_id)))
+         identity.fs_source, Decimal(identity.fs_id), force)).fetchone()
+    return written is not None
 
 
 def prove(conn: Connection, host: str, root: str) -> None:
@@ -327,7 +336,7 @@ def adopt(conn: Connection, host: str, watch: RootConfig) -> Identity:
         raise RootNotFound(f"[watch:{watch.name}] path {watch.path} does not exist or is not a directory on host "
                            f"{host}; mount it or create it, then adopt it")
     with conn.transaction():
-        _write_identity(conn, host, watch.name, now)
+        _write_identity(conn, host, watch.name, now, force=True)
         prove(conn, host, watch.name)  # the operator vouches for it
     log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
              now.describe())

@@ -511,3 +511,33 @@ def test_a_root_closed_to_the_service_at_start_is_lost_not_fatal_and_picked_up_o
     finally:
         closed.chmod(0o755)
         second.kill()
+
+
+def test_a_folder_a_producer_closed_with_umask_0077_fails_naming_the_permission_and_the_fix(
+        open_top: Path, tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A producer with umask 0077 makes the folder itself 0700: nothing in it can be read, so its batch fails
+    (not a rejection per file): the reason names the permission, the service's user and the fix; once the
+    operator opens it, `retry` imports it."""
+    incoming = open_top / "incoming"
+    incoming.mkdir()
+    make_study(tmp_path / "P", 2)
+    config = write_config(open_top / "watcher.conf", database, {"incoming": incoming})
+    config.chmod(0o644)
+    service = ServiceProcess(config, open_top, command=as_user("postgres"))
+    try:
+        service.wait_ready()
+        subprocess.run(["sh", "-c", f"umask 0077 && cp -r {tmp_path / 'P'} {incoming / 'P.tmp'} && "
+                                    f"mv {incoming / 'P.tmp'} {incoming / 'P'}"], check=True)
+        assert (incoming / "P").stat().st_mode & 0o777 == 0o700
+        wait_until(lambda: rows_by_folder(conn).get("P", ("",))[0] == "failed", what="P failed")
+        batch, error = conn.execute("SELECT id, last_error FROM batch WHERE path = 'P'").fetchone()
+        conn.rollback()
+        assert f"folder {incoming / 'P'} is not readable by this service (user postgres, uid" in error, error
+        assert "Permission denied" in error and "umask of 0077" in error, error
+        assert f"then `sendit-watcher retry {batch}`" in error, error
+        subprocess.run(["chmod", "-R", "go+rX", str(incoming / "P")], check=True)
+        assert run_cli(config, "retry", str(batch))[0] == 0
+        wait_until(lambda: rows_by_folder(conn).get("P", ())[:2] == ("done", 2), what="P imported after the retry")
+        assert service.log.count("recorded at first sight") == 1  # by the first of the processes that saw it
+    finally:
+        service.kill()
