@@ -257,19 +257,22 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     stored, the lost state set or cleared; the change from itself to lost, and back, is logged once."""
     with conn.transaction():
         verdict = assess(conn, host, watch)
-        before = _record_of(conn, watch.name, host, lock=True)
-        was_lost = before.lost_reason if before is not None else None
+        before = _record_of(conn, watch.name, host, lock=True)  # locks nothing at first sight: hence RETURNING
+        was_lost = before is not None and before.lost_reason is not None
         if verdict.itself:
             if not _store(conn, host, watch.name, verdict):  # recorded meanwhile by another process: said there
                 verdict = dataclasses.replace(verdict, note=None)
             if verdict.proven and not (before is not None and before.proven):
                 prove(conn, host, watch.name)
-        else:
-            conn.execute("INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
-                         " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
-                         " lost_since = coalesce(root_identity.lost_since, now())",
-                         (watch.name, host, verdict.reason))
-    _log_change(watch, host, verdict, was_lost)
+            news = was_lost
+        else:  # news when this process set (or changed) the reason, not one that found it set
+            news = conn.execute(
+                "INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
+                " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
+                " lost_since = coalesce(root_identity.lost_since, now())"
+                " WHERE root_identity.lost_reason IS DISTINCT FROM EXCLUDED.lost_reason RETURNING 1",
+                (watch.name, host, verdict.reason)).fetchone() is not None
+    _log_change(watch, host, verdict, news)
     return verdict
 
 
@@ -310,14 +313,15 @@ def prove(conn: Connection, host: str, root: str) -> None:
                      " AND device IS NOT NULL", (root, host))
 
 
-def _log_change(watch: RootConfig, host: str, verdict: Verdict, was_lost: str | None) -> None:
-    """The change from itself to lost (or from one reason to another), and back, once each."""
+def _log_change(watch: RootConfig, host: str, verdict: Verdict, news: bool) -> None:
+    """The change from itself to lost (or from one reason to another), and back, once each (``news``: this
+    process recorded the change)."""
     where = f"watch root {watch.path} ([watch:{watch.name}]) on host {host}"
-    if not verdict.itself and verdict.reason != was_lost:
+    if not verdict.itself and news:
         fix = verdict.fix or f"after a deliberate change: sendit-watcher adopt-root {watch.name}"
         log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (%s)", where,
                   verdict.reason, fix, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
-    elif verdict.itself and was_lost:
+    elif verdict.itself and news:
         log.warning("%s is back (itself again); catching up", where, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
     if verdict.itself and verdict.note and verdict.now is not None:
         level = logging.WARNING if verdict.note.startswith("a file system was mounted") else logging.INFO

@@ -194,8 +194,8 @@ class Watcher:
                 continue
             if not verdict.itself:
                 if name not in self.lost_roots:
-                    log.warning("watch root %s ([watch:%s]) is not itself (%s); no longer watched until it is",
-                                root.watch.path, name, verdict.reason)
+                    log.debug("watch root %s ([watch:%s]) is not itself (%s); no longer watched until it is "
+                              "(roots.check said so once)", root.watch.path, name, verdict.reason)
                     self._detach(root)
                     self._lose(name, verdict.reason or "lost")
                 else:
@@ -336,7 +336,7 @@ class Watcher:
                 continue
             self._unwatchable.pop(name, None)
             del self.lost_roots[name]
-            log.warning("watch root %s ([watch:%s]) is back and watched again", root.watch.path, name)
+            log.debug("watch root %s ([watch:%s]) watched again (roots.check said it is back)", root.watch.path, name)
             back.append(name)
         return back
 

@@ -507,7 +507,10 @@ def test_a_root_closed_to_the_service_at_start_is_lost_not_fatal_and_picked_up_o
         drop_study(closed, "Y", 1)
         wait_until(lambda: rows_by_folder(conn).get("Y") == ("done", 1, 1), what="Y imported once readable")
         assert rows_by_folder(conn)["X"] == ("done", 2, 1)
-        assert "is back" in second.log and "Traceback" not in second.log
+        assert "Traceback" not in second.log
+        told = [line for line in second.log.splitlines() if "[watch:closed]" in line and not line.startswith("DEBUG")]
+        assert len(told) == 3, told  # at start (the watch), lost (the verdict, with its fix), back: once each
+        assert "is lost: not readable" in told[1] and "is back (itself again)" in told[2], told
     finally:
         closed.chmod(0o755)
         second.kill()
