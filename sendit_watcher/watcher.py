@@ -137,14 +137,14 @@ class Watcher:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
         cannot be watched now (it does not exist yet: a mount at boot; it is closed to this process: an unmounted
         mount point, a group not given yet) is lost, and watched once a check finds it itself: the reason is
-        returned (None: watched), for the caller to log."""
+        returned (None: watched), for the caller to log. A full inotify watch table raises WatchError anyway."""
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
         processor = build_processor(context)
         wanted = watch.events | getattr(processor, "required_events", 0)
         firewall = Firewall(processor, watch.name, wanted, self._root_lost, self._inside_directory)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
         try:
-            self._attach(root)
+            _check_directory(watch)
         except WatchError as exc:
             if not missing_ok:
                 raise
@@ -156,6 +156,7 @@ class Watcher:
                 return (f"watch root {watch.path} ([watch:{watch.name}]) does not exist (yet); watching it once it "
                         f"appears")
             return f"{exc}; until then it is a lost root"
+        self._attach(root)  # a full inotify table is no lost root: WatchError, exit 78 at start
         self.roots[watch.name] = root
         log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
         return None
