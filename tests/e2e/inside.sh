@@ -159,8 +159,8 @@ printf '[watch:closed]\npath = /data/closed\n' > /etc/sendit-watcher/conf.d/60-c
 systemctl restart sendit-watcher
 drop_as /data/closed A H
 check "a root from conf.d/60-closed.conf imports H while it is readable" wait_for 30 status_is H done
+since=$(date '+%Y-%m-%d %H:%M:%S')  # before the chmod: the running service may see it before the restart
 chmod 0700 /data/closed   # root's own now, as an unmounted 0700 mount point is
-since=$(date '+%Y-%m-%d %H:%M:%S')
 check "a root closed to the service at start: systemctl restart succeeds (no exit 78)" systemctl restart sendit-watcher
 check "... the service stays active" bash -c 'sleep 2; systemctl is-active -q sendit-watcher'
 check "... STATUS says LOST ROOT closed (not readable by user sendit-watcher)" wait_for 15 bash -c \
