@@ -521,7 +521,8 @@ class Service:
         self.link.close()
         if self.root_check is None or self.root_check.done():  # else its thread still uses the connection
             self.root_checks.close()
-        log.info("stopped%s", f"; {killed} worker(s) killed after the drain period" if killed else "")
+        log.info("stopped%s", f"; {killed} worker(s) stopped after the drain period, their folders rolled back"
+                 if killed else "")
         return EXIT_OK
 
     def status_line(self) -> str:
