@@ -1,6 +1,7 @@
-"""Render sendit-watcher(8) from the option schema and the command line: ``python3 packaging/manpage.py``.
+"""Render sendit-watcher(8) from the option schema, the exit codes and the command line:
+``python3 packaging/manpage.py``.
 
-The output is committed as packaging/sendit-watcher.8; a test checks it is current.
+The output is committed as packaging/sendit-watcher.8, the one reference of the options; a test checks it is current.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sendit_watcher import __version__  # noqa: E402
-from sendit_watcher.config import SCHEMA  # noqa: E402
+from sendit_watcher.config import SCHEMA, Option  # noqa: E402
+from sendit_watcher.errors import EXIT_CODES  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "sendit-watcher.8"
 DATE = "2026-12-04"  # of the text below; change it with the text
@@ -86,26 +88,7 @@ installation, and never changes it on upgrade: put site settings there or in con
 Every option, by section:
 """
 
-TAIL = r""".SH EXIT STATUS
-.TP
-.B 0
-success
-.TP
-.B 1
-a folder failed to import (recorded as failed)
-.TP
-.B 64
-bad command line
-.TP
-.B 69
-PostgreSQL cannot be reached
-.TP
-.B 70
-the service's main loop died (a bug, logged); systemd restarts the service
-.TP
-.B 78
-invalid configuration; systemd does not restart the service (RestartPreventExitStatus=78)
-.SH ENVIRONMENT
+TAIL = r""".SH ENVIRONMENT
 .TP
 .B SENDIT_WATCHER_CONFIG
 the configuration file, when \fB\-\-config\fR is not given
@@ -166,10 +149,16 @@ def render() -> str:
     for section, options in SCHEMA.items():
         lines.append(f".SS [{escape(section)}]")
         for option in options:
-            default = "(required)" if option.default is None else (option.default or "(empty)")
-            lines += [".TP", f".B {escape(option.key)}", f"{escape(option.help)}. Default: {escape(default)}."]
+            lines += [".TP", f".B {escape(option.key)}", f"{escape(option.help)}. Default: {escape(_default(option))}."]
+    lines.append(".SH EXIT STATUS")
+    for code, meaning in EXIT_CODES.items():
+        lines += [".TP", f".B {code}", escape(meaning)]
     lines.append(TAIL)
     return "\n".join(lines)
+
+
+def _default(option: Option) -> str:
+    return "(required)" if option.default is None else (option.default or "(empty)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from sendit_watcher import config as configuration
 from sendit_watcher.batch_import import Failure, FolderPool, Outcome, import_batch
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
+from sendit_watcher.errors import EXIT_CODES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.parsers import PoolParser
@@ -29,16 +30,12 @@ __all__ = ["main", "build_parser"]
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES = """\
-exit codes:
-  0   success
-  1   a folder failed to import (it is recorded as failed; see `status`)
-  64  bad command line
-  69  PostgreSQL cannot be reached
-  78  invalid configuration (a restart cannot fix it)
-
-configuration: --config PATH, else $SENDIT_WATCHER_CONFIG, else /etc/sendit-watcher/watcher.conf.
-See sendit-watcher(8) for every option."""
+def _epilog() -> str:
+    """The exit codes (errors.EXIT_CODES) and where the configuration is, below every command's --help."""
+    codes = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+                      for code, text in EXIT_CODES.items())
+    return (f"exit codes:\n{codes}\n\nconfiguration: --config PATH, else ${configuration.CONFIG_ENV}, else "
+            f"{configuration.DEFAULT_CONFIG_PATH}.\nSee sendit-watcher(8) for every option.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,12 +49,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(
-        prog="sendit-watcher", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="sendit-watcher", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch incoming directories and import finished DICOM folders into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", metavar="PATH", help="configuration file (INI)")
     parser.add_argument("--dsn", help="PostgreSQL conninfo or URI; overrides [database] dsn")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+    parser.add_argument("--log-level", choices=configuration.LOG_LEVELS,
                         help="log level; default [watcher] log_level for run, warning for other commands")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add(commands, "run", "run the watcher service in the foreground (what systemd starts)", _add_run_options)
@@ -77,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add(commands: argparse._SubParsersAction[_Parser], name: str, help_text: str,
          options: Callable[[argparse.ArgumentParser], None] | None) -> None:
-    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=_epilog(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     if options is not None:
         options(sub)

@@ -18,7 +18,7 @@ from sendit_watcher.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "DROP_IN_DIRECTORY", "CONFIG_ENV", "Option", "SCHEMA", "WATCH_SECTION_PREFIX",
-    "LOST_AND_FOUND",
+    "LOST_AND_FOUND", "LOG_LEVELS",
     "DatabaseConfig", "ImportConfig", "WatcherConfig", "RootConfig", "Config",
     "load", "config_path", "parse_event_mask", "redact_dsn", "effective_ini",
 ]
@@ -29,6 +29,7 @@ CONFIG_ENV = "SENDIT_WATCHER_CONFIG"
 WATCH_SECTION_PREFIX = "watch:"
 DEFAULT_PROCESSOR = "sendit_watcher.processors.DicomFolderImporter"
 LOST_AND_FOUND = "lost+found"  # a folder of this name directly in a root is never a batch
+LOG_LEVELS = ("debug", "info", "warning", "error")  # [watcher] log_level and --log-level
 
 
 # --- value parsers: each takes the raw string and returns the typed value or raises ValueError ---
@@ -134,8 +135,8 @@ def _role(raw: str) -> str:
 
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
-    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"{raw!r} is not one of debug, info, warning, error")
+    if value not in (level.upper() for level in LOG_LEVELS):
+        raise ValueError(f"{raw!r} is not one of {', '.join(LOG_LEVELS)}")
     return value
 
 
@@ -194,7 +195,8 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
         Option("temp_suffixes", _suffixes, ".tmp .part", "folder-name suffixes (case-insensitive) that mark "
                "a folder still being written; such folders are never imported"),
         Option("settle_seconds", _seconds, "5", "a folder created under its final name is imported once "
-               "nothing in it has changed for this long"),
+               "nothing in it has changed for this long; a folder deleted or moved away loses its rows this long "
+               "after (one renamed back by then is the same folder)"),
         Option("rescan_interval", _seconds, "300", "seconds between catch-up scans of every root "
                "(inotify sees nothing on NFS/CIFS); 0 = only at start and after a queue overflow"),
         Option("drain_seconds", _seconds, "30", "on stop, seconds an in-flight folder may take to commit "
@@ -207,7 +209,7 @@ SCHEMA: dict[str, tuple[Option, ...]] = {
                "settle_seconds, each time as a new finished batch; 0 = stop watching once it settled"),
         Option("linger_folders", _count, "1000", "at most this many folders linger at once (the oldest stop "
                "first), so inotify watches stay bounded"),
-        Option("log_level", _log_level, "info", "debug, info, warning or error"),
+        Option("log_level", _log_level, "info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}"),
     ),
     WATCH_SECTION_PREFIX + "NAME": (
         Option("path", _absolute_path, None, "absolute path of a directory whose sub-folders are batches"),
@@ -483,17 +485,18 @@ def effective_ini(config: Config) -> Iterator[str]:
         yield ""
     for watch in config.watches:
         yield f"[{WATCH_SECTION_PREFIX}{watch.name}]"
-        yield f"path = {watch.path}"
-        yield f"events = {_mask_names(watch.events)}"
-        yield f"processor = {watch.processor}"
-        if watch.finished_marker:
-            yield f"finished_marker = {watch.finished_marker}"
+        for option in SCHEMA[WATCH_SECTION_PREFIX + "NAME"]:
+            value = getattr(watch, option.key)
+            if value or option.default != "":  # an optional option left empty (finished_marker) is not shown
+                yield f"{option.key} = {_show(option, value)}"
         yield ""
 
 
 def _show(option: Option, value: object) -> str:
     if option.secret and isinstance(value, str):
         return redact_dsn(value)
+    if option.parse is parse_event_mask and isinstance(value, int):
+        return _mask_names(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, tuple):

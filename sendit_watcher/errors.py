@@ -6,7 +6,7 @@ import os
 import traceback
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_CONFIG",
+    "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_CONFIG", "EXIT_CODES",
     "SenditError", "ConfigError", "DatabaseUnavailable", "WatchError", "ImportFailed", "one_line", "describe",
     "connection_trouble",
 ]
@@ -17,6 +17,18 @@ EXIT_USAGE = 64  # EX_USAGE: bad command line
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the database cannot be reached
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: the service's main loop died (a bug); the service manager restarts it
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is invalid; a restart cannot fix it
+
+# Every exit code and what it means: the one text of them, from which `--help` and sendit-watcher(8) are made.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "a folder failed to import (it is recorded as failed; see status), retry was given a batch that "
+                  "is not failed, or adopt-root found no directory to adopt",
+    EXIT_USAGE: "bad command line",
+    EXIT_UNAVAILABLE: "PostgreSQL cannot be reached",
+    EXIT_SOFTWARE: "the service's main loop died (a bug; it is logged and systemd restarts the service)",
+    EXIT_CONFIG: "invalid configuration: a restart cannot fix it, so systemd does not restart the service "
+                 "(RestartPreventExitStatus=78)",
+}
 
 
 class SenditError(Exception):

@@ -218,6 +218,7 @@ class Service:
         self.last_scan = 0.0
         self.scan_failures = 0
         self.scan_not_before = 0.0  # back-off after a failed catch-up scan
+        self.scans_absorbed = 0
         self.last_status = 0.0
         self.stopping = False
 
@@ -394,6 +395,7 @@ class Service:
             self.intake.overflow()
             return
         self.scan_failures = 0
+        self.scans_absorbed += 1
         if result.lost:  # not itself when the scan came to it: not scanned, nothing of it gone
             self._judged(time.monotonic(), result.lost)
         for folder in result.changed:
@@ -406,8 +408,8 @@ class Service:
             path = self.watcher.path_of(folder)
             if path is not None:
                 self.watcher.watch_inside(path)
-        found = result.changed or result.young or result.gone
-        log.log(logging.INFO if found else logging.DEBUG,  # a scan that found nothing is no news
+        news = result.changed or result.young or result.gone or self.scans_absorbed == 1  # the one at start: its cost
+        log.log(logging.INFO if news else logging.DEBUG,  # a later scan that found nothing is no news
                 "catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone",
                 result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone))
 

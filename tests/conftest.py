@@ -14,6 +14,7 @@ import sendit_watcher
 
 pytest_plugins = [
     "tests.fix_database", "tests.fix_dicom", "tests.fix_postgres", "tests.fix_service", "tests.fix_canary",
+    "tests.fix_processors",
 ]
 
 _FIGURES: list[str] = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fix_database import SHOWN
-from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
 from tests.fix_service import STARTED, ServiceProcess
+from tests.helpers import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
 
 MARKERS = (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, "Fixture^Jane", "4711-XYZ", "1961-04-17")
 

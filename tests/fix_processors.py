@@ -1,10 +1,12 @@
-"""A third-party processor for tests: loaded by dotted path, it fails on every event."""
+"""Third-party processors for tests, loaded by the service by dotted path (``processor_path`` gives it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyinotify
+import pytest
 
 
 class Exploding(pyinotify.ProcessEvent):  # type: ignore[misc]
@@ -29,3 +31,15 @@ class CreatesOnly(pyinotify.ProcessEvent):  # type: ignore[misc]
 
     def process_default(self, event: Any) -> None:
         pass
+
+
+_PROCESSORS = {processor.__name__: processor for processor in (Exploding, CreatesOnly)}
+
+
+@pytest.fixture
+def processor_path() -> Callable[[str], str]:
+    """The dotted path of one of these processors by its class name, as a ``[watch:NAME] processor`` names it."""
+    def path(name: str) -> str:
+        assert name in _PROCESSORS, f"{name!r} is none of the test processors {sorted(_PROCESSORS)}"
+        return f"{__name__}.{name}"
+    return path

@@ -14,36 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sendit_watcher.config import SCHEMA, DatabaseConfig
+from sendit_watcher.config import DatabaseConfig
+from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-# What the service under test runs with unless a test says otherwise.
-TEST_OPTIONS: dict[str, object] = {
-    "retry_interval": 0.5, "connect_timeout": 3, "workers": 2, "settle_seconds": 1.0, "rescan_interval": 0,
-    "drain_seconds": 10, "log_level": "debug", "host": "test-host", "role": "all",
-}
-
-
-def write_config(path: Path, database: DatabaseConfig, roots: dict[str, Path], *, extra: str = "",
-                 **options: object) -> Path:
-    """A conffile for the service under test: TEST_OPTIONS overridden by ``options`` (any option of the
-    schema, by its key, e.g. ``settle_seconds=0.5``), the given roots, then ``extra`` INI text."""
-    sections: dict[str, dict[str, object]] = {}
-    values = {"dsn": database.dsn, "schema": database.schema, **TEST_OPTIONS, **options}
-    for key, value in values.items():
-        sections.setdefault(_section_of(key), {})[key] = value
-    text = [f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) for name, keys in sections.items()]
-    text += [f"[watch:{name}]\npath = {root}\n" for name, root in roots.items()]
-    path.write_text("\n".join(text) + extra)
-    return path
-
-
-def _section_of(key: str) -> str:
-    found = [section for section, options in SCHEMA.items() if any(o.key == key for o in options)]
-    assert len(found) == 1 and not found[0].startswith("watch:"), f"{key!r} is not an option of one section"
-    return found[0]
 
 
 STARTED: list[ServiceProcess] = []

@@ -1,28 +1,40 @@
-"""Helpers every test module may call: waiting on a condition, reading rows, building a Config, dropping studies.
+"""Helpers every test module may call: waiting on a condition, reading rows, building a Config or a conffile,
+making and dropping studies.
 
 Fixtures live in the ``fix_*`` plugins that ``conftest.py`` loads; this module holds plain functions only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
+import itertools
+import json
 import os
 import stat
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from psycopg import sql
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from sendit_watcher import batches
 from sendit_watcher.batch_import import Outcome, import_batch
-from sendit_watcher.config import Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
+from sendit_watcher.config import SCHEMA, Config, DatabaseConfig, ImportConfig, RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import BATCH_CLASS
 from sendit_watcher.names import to_disk
 from sendit_watcher.parsers import InlineParser, Parser
+
+if TYPE_CHECKING:
+    from hypothesis import settings
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -109,6 +121,79 @@ def pydicom_test_files() -> Path:
     from pydicom.data import get_testdata_files
 
     return Path(get_testdata_files("CT_small.dcm")[0]).parent
+
+
+# --- studies: fast real ones for floods (pydicom's CT_small.dcm with its UIDs patched in place, fixed length)
+
+_SOP, _SERIES, _STUDY = (str(d) * 60 for d in (9, 8, 7))
+_counter = itertools.count(1)
+PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE = "Fixture^Jane^Q", "PHI-4711-XYZ", "19610417"
+
+
+@functools.cache
+def _template() -> bytes:
+    ds = pydicom.dcmread(pydicom_test_files() / "CT_small.dcm")
+    ds.SOPInstanceUID = _SOP
+    ds.file_meta.MediaStorageSOPInstanceUID = _SOP
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = _SERIES, _STUDY
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _uid(kind: int, number: int) -> bytes:
+    """A valid UID of exactly 60 characters (no component starts with 0)."""
+    uid = f"1.2.826.0.1.3680043.10.{kind}.1{os.getpid():07d}.1{number:0{60 - 35}d}"
+    assert len(uid) == 60, uid
+    return uid.encode()
+
+
+def make_study(folder: Path, files: int) -> list[str]:
+    """Write one study of ``files`` instances into ``folder``; returns their SOPInstanceUIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = _template().replace(_STUDY.encode(), _uid(1, next(_counter))).replace(
+        _SERIES.encode(), _uid(2, next(_counter)))
+    uids = []
+    for n in range(files):
+        sop = _uid(3, next(_counter))
+        (folder / f"IM{n:05d}.dcm").write_bytes(study.replace(_SOP.encode(), sop))
+        uids.append(sop.decode())
+    return uids
+
+
+def drop_study(root: Path, name: str, files: int) -> list[str]:
+    """Write a study into ``root/NAME.tmp`` and rename it to ``NAME``, as upload tools do."""
+    uids = make_study(root / f"{name}.tmp", files)
+    (root / f"{name}.tmp").rename(root / name)
+    return uids
+
+
+# --- the service's conffile: what the service under test runs with unless a test says otherwise.
+TEST_OPTIONS: dict[str, object] = {
+    "retry_interval": 0.5, "connect_timeout": 3, "workers": 2, "settle_seconds": 1.0, "rescan_interval": 0,
+    "drain_seconds": 10, "log_level": "debug", "host": "test-host", "role": "all",
+}
+
+
+def write_config(path: Path, database: DatabaseConfig, roots: dict[str, Path], *, extra: str = "",
+                 **options: object) -> Path:
+    """A conffile for the service under test: TEST_OPTIONS overridden by ``options`` (any option of the
+    schema, by its key, e.g. ``settle_seconds=0.5``), the given roots, then ``extra`` INI text."""
+    sections: dict[str, dict[str, object]] = {}
+    values = {"dsn": database.dsn, "schema": database.schema, **TEST_OPTIONS, **options}
+    for key, value in values.items():
+        sections.setdefault(_section_of(key), {})[key] = value
+    text = [f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) for name, keys in sections.items()]
+    text += [f"[watch:{name}]\npath = {root}\n" for name, root in roots.items()]
+    path.write_text("\n".join(text) + extra)
+    return path
+
+
+def _section_of(key: str) -> str:
+    found = [section for section, options in SCHEMA.items() if any(o.key == key for o in options)]
+    assert len(found) == 1 and not found[0].startswith("watch:"), f"{key!r} is not an option of one section"
+    return found[0]
 
 
 # --- the mirror promise as a check the tests call after every import: for every folder, its
@@ -208,3 +293,129 @@ UNIT = Path(__file__).resolve().parent.parent / "systemd" / "sendit-watcher.serv
 def exec_reload() -> list[str]:
     """Every ExecReload= line of the unit, in order (systemd runs them one after another)."""
     return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]
+
+
+# --- the property tests (test_dataset_properties, test_tree_properties): hypothesis' settings, folders imported
+# through the public `import` command, and what the database says about one batch
+
+# One standard tag per VR, the same VR in pydicom 2.3's and 3.0's dictionaries (so implicit VR reads it back), and
+# none of them a main tag (a column of its own): the tests' one VR -> tag table.
+VR_TAGS = {"AE": 0x00080054, "AS": 0x0072005F, "AT": 0x00720060, "CS": 0x00080061, "DA": 0x00181200,
+           "DS": 0x00082130, "DT": 0x0008002A, "FL": 0x0018605A, "FD": 0x00081163, "IS": 0x00081160,
+           "LO": 0x00080070, "LT": 0x00204000, "OB": 0x00720065, "OD": 0x00720073, "OF": 0x00720067,
+           "OL": 0x00720075, "OV": 0x00720081, "OW": 0x00720069, "PN": 0x00081070, "SH": 0x00081010,
+           "SL": 0x00186020, "SQ": 0x0040A730, "SS": 0x00189219, "ST": 0x00080081, "SV": 0x00720082,
+           "TM": 0x00080032, "UC": 0x0072006F, "UI": 0x0008001A, "UL": 0x00081161, "UN": 0x0072006D,
+           "UR": 0x00081190, "US": 0x00181244, "UT": 0x00189910, "UV": 0x00720083}
+
+PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
+SCALE = float(os.environ.get("SENDIT_HYPOTHESIS_SCALE", "1"))
+RANDOM = os.environ.get("SENDIT_HYPOTHESIS_RANDOM") == "1"
+SHRINK = os.environ.get("SENDIT_HYPOTHESIS_SHRINK") == "1"
+
+
+def examples(n: int) -> settings:
+    """Hypothesis' settings for a property test of ``n`` examples, each a whole import. Examples are derandomized
+    (the same on every run) unless SENDIT_HYPOTHESIS_RANDOM=1; SENDIT_HYPOTHESIS_SCALE multiplies their number for
+    a soak; SENDIT_HYPOTHESIS_SHRINK=1 shrinks a failure to a minimal example (slow: hundreds of imports)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    phases = tuple(Phase) if SHRINK else (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, derandomize=not RANDOM, database=None,
+                    phases=phases, report_multiple_bugs=False,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                           HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+
+_serial = itertools.count(1)
+
+
+def uid(kind: int) -> str:
+    """A fresh UID (of this process, this instant)."""
+    return f"1.2.826.0.1.3680043.10.99.{kind}.{os.getpid()}.{time.time_ns()}.{next(_serial)}"
+
+
+def run_import(conffile: Path, folder: Path | bytes) -> tuple[int, list[dict[str, Any]]]:
+    """``sendit-watcher --config C import --json --no-progress FOLDER`` in this process: (exit code, JSON lines)."""
+    from sendit_watcher.cli import main  # here: a benchmark that imports this module measures no command line
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--config", str(conffile), "import", "--json", "--no-progress", os.fsdecode(folder)])
+    return code, [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+
+
+@dataclass
+class BatchRows:
+    """One batch's row and its instance and rejected_file rows, by path."""
+
+    batch: dict[str, Any]
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    rejected_detail: dict[str, str] = field(default_factory=dict)
+
+
+def rows_of(conn: Connection, batch_id: int) -> BatchRows:
+    row = conn.execute("SELECT status, files, instances, rejected, last_error FROM batch WHERE id = %s",
+                       (batch_id,)).fetchone()
+    assert row is not None, f"no batch row {batch_id}"
+    rows = BatchRows(dict(zip(("status", "files", "instances", "rejected", "last_error"), row, strict=True)))
+    for path, sop, header, number, series_number, content_date in conn.execute(
+            "SELECT i.path, i.sop_instance_uid, i.header::text, i.instance_number, s.series_number, i.content_date"
+            " FROM instance i JOIN series s ON s.id = i.series WHERE i.batch = %s", (batch_id,)):
+        assert path not in rows.instances
+        rows.instances[path] = {"sop": sop, "header": header, "instance_number": number,
+                                "series_number": series_number, "content_date": content_date}
+    for path, reason, detail in conn.execute("SELECT path, reason, detail FROM rejected_file WHERE batch = %s",
+                                             (batch_id,)):
+        assert path not in rows.rejected
+        rows.rejected[path] = reason
+        rows.rejected_detail[path] = detail
+    conn.rollback()
+    return rows
+
+
+def import_by_command(conffile: Path, folder: Path, conn: Connection) -> tuple[dict[str, Any], BatchRows]:
+    """Import a folder through the command; not failed, and its batch's rows."""
+    code, outcomes = run_import(conffile, folder)
+    assert len(outcomes) == 1, outcomes
+    outcome = outcomes[0]
+    assert outcome["status"] != "failed" and code == 0, f"the folder failed: {outcome}"
+    return outcome, rows_of(conn, outcome["batch_id"])
+
+
+def check_accounting(outcome: dict[str, Any], rows: BatchRows, files: int) -> None:
+    """What every import holds: one row per file, batch.files = files, every rejection with a reason."""
+    assert rows.batch["status"] in ("done", "empty"), rows.batch
+    assert not set(rows.instances) & set(rows.rejected), "a file is both an instance and a rejection"
+    assert len(rows.instances) + len(rows.rejected) == files, (
+        f"{files} files on disk, {len(rows.instances)} instance rows + {len(rows.rejected)} rejected rows: "
+        f"{sorted(rows.instances)[:5]} {sorted(rows.rejected.items())[:5]}")
+    assert rows.batch["files"] == files and outcome["files"] == files, (rows.batch, outcome)
+    assert rows.batch["instances"] == len(rows.instances) and rows.batch["rejected"] == len(rows.rejected)
+    assert all(reason.strip() for reason in rows.rejected.values()), rows.rejected
+
+
+def import_and_check_accounting(conn: Connection, conffile: Path, folder: Path, files: int) -> BatchRows:
+    outcome, rows = import_by_command(conffile, folder, conn)
+    check_accounting(outcome, rows, files)
+    return rows
+
+
+
+def dataset_bytes(ds: Dataset, implicit: bool) -> bytes:
+    """``ds`` as a file in explicit or implicit VR little endian, its file meta made from its SOP UIDs."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+        pydicom.uid.ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    if PYDICOM3:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        ds.preamble = b"\0" * 128
+        pydicom.dcmwrite(buffer, ds, write_like_original=False)
+    return buffer.getvalue()
+

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pyinotify
 import pytest
 
 from sendit_watcher import config as configuration
 from sendit_watcher.cli import main
-from sendit_watcher.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError
+from sendit_watcher.errors import EXIT_CODES, EXIT_CONFIG, EXIT_USAGE, ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -164,14 +165,8 @@ def test_every_schema_option_has_help_and_a_parsable_default() -> None:
                 option.parse(option.default)
 
 
-def test_readme_documents_every_option() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for section, options in configuration.SCHEMA.items():
-        for option in options:
-            assert f"| `[{section}]` | `{option.key}` |" in readme, (section, option.key)
-
-
-def test_man_page_is_current_and_lists_every_option() -> None:
+def _manpage() -> Any:
+    """packaging/manpage.py, the generator of the man page."""
     import importlib.util
 
     path = Path(__file__).resolve().parent.parent / "packaging" / "manpage.py"
@@ -179,11 +174,60 @@ def test_man_page_is_current_and_lists_every_option() -> None:
     assert spec is not None and spec.loader is not None
     manpage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(manpage)
+    return manpage
+
+
+def test_the_readme_leaves_every_option_to_the_man_page() -> None:
+    """The man page is the one reference of the options (the next test checks it is current and complete)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "sendit-watcher(8)" in readme and "man sendit-watcher" in readme
+    for section, options in configuration.SCHEMA.items():
+        for option in options:
+            assert f"| `[{section}]` | `{option.key}` |" not in readme, f"[{section}] {option.key}: a second reference"
+
+
+def test_man_page_is_current_and_lists_every_option() -> None:
+    manpage = _manpage()
     committed = manpage.TARGET.read_text()
     assert committed == manpage.render(), "run python3 packaging/manpage.py and commit the result"
     for options in configuration.SCHEMA.values():
         for option in options:
             assert f".B {option.key}" in committed
+    exit_status = committed.split(".SH EXIT STATUS\n", 1)[1].split(".SH ", 1)[0]
+    assert [line[3:] for line in exit_status.splitlines() if line.startswith(".B ")] == [
+        str(code) for code in EXIT_CODES]
+
+
+def test_help_lists_every_exit_code_and_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["run", "--help"], ["check-config", "--help"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == 0
+        out = capsys.readouterr().out
+        codes = out.split("exit codes:\n", 1)[1].split("\n\n", 1)[0]
+        assert [line.split()[0] for line in codes.splitlines() if not line.startswith("      ")] == [
+            str(code) for code in EXIT_CODES], (argv, codes)
+        assert "70  the service's main loop died" in codes
+    with pytest.raises(SystemExit) as raised:
+        main(["--log-level", "verbose", "check-config"])
+    assert raised.value.code == EXIT_USAGE
+    choices = capsys.readouterr().err.split("choose from", 1)[1]
+    assert [level for level in choices.replace("'", " ").replace(",", " ").replace(")", " ").split()] == list(
+        configuration.LOG_LEVELS)
+
+
+def test_check_config_shows_every_option_of_a_watch_and_an_empty_marker_not_at_all(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f"[watch:a]\npath = {tmp_path}/a\nevents = ALL_EVENTS\n"
+                           f"[watch:b]\npath = {tmp_path}/b\nfinished_marker = DONE\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    processor = configuration.DEFAULT_PROCESSOR
+    assert f"[watch:a]\npath = {tmp_path}/a\nevents = ALL_EVENTS\nprocessor = {processor}\n\n" in out
+    assert (f"[watch:b]\npath = {tmp_path}/b\nevents = IN_CLOSE_WRITE|IN_CREATE|IN_MOVED_TO\n"
+            f"processor = {processor}\nfinished_marker = DONE\n") in out
 
 
 def test_a_systemd_credential_pgpass_is_handed_to_libpq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

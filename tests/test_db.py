@@ -18,8 +18,7 @@ from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import connect
 from sendit_watcher.errors import EXIT_UNAVAILABLE, DatabaseUnavailable
 from tests.fix_database import ADMIN_DSN
-from tests.fix_service import write_config
-from tests.helpers import import_folder, pydicom_test_files
+from tests.helpers import import_folder, pydicom_test_files, write_config
 
 
 def _non_ascii_study(folder: Path) -> None:

@@ -23,9 +23,8 @@ from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from tests.fix_database import ADMIN_DSN
-from tests.fix_dicom import make_study
-from tests.fix_service import REPO, write_config
-from tests.helpers import as_int, import_folder, make_config, scalar, wait_until
+from tests.fix_service import REPO
+from tests.helpers import as_int, import_folder, make_config, make_study, scalar, wait_until, write_config
 
 _REFUSE_BAD = """
 CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -26,8 +26,7 @@ from sendit_watcher.migrate import available, migrate
 from sendit_watcher.names import to_text
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.walk import fingerprint, walk
-from tests.fix_dicom import make_study
-from tests.helpers import make_config
+from tests.helpers import make_config, make_study
 
 ROOT = "incoming"
 NAMES = ("A", "B")  # few names, so that histories revisit them

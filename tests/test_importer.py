@@ -19,8 +19,7 @@ from sendit_watcher.dicom import lean
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser, PoolParser
 from sendit_watcher.walk import FileEntry, walk
-from tests.fix_dicom import make_study
-from tests.helpers import count_rows, import_folder, make_config, pydicom_test_files
+from tests.helpers import count_rows, import_folder, make_config, make_study, pydicom_test_files
 
 
 def files_in(folder: Path) -> int:

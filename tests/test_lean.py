@@ -26,13 +26,16 @@ import pydicom.tag
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from sendit_watcher.dicom import lean
 from sendit_watcher.dicom.headers import Instance, quiet_pydicom, read_instance
+from sendit_watcher.dicom.tags import READ_TAGS, Kind
 from sendit_watcher.walk import FileEntry, Rejection
+from tests.helpers import VR_TAGS
 from tests.readers import compare
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
@@ -198,14 +201,10 @@ def test_mutation_corpus(tmp_path: Path) -> None:
 # Generated datasets across all VRs (hypothesis), written by pydicom in both little-endian syntaxes
 # --------------------------------------------------------------------------------------------------------------
 
-# One public tag per VR (its dictionary VR is that VR, so implicit VR reads it back the same way).
-TAGS = {"AE": 0x00080054, "AS": 0x00101010, "AT": 0x00209165, "CS": 0x00080060, "DA": 0x00080020,
-        "DS": 0x00180050, "DT": 0x0008002A, "FL": 0x00189306, "FD": 0x00189087, "IS": 0x00200013,
-        "LO": 0x00081030, "LT": 0x00204000, "OB": 0x00420011, "OD": 0x00720067, "OF": 0x00640009,
-        "OL": 0x00660040, "OW": 0x00660023, "PN": 0x00100010, "SH": 0x00080050, "SL": 0x00186020,
-        "SS": 0x00189219, "ST": 0x00080081, "TM": 0x00080030, "UC": 0x00080119, "UI": 0x00080016,
-        "UL": 0x00081161, "UN": 0x00189088, "UR": 0x00080120, "US": 0x00280010, "UT": 0x00400280,
-        "SV": 0x00720082, "UV": 0x00080409, "OV": 0x00660030}
+# One tag per VR (helpers.VR_TAGS, none a main tag; sequences are drawn below), and the main tags whose value the
+# readers turn into a column by the text, date and integer rules, with their dictionary VR.
+ELEMENT_TAGS = {vr: tag for vr, tag in VR_TAGS.items() if vr != "SQ"}
+MAIN_VALUE_TAGS = [(t.tag, dictionary_VR(t.tag)) for t in READ_TAGS if t.kind in (Kind.TEXT, Kind.DATE, Kind.INTEGER)]
 SEQUENCE_TAGS = [0x00081115, 0x00081140, 0x0040A730]  # ReferencedSeriesSequence, ReferencedImageSequence, ...
 TEXTY = st.sampled_from(["", " ", "a", "A\\B", "\\", "x\x00y", "\x00", "é", "Ünïcødé", "山田^太郎=やまだ",
                          "  12 ", "1e999", "-inf", "nan", "3.5", "+7", "1_0", "=", "^^", "a\\\\b", "é\\\x00"])
@@ -244,9 +243,11 @@ def datasets(draw: Any, depth: int = 0, charset: str | None = None) -> Spec:
         charset = draw(st.sampled_from(["", "ISO_IR 100", "ISO_IR 192", "ISO_IR 6"]))
         if charset:
             spec.append((0x00080005, "CS", charset.encode() + b" " * (len(charset) % 2)))
-    for vr in draw(st.lists(st.sampled_from(sorted(TAGS)), max_size=12, unique=True)):
+    for vr in draw(st.lists(st.sampled_from(sorted(ELEMENT_TAGS)), max_size=12, unique=True)):
         if vr not in ("OV", "SV", "UV") or PYDICOM3:
-            spec.append((TAGS[vr], vr, value_bytes(vr, draw, charset or "")))
+            spec.append((ELEMENT_TAGS[vr], vr, value_bytes(vr, draw, charset or "")))
+    for tag, vr in draw(st.lists(st.sampled_from(MAIN_VALUE_TAGS), max_size=4, unique=True)):
+        spec.append((tag, vr, value_bytes(vr, draw, charset or "")))
     if draw(st.booleans()):  # a private block; in implicit VR its creator decides the data element's VR
         vr = draw(st.sampled_from(["LO", "US", "OB", "DS", "PN"]))
         spec += [(0x00190010, "LO", draw(CREATORS)), (0x00191001, vr, value_bytes(vr, draw, charset or ""))]

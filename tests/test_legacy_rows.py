@@ -15,8 +15,7 @@ from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.walk import fingerprint, legacy_fingerprint, walk
 from sendit_watcher.worker import import_next
-from tests.fix_dicom import make_study
-from tests.helpers import batch_rows, import_folder, make_config
+from tests.helpers import batch_rows, import_folder, make_config, make_study
 
 
 def as_1_0_recorded(conn: Connection, folder: Path) -> None:

@@ -20,9 +20,18 @@ import pydicom
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, pydicom_test_files, scalar, scalar_int, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import (
+    batch_rows,
+    done,
+    drop_study,
+    make_study,
+    pydicom_test_files,
+    scalar,
+    scalar_int,
+    wait_until,
+    write_config,
+)
 
 
 def cli(config: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -23,9 +23,8 @@ from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.names import to_text
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import assert_mirror, mirror_problems, scalar, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import assert_mirror, make_study, mirror_problems, scalar, wait_until, write_config
 
 
 def run_import(conffile: Path, *folders: Path) -> dict[str, dict[str, Any]]:

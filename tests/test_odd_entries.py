@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess
-from tests.helpers import batch_rows, done, wait_until
+from tests.helpers import batch_rows, done, make_study, wait_until
 
 
 def test_a_folder_whose_files_are_dated_in_the_future_is_imported_once_it_settles(

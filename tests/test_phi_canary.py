@@ -19,9 +19,16 @@ from pydicom.uid import generate_uid
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import pydicom_test_files, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import (
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    make_study,
+    pydicom_test_files,
+    wait_until,
+    write_config,
+)
 
 HOSTILE_NAME, HOSTILE_ID, HOSTILE_BIRTH_DATE = "Canarybird^Hostile^Z", "PHI-CANARY-ID-5521", "19370521"
 FREE_TEXT = "PHI-FREE-TEXT-Ottoline"

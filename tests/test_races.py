@@ -29,8 +29,7 @@ from sendit_watcher.batch_import import import_next
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.parsers import InlineParser
-from tests.fix_dicom import make_study
-from tests.helpers import assert_mirror, import_folder, make_config, on_host, scalar_int
+from tests.helpers import assert_mirror, import_folder, make_config, make_study, on_host, scalar_int
 
 # Statements of the import, named by the text that starts them (importer.py).
 MERGE_DUPLICATES = "\nINSERT INTO rejected_file (batch, path, size, mtime_ns, ctime_ns, reason, detail, duplicate_of)"

@@ -28,9 +28,17 @@ from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
 from sendit_watcher.intake import Intake
 from sendit_watcher.parsers import InlineParser
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import assert_mirror, import_folder, make_config, regular_files, scalar_int, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import (
+    assert_mirror,
+    import_folder,
+    make_config,
+    make_study,
+    regular_files,
+    scalar_int,
+    wait_until,
+    write_config,
+)
 
 SETTLE = 1.0
 

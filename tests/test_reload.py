@@ -20,9 +20,8 @@ from psycopg import sql
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from tests.fix_database import ADMIN_DSN
-from tests.fix_dicom import drop_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, exec_reload, scalar_int, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import batch_rows, done, drop_study, exec_reload, scalar_int, wait_until, write_config
 
 
 @pytest.fixture

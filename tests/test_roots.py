@@ -31,9 +31,18 @@ from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.roots import RootGuard
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import import_folder, make_config, on_host, scalar, scalar_int, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import (
+    drop_study,
+    import_folder,
+    make_config,
+    make_study,
+    on_host,
+    scalar,
+    scalar_int,
+    wait_until,
+    write_config,
+)
 
 HOST = "test-host"
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import as_int, batch_rows, importing_host, scalar, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import as_int, batch_rows, drop_study, importing_host, make_study, scalar, wait_until, write_config
 
 
 def two_hosts(tmp_path: Path, database: DatabaseConfig, incoming: Path) -> tuple[ServiceProcess, ServiceProcess]:

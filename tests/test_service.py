@@ -17,10 +17,20 @@ import pytest
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.migrate import MIGRATION_LOCK
-from tests.fix_dicom import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, drop_study, make_study
 from tests.fix_postgres import PrivateCluster
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import batch_rows, done, scalar, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import (
+    PATIENT_BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    batch_rows,
+    done,
+    drop_study,
+    make_study,
+    scalar,
+    wait_until,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -243,10 +253,11 @@ def test_a_lost_root_is_reported_and_watched_again(service: ServiceProcess, conn
 
 
 def test_the_loss_of_a_third_party_processors_root_is_noticed(tmp_path: Path, database: DatabaseConfig,
-                                                              incoming: Path) -> None:
+                                                              incoming: Path,
+                                                              processor_path: Callable[[str], str]) -> None:
     other = tmp_path / "other"
     other.mkdir()
-    extra = f"\n[watch:other]\npath = {other}\nevents = IN_CREATE\nprocessor = tests.fix_processors.CreatesOnly\n"
+    extra = f"\n[watch:other]\npath = {other}\nevents = IN_CREATE\nprocessor = {processor_path('CreatesOnly')}\n"
     process = ServiceProcess(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra),
                              tmp_path)
     try:
@@ -296,10 +307,11 @@ def test_database_unreachable_at_start_goes_ready_degraded(tmp_path: Path, incom
 
 
 def test_a_processor_that_raises_never_stops_the_notifier(tmp_path: Path, database: DatabaseConfig,
-                                                          incoming: Path, conn: Connection) -> None:
+                                                          incoming: Path, conn: Connection,
+                                                          processor_path: Callable[[str], str]) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    extra = f"\n[watch:broken]\npath = {broken}\nprocessor = tests.fix_processors.Exploding\n"
+    extra = f"\n[watch:broken]\npath = {broken}\nprocessor = {processor_path('Exploding')}\n"
     config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, extra=extra)
     process = ServiceProcess(config, tmp_path)
     try:

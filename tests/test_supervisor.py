@@ -14,9 +14,8 @@ from pathlib import Path
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.supervisor import HEARTBEAT_LIMIT_ENV
-from tests.fix_dicom import drop_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import done, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import done, drop_study, wait_until, write_config
 
 
 def _service(tmp_path: Path, database: DatabaseConfig, incoming: Path, **env: str) -> ServiceProcess:

@@ -19,9 +19,8 @@ from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.intake import LOOK_DELAY, Intake
 from sendit_watcher.watcher import Watcher
-from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess
-from tests.helpers import done, scalar, wait_until
+from tests.helpers import done, make_study, scalar, wait_until
 
 EVENTS = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
 FOLDER = ("in", "A")

@@ -30,8 +30,8 @@ from sendit_watcher.migrate import migrate
 from sendit_watcher.walk import fingerprint, walk
 from tests.bench.run import RssSampler
 from tests.bench.scratch import scratch_database
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
+from tests.fix_service import ServiceProcess
+from tests.helpers import make_study, write_config
 
 ROOT = "incoming"
 

@@ -19,8 +19,8 @@ import psycopg
 
 from sendit_watcher.config import DatabaseConfig
 from tests.bench.scratch import scratch_database
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
+from tests.fix_service import ServiceProcess
+from tests.helpers import make_study, write_config
 
 
 def measure(folders: int, files: int, work: Path, dsn: str, full_header: bool) -> list[float]:

@@ -18,8 +18,8 @@ import psycopg
 
 from sendit_watcher.config import DatabaseConfig
 from tests.bench.scratch import scratch_database
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
+from tests.fix_service import ServiceProcess
+from tests.helpers import make_study, write_config
 
 
 def burst(dsn: str, hosts: int, folders: int, files: int) -> tuple[float, dict[str, int]]:

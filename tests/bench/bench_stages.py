@@ -29,7 +29,8 @@ from sendit_watcher.migrate import migrate
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath, walk
 from tests.bench.corpus import build
 from tests.bench.scratch import scratch_database
-from tests.fix_service import REPO, write_config
+from tests.fix_service import REPO
+from tests.helpers import write_config
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -32,7 +32,8 @@ from tests.bench.bench_import import parse_floor
 from tests.bench.bench_latency import measure as latency
 from tests.bench.corpus import build
 from tests.bench.scratch import scratch_database
-from tests.fix_service import ServiceProcess, write_config
+from tests.fix_service import ServiceProcess
+from tests.helpers import write_config
 
 # --- the naive importer: what a first script does ---
 

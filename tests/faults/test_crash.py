@@ -15,9 +15,8 @@ from pathlib import Path
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import scalar, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import make_study, scalar, wait_until, write_config
 
 SEED = int(os.environ.get("SENDIT_FAULT_SEED", "20261128"))
 KILLS = int(os.environ.get("SENDIT_FAULT_KILLS", "50"))

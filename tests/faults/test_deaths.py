@@ -20,9 +20,8 @@ from sendit_watcher.errors import ImportFailed
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.walk import FileEntry, walk
-from tests.fix_dicom import drop_study, make_study
 from tests.fix_service import ServiceProcess
-from tests.helpers import batch_rows, done, import_folder, scalar, scalar_int, wait_until
+from tests.helpers import batch_rows, done, drop_study, import_folder, make_study, scalar, scalar_int, wait_until
 
 _IMPORTING = ("SELECT a.pid FROM batch_attempt a JOIN batch b ON b.id = a.batch"
               " WHERE b.path = %s AND a.died IS NULL AND a.host = %s")

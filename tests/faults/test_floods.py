@@ -15,9 +15,8 @@ import pytest
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.errors import EXIT_CONFIG
-from tests.fix_dicom import make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import scalar, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import make_study, scalar, wait_until, write_config
 
 LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
 # The limit is the whole machine's (per user, every process of root counts): no other test run may go on meanwhile.

@@ -24,8 +24,8 @@ from pydicom.uid import generate_uid
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
 from sendit_watcher.names import to_text
-from tests.fix_service import REPO, write_config
-from tests.helpers import pydicom_test_files
+from tests.fix_service import REPO
+from tests.helpers import pydicom_test_files, write_config
 
 KNOWN_REASONS = {"not-dicom", "dicomdir", "no-sop-instance-uid", "missing-uid", "duplicate", "truncated",
                  "invalid-dicom", "empty-file", "symlink", "not-a-regular-file", "unreadable", "too-deep",

@@ -12,9 +12,8 @@ import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import importing_host, scalar, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import drop_study, importing_host, make_study, scalar, wait_until, write_config
 
 FILES = 2500
 

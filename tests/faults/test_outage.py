@@ -16,10 +16,9 @@ import psycopg
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import connect
-from tests.fix_dicom import make_study
 from tests.fix_postgres import PrivateCluster
-from tests.fix_service import ServiceProcess, write_config
-from tests.helpers import scalar, scalar_int, wait_until
+from tests.fix_service import ServiceProcess
+from tests.helpers import make_study, scalar, scalar_int, wait_until, write_config
 
 OUTAGE = float(os.environ.get("SENDIT_FAULT_OUTAGE", "30"))
 

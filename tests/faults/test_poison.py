@@ -28,9 +28,18 @@ from sendit_watcher.batches import BatchStatus
 from sendit_watcher.catchup import scan_roots
 from sendit_watcher.config import DatabaseConfig, RootConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, pydicom_test_files, scalar, scalar_int, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import (
+    batch_rows,
+    done,
+    drop_study,
+    make_study,
+    pydicom_test_files,
+    scalar,
+    scalar_int,
+    wait_until,
+    write_config,
+)
 
 MARKER = "PHIMARKER7731"  # inside the long PatientID: must never leave the process
 

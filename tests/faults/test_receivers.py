@@ -20,9 +20,8 @@ import pytest
 
 from sendit_watcher.db import Connection
 from sendit_watcher.names import to_disk
-from tests.fix_dicom import make_study
 from tests.fix_service import ServiceProcess
-from tests.helpers import assert_mirror, scalar, wait_until
+from tests.helpers import assert_mirror, make_study, scalar, wait_until
 
 SETTLE = 1.0  # settle_seconds of the service under test
 FILES = 20  # instances per study

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import sendit_watcher
 from sendit_watcher.config import DatabaseConfig
-from tests.fix_service import REPO, ServiceProcess, write_config
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import write_config
 
 SQL_METHODS = {"execute", "executemany", "copy"}
 # The one query text that is not a literal: a migration file shipped in the package, applied as a whole.
@@ -19,14 +20,17 @@ ALLOWED = {("migrate.py", "migration.text.encode('utf-8')")}
 
 
 def _constants(tree: ast.Module) -> set[str]:
-    return {target.id for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+    """Module-level names bound to a literal or to a psycopg.sql composition (whose parts are quoted by psycopg)."""
+    return {target.id for node in tree.body if isinstance(node, ast.Assign)
+            and (isinstance(node.value, ast.Constant) or _is_sql_composition(node.value))
             for target in node.targets if isinstance(target, ast.Name)}
 
 
 def _is_sql_composition(node: ast.expr) -> bool:
+    """A psycopg.sql call chain whose sql.SQL text, if any, is a literal (sql.SQL(f"...") is string building)."""
     while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         if isinstance(node.func.value, ast.Name) and node.func.value.id == "sql":
-            return True
+            return node.func.attr != "SQL" or all(isinstance(arg, ast.Constant) for arg in node.args)
         node = node.func.value
     return False
 
@@ -59,10 +63,13 @@ def test_only_parameterised_sql() -> None:
 
 
 def test_the_lint_finds_string_built_sql(tmp_path: Path) -> None:
-    bad = ast.parse('conn.execute(f"SELECT {x}")\nconn.execute("SELECT " + x)\nconn.execute("%s" % x)\n')
+    bad = ast.parse('conn.execute(f"SELECT {x}")\nconn.execute("SELECT " + x)\nconn.execute("%s" % x)\n'
+                    'conn.execute(sql.SQL(f"SELECT {x}").format())\n')
     queries = [node.args[0] for node in ast.walk(bad) if isinstance(node, ast.Call)
                and isinstance(node.func, ast.Attribute) and node.func.attr == "execute"]
-    assert len(queries) == 3 and not any(isinstance(q, ast.Constant) or _is_sql_composition(q) for q in queries)
+    assert len(queries) == 4 and not any(isinstance(q, ast.Constant) or _is_sql_composition(q) for q in queries)
+    good = ast.parse('Q = sql.SQL("SELECT {}").format(sql.Identifier(x))\n')
+    assert _constants(good) == {"Q"}
 
 
 def test_the_password_never_shows_in_status_errors_or_the_service_log(tmp_path: Path) -> None:

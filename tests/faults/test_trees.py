@@ -18,9 +18,18 @@ import pytest
 
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import drop_study, make_study
-from tests.fix_service import REPO, ServiceProcess, write_config
-from tests.helpers import batch_rows, done, importing_host, scalar, scalar_int, wait_until
+from tests.fix_service import REPO, ServiceProcess
+from tests.helpers import (
+    batch_rows,
+    done,
+    drop_study,
+    importing_host,
+    make_study,
+    scalar,
+    scalar_int,
+    wait_until,
+    write_config,
+)
 
 
 def status_lines(service: ServiceProcess) -> int:
