@@ -126,6 +126,7 @@ def test_a_drain_that_runs_out_of_time_ends_quietly_with_nothing_left_behind(
     make_study(incoming / "BIG.tmp", 3000)
     (incoming / "BIG.tmp").rename(incoming / "BIG")
     wait_until(lambda: "parsing 3000 files" in service.log, what="the parse pool at work")
+    wait_until(lambda: len(service.descendants()) >= 3, what="the worker's forkserver and pool started")
     below = service.descendants()
     service.signal(signal.SIGTERM)
     assert service.process.wait(30) == 0
