@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from sendit_watcher import batches, roots
+from sendit_watcher.access import whom
 from sendit_watcher.batches import Batch, BatchStatus
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection
@@ -255,10 +256,21 @@ def _folder(config: Config, batch: Batch) -> str | None:
             why = "is a symbolic link now (never followed)"
         elif exc.errno == errno.ENOTDIR:
             return None  # a file of that name now: the folder is gone, and its rows go too
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            raise ImportFailed(_closed_folder(folder, batch, exc)) from None
         else:
             why = exc.strerror or "cannot be opened"
         raise ImportFailed(f"folder {to_text(folder)} {why}; nothing was read") from None
     return folder
+
+
+def _closed_folder(folder: str, batch: Batch, exc: OSError) -> str:
+    """Why a folder its producer closed to the service (a umask of 0077 makes it 0700) failed, and the fix."""
+    return (f"folder {to_text(folder)} is not readable by this service ({whom()}: {exc.strerror}); nothing was "
+            f"read. Its producer closed it (a umask of 0077?): give that user read and search access to it (chmod "
+            f"-R g+rX where its group is the service's, or an ACL), then `sendit-watcher retry {batch.id}` (a "
+            f"catch-up scan queues it again too); for later folders, a producer umask of 0027 or a default ACL on "
+            f"the root")
 
 
 def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Failure:

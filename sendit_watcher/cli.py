@@ -153,8 +153,11 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
                 for p in _watch_problems(w, config.watcher, reload)]
     if problems:
         raise ConfigError(problems)
-    if reload:
+    if reload:  # ExecReload: one journal line, not the whole file at every reload
         _check_reload_database(config)
+        print(f"sendit-watcher: {config.source or 'the defaults'} is valid ({len(config.watches)} watch root(s)); "
+              f"the service applies it")
+        return EXIT_OK
     print("\n".join(configuration.effective_ini(config)))
     return EXIT_OK
 

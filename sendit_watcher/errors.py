@@ -54,9 +54,14 @@ class DatabaseUnavailable(SenditError):
 
 
 class WatchError(SenditError):
-    """Raised when a watch root cannot be watched (missing, unreadable, watch table full)."""
+    """Raised when a watch root cannot be watched (missing, unreadable, watch table full); ``reason`` says why
+    in a few words (a lost root's reason), the message names the root and the fix."""
 
     exit_code = EXIT_CONFIG
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ImportFailed(SenditError):

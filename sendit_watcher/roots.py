@@ -23,6 +23,7 @@ from pathlib import Path
 
 from psycopg.rows import class_row
 
+from sendit_watcher.access import access_fix, readable, whom
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import Config, RootConfig
 from sendit_watcher.db import Connection
@@ -79,6 +80,7 @@ class Verdict:
     record: Identity | None = None
     note: str | None = None
     proven: bool = False  # itself, and it has shown this host a folder the database knows: absence means something
+    fix: str | None = None  # what the operator does about a lost root, when it is not `adopt-root` after a change
 
 
 def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0) -> Verdict:
@@ -235,6 +237,9 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
         now = identity_now(watch.path)
     except OSError as exc:
         return Verdict(watch.name, False, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+    if now is not None and not readable(watch.path):  # an unmounted 0700 mount point, a group not given yet
+        return Verdict(watch.name, False, f"not readable by {whom()}", now,
+                       fix=access_fix(watch.path, "it is watched again within seconds, and caught up"))
     # Proven before, and still the same directory (a mount placed on it since hides what proved it).
     shown = (record is not None and record.proven and recorded is not None and now is not None
              and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point))
@@ -252,40 +257,52 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     stored, the lost state set or cleared; the change from itself to lost, and back, is logged once."""
     with conn.transaction():
         verdict = assess(conn, host, watch)
-        before = _record_of(conn, watch.name, host, lock=True)
+        before = _record_of(conn, watch.name, host, lock=True)  # locks nothing at first sight: hence RETURNING
         was_lost = before is not None and before.lost_reason is not None
         if verdict.itself:
-            _store(conn, host, watch.name, verdict)
+            if not _store(conn, host, watch.name, verdict):  # recorded meanwhile by another process: said there
+                verdict = dataclasses.replace(verdict, note=None)
             if verdict.proven and not (before is not None and before.proven):
                 prove(conn, host, watch.name)
-        else:
-            conn.execute("INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
-                         " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
-                         " lost_since = coalesce(root_identity.lost_since, now())",
-                         (watch.name, host, verdict.reason))
-    _log_change(watch, host, verdict, was_lost)
+            news = was_lost
+        else:  # news when this process set (or changed) the reason, not one that found it set
+            news = conn.execute(
+                "INSERT INTO root_identity (root, host, lost_reason, lost_since) VALUES (%s, %s, %s, now())"
+                " ON CONFLICT (root, host) DO UPDATE SET lost_reason = EXCLUDED.lost_reason,"
+                " lost_since = coalesce(root_identity.lost_since, now())"
+                " WHERE root_identity.lost_reason IS DISTINCT FROM EXCLUDED.lost_reason RETURNING 1",
+                (watch.name, host, verdict.reason)).fetchone() is not None
+    _log_change(watch, host, verdict, news)
     return verdict
 
 
-def _store(conn: Connection, host: str, root: str, verdict: Verdict) -> None:
-    """An accepted identity (when it changed) and the lost state cleared."""
+def _store(conn: Connection, host: str, root: str, verdict: Verdict) -> bool:
+    """An accepted identity (when it changed) and the lost state cleared; False when the record already held
+    that identity (another process of the host stored it first)."""
     if verdict.record is None:
         conn.execute("UPDATE root_identity SET lost_reason = NULL, lost_since = NULL WHERE root = %s AND host = %s"
                      " AND lost_reason IS NOT NULL", (root, host))
-        return
-    _write_identity(conn, host, root, verdict.record)
+        return True
+    return _write_identity(conn, host, root, verdict.record)
 
 
-def _write_identity(conn: Connection, host: str, root: str, identity: Identity) -> None:
-    conn.execute(
+def _write_identity(conn: Connection, host: str, root: str, identity: Identity, *, force: bool = False) -> bool:
+    """Record ``identity`` (and clear the lost state); False when the record held it already, unless ``force``
+    (recorded_at is then set anew)."""
+    written = conn.execute(
         "INSERT INTO root_identity (root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (root, host) DO UPDATE SET"
         " device = EXCLUDED.device, inode = EXCLUDED.inode, mount_point = EXCLUDED.mount_point,"
         " fs_type = EXCLUDED.fs_type, fs_source = EXCLUDED.fs_source, fs_id = EXCLUDED.fs_id,"
         " recorded_at = now(), lost_reason = NULL, lost_since = NULL, proven = root_identity.proven"
-        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point",
+        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point"
+        " WHERE %s OR root_identity.lost_reason IS NOT NULL OR (root_identity.device, root_identity.inode,"
+        " root_identity.mount_point, root_identity.fs_type, root_identity.fs_source, root_identity.fs_id)"
+        " IS DISTINCT FROM (EXCLUDED.device, EXCLUDED.inode, EXCLUDED.mount_point, EXCLUDED.fs_type,"
+        " EXCLUDED.fs_source, EXCLUDED.fs_id) RETURNING 1",
         (root, host, Decimal(identity.device), Decimal(identity.inode), identity.mount_point, identity.fs_type,
-         identity.fs_source, Decimal(identity.fs_id)))
+         identity.fs_source, Decimal(identity.fs_id), force)).fetchone()
+    return written is not None
 
 
 def prove(conn: Connection, host: str, root: str) -> None:
@@ -296,13 +313,15 @@ def prove(conn: Connection, host: str, root: str) -> None:
                      " AND device IS NOT NULL", (root, host))
 
 
-def _log_change(watch: RootConfig, host: str, verdict: Verdict, was_lost: bool) -> None:
+def _log_change(watch: RootConfig, host: str, verdict: Verdict, news: bool) -> None:
+    """The change from itself to lost (or from one reason to another), and back, once each (``news``: this
+    process recorded the change)."""
     where = f"watch root {watch.path} ([watch:{watch.name}]) on host {host}"
-    if not verdict.itself and not was_lost:
-        log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (after a "
-                  "deliberate change: sendit-watcher adopt-root %s)", where, verdict.reason, watch.name,
-                  extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
-    elif verdict.itself and was_lost:
+    if not verdict.itself and news:
+        fix = verdict.fix or f"after a deliberate change: sendit-watcher adopt-root {watch.name}"
+        log.error("%s is lost: %s; none of its rows is removed and its batches wait until it is back (%s)", where,
+                  verdict.reason, fix, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
+    elif verdict.itself and news:
         log.warning("%s is back (itself again); catching up", where, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
     if verdict.itself and verdict.note and verdict.now is not None:
         level = logging.WARNING if verdict.note.startswith("a file system was mounted") else logging.INFO
@@ -321,7 +340,7 @@ def adopt(conn: Connection, host: str, watch: RootConfig) -> Identity:
         raise RootNotFound(f"[watch:{watch.name}] path {watch.path} does not exist or is not a directory on host "
                            f"{host}; mount it or create it, then adopt it")
     with conn.transaction():
-        _write_identity(conn, host, watch.name, now)
+        _write_identity(conn, host, watch.name, now, force=True)
         prove(conn, host, watch.name)  # the operator vouches for it
     log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
              now.describe())

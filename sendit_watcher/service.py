@@ -225,8 +225,10 @@ class Service:
     def start(self) -> None:
         """Watch every root, reach for the database once, start the workers, then READY=1."""
         if self.config.watcher.runs_watcher:
-            for watch in self.config.watches:
-                self.watcher.add_root(watch, missing_ok=True)  # a mount not there yet is picked up later
+            for watch in self.config.watches:  # one that cannot be watched yet is lost, and picked up later
+                problem = self.watcher.add_root(watch, missing_ok=True)
+                if problem:
+                    log.error("%s", problem)
         self.link.get()  # the first connection runs the migrations, however long they take
         if self.config.watcher.runs_workers:
             self.workers.start()
@@ -498,11 +500,15 @@ class Service:
         for name in [n for n in old if old[n] != wanted.get(n)]:
             self.watcher.remove_root(name)
             self.intake.forget_root(name)
+        problems = {}
         for name in [n for n in wanted if old.get(n) != wanted[n]]:
             try:
-                self.watcher.add_root(wanted[name], missing_ok=True)
+                problems[name] = self.watcher.add_root(wanted[name], missing_ok=True)
             except SenditError as exc:
-                log.error("reload: %s", exc)
+                problems[name] = str(exc)
+        problems.update(self.watcher.unwatchable())  # a reload cannot give it access (a group joined: a restart)
+        for problem in filter(None, problems.values()):
+            log.error("reload: %s", problem)
         self.intake.overflow()
 
     def stop(self) -> int:
@@ -517,7 +523,8 @@ class Service:
         self.link.close()
         if self.root_check is None or self.root_check.done():  # else its thread still uses the connection
             self.root_checks.close()
-        log.info("stopped%s", f"; {killed} worker(s) killed after the drain period" if killed else "")
+        log.info("stopped%s", f"; {killed} worker(s) stopped after the drain period, their folders rolled back"
+                 if killed else "")
         return EXIT_OK
 
     def status_line(self) -> str:

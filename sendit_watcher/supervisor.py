@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
 from sendit_watcher.config import Config
-from sendit_watcher.worker import Heartbeat, worker_main
+from sendit_watcher.worker import ABANDON_SIGNAL, Heartbeat, worker_main
 
 __all__ = ["Supervisor", "ended", "default_heartbeat_limit", "HEARTBEAT_LIMIT_ENV"]
 
@@ -58,6 +58,7 @@ class Supervisor:
     FIRST_BACKOFF = 1.0
     MOST_BACKOFF = 60.0
     LIVED_LONG = 60.0
+    ABANDON_SECONDS = 5.0  # after the drain: how long a worker may take to roll back, close its pool and exit
 
     def __init__(self, config: Config, heartbeat_limit: float | None = None) -> None:
         self.config = config
@@ -133,22 +134,27 @@ class Supervisor:
         self.start()
 
     def stop(self, drain_seconds: float) -> int:
-        """SIGTERM every worker, wait up to the drain period, then kill; returns how many had to be killed."""
+        """SIGTERM every worker and wait up to the drain period; then each one left abandons its folder (SIGUSR1:
+        rolled back, its parse pool closed, its semaphores released) and one still there after ABANDON_SECONDS
+        is killed. Returns how many did not finish within the drain."""
         everyone = self.processes + self.retiring
         for process in everyone:
             if process.is_alive():
                 process.terminate()
-        deadline = time.monotonic() + drain_seconds
-        for process in everyone:
-            process.join(max(0.0, deadline - time.monotonic()))
-        killed = [p for p in everyone if p.is_alive()]
-        for process in killed:
-            log.warning("worker pid %s did not finish within %.0f s; killed (its folder is rolled back)",
+        _join_all(everyone, drain_seconds)
+        late = [p for p in everyone if p.is_alive()]
+        for process in late:
+            log.warning("worker pid %s did not finish within %.0f s; stopped (its folder is rolled back)",
                         process.pid, drain_seconds)
+            _signal(process, ABANDON_SIGNAL)
+        _join_all(late, self.ABANDON_SECONDS)
+        for process in [p for p in late if p.is_alive()]:
+            log.warning("worker pid %s did not stop within %.0f s of being told to abandon its folder; killed",
+                        process.pid, self.ABANDON_SECONDS)
             _kill_group(process)
             process.join()
         self.slots, self.retiring = [], []
-        return len(killed)
+        return len(late)
 
 
 def default_heartbeat_limit() -> float:
@@ -162,6 +168,20 @@ def default_heartbeat_limit() -> float:
         return max(60.0, 10 * int(os.environ.get("WATCHDOG_USEC", "")) / 1_000_000)
     except ValueError:
         return 600.0
+
+
+def _join_all(processes: list[BaseProcess], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+
+
+def _signal(process: BaseProcess, signum: int) -> None:
+    if process.pid is not None:
+        try:
+            os.kill(process.pid, signum)
+        except ProcessLookupError:  # ended meanwhile
+            pass
 
 
 def _kill_group(process: BaseProcess) -> None:

@@ -10,10 +10,8 @@ their parent's watch existed are watched too."""
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 import stat
 import time
 from collections.abc import Callable
@@ -22,11 +20,12 @@ from typing import Any
 
 import pyinotify
 
+from sendit_watcher.access import access_fix, readable, whom
 from sendit_watcher.config import RootConfig, WatcherConfig
 from sendit_watcher.errors import WatchError
 from sendit_watcher.intake import Intake
 from sendit_watcher.processors import ROOT_LOSS, WatchContext, build_processor
-from sendit_watcher.roots import Verdict
+from sendit_watcher.roots import CHECK_EVERY, Verdict
 from sendit_watcher.walk import open_directory_beneath, walk_directories
 
 __all__ = ["Watcher", "INSIDE_EVENTS", "INSIDE_WATCH_LIMIT"]
@@ -126,6 +125,7 @@ class Watcher:
         self._lost_at: dict[str, float] = {}  # when it was lost (monotonic)
         self._itself_at: dict[str, float] = {}  # when the latest check that found it itself began
         self.inside: dict[str, set[int]] = {}  # settling folder's path -> the watches inside it
+        self._unwatchable: dict[str, str] = {}  # lost root -> why watching it again failed, as last logged
 
     def reconfigure(self, settings: WatcherConfig) -> None:
         """New [watcher] settings for every root, watched already or not."""
@@ -133,23 +133,47 @@ class Watcher:
         for root in self.roots.values():
             root.context.settings = settings
 
-    def add_root(self, watch: RootConfig, *, missing_ok: bool = False) -> None:
+    def add_root(self, watch: RootConfig, *, missing_ok: bool = False) -> str | None:
         """Start watching a root; WatchError says why it cannot be watched. With ``missing_ok``, a root that
-        does not exist (yet: a mount at boot) is reported as lost and watched once it appears."""
+        cannot be watched now (it does not exist yet: a mount at boot; it is closed to this process: an unmounted
+        mount point, a group not given yet) is lost, and watched once a check finds it itself: the reason is
+        returned (None: watched), for the caller to log. A full inotify watch table raises WatchError anyway."""
         context = WatchContext(watch, self.settings, self.intake, self.watch_inside, self.unwatch)
         processor = build_processor(context)
         wanted = watch.events | getattr(processor, "required_events", 0)
         firewall = Firewall(processor, watch.name, wanted, self._root_lost, self._inside_directory)
         root = _Root(watch, context, firewall, wanted | ROOT_LOSS)
-        if missing_ok and _missing(watch.path):
+        try:
+            _check_directory(watch)
+        except WatchError as exc:
+            if not missing_ok:
+                raise
             self.roots[watch.name] = root
-            self._lose(watch.name, "missing (it does not exist yet)")
-            log.error("watch root %s ([watch:%s]) does not exist (yet); watching it once it appears",
-                      watch.path, watch.name)
-            return
-        self._attach(root)
+            self._lose(watch.name, "missing (it does not exist yet)" if _missing(watch.path) else
+                       f"cannot be watched: {exc.reason}")
+            self._unwatchable[watch.name] = str(exc)
+            if _missing(watch.path):
+                return (f"watch root {watch.path} ([watch:{watch.name}]) does not exist (yet); watching it once it "
+                        f"appears")
+            return f"{exc}; until then it is a lost root"
+        self._attach(root)  # a full inotify table is no lost root: WatchError, exit 78 at start
         self.roots[watch.name] = root
         log.info("watching %s as [watch:%s] with %s", watch.path, watch.name, watch.processor)
+        return None
+
+    def unwatchable(self) -> dict[str, str]:
+        """Why each lost root that exists cannot be watched now (closed to this process, say), by name; for a
+        reload to say what it cannot change (a group joined since the start needs a restart)."""
+        found = {}
+        for name in sorted(self.lost_roots):
+            root = self.roots.get(name)
+            if root is None or _missing(root.watch.path):
+                continue
+            try:
+                _check_directory(root.watch)
+            except WatchError as exc:
+                found[name] = str(exc)
+        return found
 
     def _root_lost(self, name: str, event: Any) -> None:
         how = next((how for flag, how in _HOW_LOST.items() if event.mask & flag), "lost")
@@ -171,8 +195,8 @@ class Watcher:
                 continue
             if not verdict.itself:
                 if name not in self.lost_roots:
-                    log.warning("watch root %s ([watch:%s]) is not itself (%s); no longer watched until it is",
-                                root.watch.path, name, verdict.reason)
+                    log.debug("watch root %s ([watch:%s]) is not itself (%s); no longer watched until it is "
+                              "(roots.check said so once)", root.watch.path, name, verdict.reason)
                     self._detach(root)
                     self._lose(name, verdict.reason or "lost")
                 else:
@@ -197,13 +221,13 @@ class Watcher:
         try:
             wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
         except pyinotify.WatchManagerError as exc:
-            raise WatchError(_watch_failure(root.watch, exc)) from None
+            raise WatchError(_watch_failure(root.watch, exc), _first_error(exc)) from None
         root.firewall.root_wd = wds[path]
         root.device = device
 
     def remove_root(self, name: str) -> None:
         root = self.roots.pop(name)
-        for state in (self.lost_roots, self._lost_at, self._itself_at):
+        for state in (self.lost_roots, self._lost_at, self._itself_at, self._unwatchable):
             state.pop(name, None)
         if root.wd >= 0 and self.manager.get_path(root.wd) is not None:
             self.manager.rm_watch(root.wd, quiet=True)
@@ -306,10 +330,14 @@ class Watcher:
             self._detach(root)
             try:
                 self._attach(root)
-            except WatchError:
+            except WatchError as exc:  # itself, yet not watchable (the inotify table full): said once
+                if self._unwatchable.get(name) != str(exc):
+                    log.error("%s; trying again every %.0f s", exc, CHECK_EVERY)
+                    self._unwatchable[name] = str(exc)
                 continue
+            self._unwatchable.pop(name, None)
             del self.lost_roots[name]
-            log.warning("watch root %s ([watch:%s]) is back and watched again", root.watch.path, name)
+            log.debug("watch root %s ([watch:%s]) watched again (roots.check said it is back)", root.watch.path, name)
             back.append(name)
         return back
 
@@ -337,41 +365,21 @@ def _missing(path: Any) -> bool:
 
 def _check_directory(watch: RootConfig) -> None:
     where = f"[watch:{watch.name}] path {watch.path}"
+    then = "it is watched within seconds"
     try:
         mode = os.stat(watch.path).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise WatchError(f"{where} does not exist; create it or fix the path in the configuration") from None
+        raise WatchError(f"{where} does not exist; create it or fix the path in the configuration",
+                         "it does not exist") from None
     except PermissionError:
-        raise WatchError(f"{where} cannot be reached: a directory above it is closed to this process"
-                         f"{_access_hint()}") from None
+        raise WatchError(f"{where} cannot be reached: a directory above it is closed to this process "
+                         f"({whom()}); {access_fix(watch.path, then)}",
+                         f"a directory above it is closed to {whom()}") from None
     if not stat.S_ISDIR(mode):
-        raise WatchError(f"{where} is not a directory")
-    if not os.access(watch.path, os.R_OK | os.X_OK):
-        raise WatchError(f"{where} is not readable by this process{_access_hint()}")
-
-
-def _access_hint() -> str:
-    """What to do about a directory closed to this process. Its supplementary groups are the ones it started
-    with: a group its user joined since (adduser sendit-watcher GROUP) counts only after a restart."""
-    try:
-        user = pwd.getpwuid(os.geteuid())
-        gained = set(os.getgrouplist(user.pw_name, user.pw_gid)) - set(os.getgroups()) - {os.getegid()}
-    except (KeyError, OSError):  # a uid without a passwd entry: no group list to compare with
-        return f" (uid {os.geteuid()}); give it read access (and search access to the directories above)"
-    if gained:
-        names = ", ".join(sorted(_group_name(gid) for gid in gained))
-        return (f"; user {user.pw_name} is in group(s) {names} now, but a running process keeps the groups it "
-                f"started with (a reload cannot change them): restart the service (systemctl restart "
-                f"sendit-watcher) to take the new group membership")
-    return (f" (user {user.pw_name}, uid {user.pw_uid}); give this user read access (and search access to the "
-            f"directories above), then reload")
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+        raise WatchError(f"{where} is not a directory", "not a directory")
+    if not readable(watch.path):
+        raise WatchError(f"{where} is not readable by this process ({whom()}); {access_fix(watch.path, then)}",
+                         f"not readable by {whom()}")
 
 
 def _first_error(exc: Any) -> str:
@@ -387,5 +395,5 @@ def _watch_failure(watch: RootConfig, exc: Any) -> str:
     if "No space left" in text or "ENOSPC" in text:
         hint = "; the inotify watch table is full: raise fs.inotify.max_user_watches (sysctl)"
     elif "Permission denied" in text:
-        hint = "; give this user read access to the directory"
+        hint = f"; {access_fix(watch.path, 'it is watched within seconds')}"
     return f"cannot watch [watch:{watch.name}] path {watch.path}: {text}{hint}"

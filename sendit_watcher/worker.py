@@ -2,9 +2,12 @@
 until it is told to stop or its service is gone. The service's Supervisor (supervisor.py) starts it.
 
 A worker wakes on ``NOTIFY sendit_queue`` (sent when a batch is queued) or every second, so it never misses work.
-On SIGTERM it finishes the folder in hand and exits; the service kills it after the drain period, which rolls
-that folder back whole. It touches its Heartbeat at every turn of its loop and at every file it imports, so that
-its supervisor can tell a hung worker from a busy one.
+On SIGTERM it finishes the folder in hand and exits. After the drain period the service sends SIGUSR1: the worker
+abandons the folder in hand (rolled back whole), closes its parse pool and exits, so that multiprocessing unlinks
+the semaphores it holds (a worker SIGKILLed leaves them to the resource tracker, which warns of "leaked
+semaphore objects" at the service's exit); one still there a few seconds later is killed. It touches its
+Heartbeat at every turn of its loop and at every file it imports, so that its supervisor can tell a hung worker
+from a busy one.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from sendit_watcher.outage import Outage
 from sendit_watcher.parsers import AdaptiveParser
 from sendit_watcher.roots import RootGuard
 
-__all__ = ["Heartbeat", "worker_main"]
+__all__ = ["Heartbeat", "worker_main", "ABANDON_SIGNAL"]
 
 log = logging.getLogger(__name__)
 
 _WAKE_SECONDS = 1.0
+ABANDON_SIGNAL = signal.SIGUSR1  # the drain ran out: abandon the folder in hand and exit now
 
 
 class Heartbeat:
@@ -60,11 +64,21 @@ class _Stop:
         cls.requested = True
 
 
+class Abandoned(BaseException):
+    """Raised in a worker by SIGUSR1 (the drain ran out): the folder in hand is rolled back, never recorded as
+    failed (a BaseException: the import's ``except Exception`` lets it through)."""
+
+
+def _abandon(signum: int, frame: FrameType | None) -> None:
+    raise Abandoned
+
+
 def worker_main(config: Config, index: int, parent: int, heartbeat: Heartbeat) -> None:
     """Entry point of one worker process."""
     signal.signal(signal.SIGTERM, _Stop.handle)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us in order
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(ABANDON_SIGNAL, _abandon)
     os.setpgid(0, 0)  # its parse pool joins its group: a worker killed after the drain takes its pool with it
     heartbeat.touch()
     setup_logging(config.watcher.log_level)
@@ -80,7 +94,10 @@ def worker_main(config: Config, index: int, parent: int, heartbeat: Heartbeat) -
             except (DatabaseUnavailable, psycopg.Error) as exc:
                 outage.failed(describe(exc), config.database.retry_interval)
                 _sleep(config.database.retry_interval, parent, heartbeat)
+    except Abandoned:
+        log.debug("worker %d: the drain ran out; the folder in hand is rolled back", index)
     finally:
+        signal.signal(ABANDON_SIGNAL, signal.SIG_IGN)  # once is enough: closing the pool is not interrupted
         parser.close()
 
 

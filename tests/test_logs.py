@@ -118,20 +118,24 @@ def test_a_database_outage_is_told_once_then_at_growing_intervals_and_its_end_on
 
 def test_a_drain_that_runs_out_of_time_ends_quietly_with_nothing_left_behind(
         start_service: Callable[..., ServiceProcess], incoming: Path) -> None:
-    """The worker killed after the drain takes its parse pool with it (its process group): before, the pool's
-    processes went on parsing for a worker that was gone and filled the log with BrokenPipeError tracebacks."""
+    """The worker stopped after the drain takes its parse pool with it: before, the pool's processes went on
+    parsing for a worker that was gone and filled the log with BrokenPipeError tracebacks. It abandons its folder
+    and exits rather than being killed, so it releases its semaphores: multiprocessing's resource tracker has no
+    "leaked semaphore objects" to warn of when the service exits."""
     service = start_service(drain_seconds=1, parse_processes=2, workers=1)
     make_study(incoming / "BIG.tmp", 3000)
     (incoming / "BIG.tmp").rename(incoming / "BIG")
     wait_until(lambda: "parsing 3000 files" in service.log, what="the parse pool at work")
+    wait_until(lambda: len(service.descendants()) >= 3, what="the worker's forkserver and pool started")
     below = service.descendants()
     service.signal(signal.SIGTERM)
     assert service.process.wait(30) == 0
     time.sleep(3)  # time for anything left behind to write its traceback
     left = [pid for pid in below if Path(f"/proc/{pid}").exists()]
     assert len(below) >= 3 and left == [], (below, left)  # the worker, its forkserver, its pool
-    assert "did not finish within 1 s; killed" in service.log
+    assert "did not finish within 1 s; stopped" in service.log and "; killed" not in service.log
     assert "Traceback" not in service.log and "BrokenPipeError" not in service.log, service.log[-3000:]
+    assert "leaked semaphore" not in service.log, service.log[-3000:]
 
 
 def test_a_catch_up_scan_that_found_nothing_logs_at_debug(services: Callable[[Path], ServiceProcess],
@@ -219,3 +223,38 @@ def test_a_root_readable_through_a_group_joined_after_start_asks_for_a_restart(
     assert f"user {user} is in group(s) {group} now" in said[0]
     assert "restart the service (systemctl restart sendit-watcher) to take the new group membership" in said[0]
     assert "Traceback" not in service.log and "PermissionError" not in service.log
+
+
+def test_a_reload_says_that_a_root_closed_but_to_a_group_joined_since_the_start_needs_a_restart(
+        group_only: tuple[Path, str, str], database: DatabaseConfig) -> None:
+    """A root readable only by a group: lost at start (the service lacks the group); then the operator runs
+    `adduser sendit-watcher GROUP` and `systemctl reload`. The reload re-reads an unchanged file, and the service
+    cannot take the group: it used to leave the root unwatched without a word; it says, naming the root, that a
+    restart is needed."""
+    top, user, group = group_only
+    incoming, pacs = top / "incoming", top / "pacs"
+    incoming.mkdir()
+    pacs.mkdir(mode=0o750)
+    os.chown(pacs, 0, grp.getgrnam(group).gr_gid)
+    config = write_config(top / "watcher.conf", database, {"incoming": incoming, "pacs": pacs})
+    config.chmod(0o644)
+    command = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups",
+               "/usr/bin/python3"]
+    service = ServiceProcess(config, top, command=command)
+    try:
+        service.wait_ready()
+        service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT pacs" in line)
+        wait_until(lambda: "is lost: not readable" in service.log, 15, "the lost root said")
+        service.signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in service.log, what="the reload")
+        time.sleep(1)
+        assert service.process.poll() is None
+    finally:
+        service.kill()
+    said = lines(service.log, "reload: [watch:pacs]")
+    assert len(said) == 1 and said[0].startswith("ERROR ") and f"path {pacs} is not readable" in said[0], said
+    assert f"user {user} is in group(s) {group} now" in said[0]
+    assert "restart the service (systemctl restart sendit-watcher) to take the new group membership" in said[0]
+    lost = lines(service.log, "is lost: not readable")
+    assert len(lost) == 1 and f"user {user} is in group(s) {group} now" in lost[0], lost
+    assert "Traceback" not in service.log

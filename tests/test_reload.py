@@ -97,15 +97,18 @@ def test_a_reload_to_a_database_that_cannot_be_used_is_refused_whole(
     assert "reloaded" not in service.log and service.process.poll() is None
 
 
-def _run_exec_reload(config: Path, main_pid: int) -> int:
+def _run_exec_reload(config: Path, main_pid: int, said: list[str] | None = None) -> int:
     """Run the unit's ExecReload= lines as systemd does: in order, $MAINPID substituted, the first failure ends
-    the reload with that status. /usr/bin/sendit-watcher is the installed program; in a checkout, the module."""
+    the reload with that status. /usr/bin/sendit-watcher is the installed program; in a checkout, the module.
+    ``said`` receives each line's output lines (what the journal gets)."""
     for line in exec_reload():
         argv = [str(main_pid) if word == "$MAINPID" else word for word in shlex.split(line)]
         if argv[0] == "/usr/bin/sendit-watcher" and not os.path.exists(argv[0]):
             argv[:1] = [sys.executable, "-m", "sendit_watcher"]
         result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO), "SENDIT_WATCHER_CONFIG": str(config)},
                                 capture_output=True, text=True, timeout=60, check=False)
+        if said is not None:
+            said += (result.stdout + result.stderr).splitlines()
         if result.returncode != 0:
             return result.returncode
     return 0
@@ -122,7 +125,10 @@ def test_the_units_reload_command_fails_on_an_invalid_file_and_never_signals_the
     assert _run_exec_reload(config, service.process.pid) == 78
     assert "RELOADING=1" not in service.notify.fields()  # the service was never told
     config.write_text(good)
-    assert _run_exec_reload(config, service.process.pid) == 0
+    said: list[str] = []
+    assert _run_exec_reload(config, service.process.pid, said) == 0
+    assert said == [f"sendit-watcher: {config} is valid (1 watch root(s)); the service applies it"], said  # not
+    # the whole configuration in the journal at every reload
     service.notify.wait_for(lambda line: line == "RELOADING=1", 10)
     wait_until(lambda: "reloaded" in service.log, timeout=30, what="the reload")
 

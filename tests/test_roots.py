@@ -11,8 +11,10 @@ import contextlib
 import io
 import json
 import os
+import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +457,99 @@ def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
     assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is True
     shutil.rmtree(b_root / "S1")
     assert b_scan() == [("incoming", "S1")]
+
+
+# --- a root closed to the service -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_top() -> Iterator[Path]:
+    """A world-traversable directory (pytest's tmp_path is closed to every user but root)."""
+    top = Path(tempfile.mkdtemp(prefix="sendit-closed-", dir="/var/tmp"))
+    top.chmod(0o755)
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def as_user(user: str) -> list[str]:
+    """The command that runs Debian's python3 as ``user`` without supplementary groups (root reads anything: a
+    root closed to the service needs a service that is not root; the test's virtualenv under /root is closed)."""
+    return ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", "/usr/bin/python3"]
+
+
+def test_a_root_closed_to_the_service_at_start_is_lost_not_fatal_and_picked_up_once_readable(
+        open_top: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """An unmounted 0700 mount point, or a directory of another user: the service used to exit 78 (and stay
+    down, RestartPreventExitStatus=78). It is a lost root instead: said once with the fix, LOST ROOT in STATUS
+    and `status`, the other roots served, none of its rows removed, and watched again once readable."""
+    incoming, closed = open_top / "incoming", open_top / "closed"
+    incoming.mkdir()
+    closed.mkdir()
+    config = write_config(open_top / "watcher.conf", database, {"incoming": incoming, "closed": closed})
+    config.chmod(0o644)
+    first = ServiceProcess(config, open_top, command=as_user("postgres"))
+    try:
+        first.wait_ready()
+        drop_study(closed, "X", 2)
+        wait_until(lambda: rows_by_folder(conn).get("X") == ("done", 2, 1), what="X imported while readable")
+    finally:
+        assert first.stop() == 0
+    closed.chmod(0o700)  # root's own: closed to the service's user
+    second = ServiceProcess(config, open_top, command=as_user("postgres"))
+    try:
+        second.wait_ready()
+        assert second.process.poll() is None
+        line = second.notify.wait_for(lambda line: lost_status(line, "closed"), 15)
+        assert "not readable by user postgres" in line
+        wait_until(lambda: "is lost: not readable" in second.log, 15, "the lost root said in the log")
+        drop_study(incoming, "A", 1)
+        wait_until(lambda: rows_by_folder(conn).get("A") == ("done", 1, 1), what="the other root served")
+        said = [line for line in second.log.splitlines() if "is lost: not readable" in line]
+        assert len(said) == 1 and f"watch root {closed} ([watch:closed])" in said[0], said
+        assert "give user postgres, uid" in said[0] and "read and search access" in said[0]
+        wait_until(lambda: "catch-up scan:" in second.log, what="the catch-up scan at start")
+        code, out = run_cli(config, "status", "--json")
+        assert code == 0 and [r["root"] for r in json.loads(out)["lost_roots"]] == ["closed"]
+        assert rows_by_folder(conn)["X"] == ("done", 2, 1)  # nothing of it removed
+        closed.chmod(0o755)
+        second.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
+        drop_study(closed, "Y", 1)
+        wait_until(lambda: rows_by_folder(conn).get("Y") == ("done", 1, 1), what="Y imported once readable")
+        assert rows_by_folder(conn)["X"] == ("done", 2, 1)
+        assert "Traceback" not in second.log
+        told = [line for line in second.log.splitlines() if "[watch:closed]" in line and not line.startswith("DEBUG")]
+        assert len(told) == 3, told  # at start (the watch), lost (the verdict, with its fix), back: once each
+        assert "is lost: not readable" in told[1] and "is back (itself again)" in told[2], told
+    finally:
+        closed.chmod(0o755)
+        second.kill()
+
+
+def test_a_folder_a_producer_closed_with_umask_0077_fails_naming_the_permission_and_the_fix(
+        open_top: Path, tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A producer with umask 0077 makes the folder itself 0700: nothing in it can be read, so its batch fails
+    (not a rejection per file): the reason names the permission, the service's user and the fix; once the
+    operator opens it, `retry` imports it."""
+    incoming = open_top / "incoming"
+    incoming.mkdir()
+    make_study(tmp_path / "P", 2)
+    config = write_config(open_top / "watcher.conf", database, {"incoming": incoming})
+    config.chmod(0o644)
+    service = ServiceProcess(config, open_top, command=as_user("postgres"))
+    try:
+        service.wait_ready()
+        subprocess.run(["sh", "-c", f"umask 0077 && cp -r {tmp_path / 'P'} {incoming / 'P.tmp'} && "
+                                    f"mv {incoming / 'P.tmp'} {incoming / 'P'}"], check=True)
+        assert (incoming / "P").stat().st_mode & 0o777 == 0o700
+        wait_until(lambda: rows_by_folder(conn).get("P", ("",))[0] == "failed", what="P failed")
+        batch, error = conn.execute("SELECT id, last_error FROM batch WHERE path = 'P'").fetchone()
+        conn.rollback()
+        assert f"folder {incoming / 'P'} is not readable by this service (user postgres, uid" in error, error
+        assert "Permission denied" in error and "umask of 0077" in error, error
+        assert f"then `sendit-watcher retry {batch}`" in error, error
+        subprocess.run(["chmod", "-R", "go+rX", str(incoming / "P")], check=True)
+        assert run_cli(config, "retry", str(batch))[0] == 0
+        wait_until(lambda: rows_by_folder(conn).get("P", ())[:2] == ("done", 2), what="P imported after the retry")
+        assert service.log.count("recorded at first sight") == 1  # by the first of the processes that saw it
+    finally:
+        service.kill()

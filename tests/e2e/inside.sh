@@ -149,6 +149,78 @@ drop /data/incoming E
 check "after the watchdog restart: imported" wait_for 30 batch_is E done:$FILES
 rm -r /etc/systemd/system/sendit-watcher.service.d; systemctl daemon-reload
 
+# --- (fixes) Issue 22, outside attack: a root closed to the service, a group joined after the start, a drain that
+# runs out of time. Each is a lost root or a clean stop, never exit 78, never a silent root, never a journal warning.
+drop_as() { cp -r "/e2e-in/studies/$2" "$1/$3.tmp" && mv "$1/$3.tmp" "$1/$3"; }  # drop_as ROOT STUDY NAME
+status_text() { systemctl show -p StatusText --value sendit-watcher; }
+journal_since() { journalctl -u sendit-watcher --since "$1" -o cat --no-pager; }
+mkdir -p /data/closed && chmod 0755 /data/closed
+printf '[watch:closed]\npath = /data/closed\n' > /etc/sendit-watcher/conf.d/60-closed.conf
+systemctl restart sendit-watcher
+drop_as /data/closed A H
+check "a root from conf.d/60-closed.conf imports H while it is readable" wait_for 30 status_is H done
+since=$(date '+%Y-%m-%d %H:%M:%S')  # before the chmod: the running service may see it before the restart
+chmod 0700 /data/closed   # root's own now, as an unmounted 0700 mount point is
+check "a root closed to the service at start: systemctl restart succeeds (no exit 78)" systemctl restart sendit-watcher
+check "... the service stays active" bash -c 'sleep 2; systemctl is-active -q sendit-watcher'
+check "... STATUS says LOST ROOT closed (not readable by user sendit-watcher)" wait_for 15 bash -c \
+  '[[ $(systemctl show -p StatusText --value sendit-watcher) == *"LOST ROOT closed (not readable by user sendit-watcher"* ]]'
+echo "   StatusText: $(status_text)"
+check "... the journal says it once, naming the root and the fix" wait_for 15 bash -c \
+  "[ \$(journalctl -u sendit-watcher --since '$since' -o cat --no-pager | grep -c 'watch root /data/closed (\[watch:closed\]).* is lost: not readable by user sendit-watcher.*give user sendit-watcher.*read and search access') = 1 ]"
+journal_since "$since" | grep 'is lost: not readable' | sed 's/^/   /'
+check "... sendit-watcher status (as the service user) lists it lost" bash -c \
+  'runuser -u sendit-watcher -- sendit-watcher status | grep -A3 "LOST ROOTS:" | grep -q "closed"'
+drop_as /data/incoming B F
+check "... the other roots are served (F imported)" wait_for 30 status_is F done
+check "... none of its rows is removed (H still done)" status_is H done
+chmod 0755 /data/closed
+check "readable again: picked up without a restart (no LOST ROOT)" wait_for 20 bash -c \
+  '[[ $(systemctl show -p StatusText --value sendit-watcher) != *"LOST ROOT"* ]]'
+drop_as /data/closed C G
+imported_once() { wait_for 30 status_is G done && status_is H done && [ "$(q "select imports from sendit.batch where path = 'H'")" = 1 ]; }
+check "... G imported from it, H imported once and still done" imported_once
+
+# A root readable only by group pacs; `adduser sendit-watcher pacs` and `systemctl reload`: the running service cannot
+# take the group; the reload says that a restart is needed, naming the root. The restart takes it.
+groupadd -f pacs && mkdir -p /data/pacs && chgrp pacs /data/pacs && chmod 0750 /data/pacs
+printf '[watch:pacs]\npath = /data/pacs\n' > /etc/sendit-watcher/conf.d/70-pacs.conf
+check "systemctl reload adding a root of group pacs" systemctl reload sendit-watcher
+check "... reported lost: not readable" wait_for 15 bash -c \
+  '[[ $(systemctl show -p StatusText --value sendit-watcher) == *"LOST ROOT pacs (not readable"* ]]'
+{ adduser -q sendit-watcher pacs 2>/dev/null || usermod -a -G pacs sendit-watcher; }
+since=$(date '+%Y-%m-%d %H:%M:%S')
+check "adduser sendit-watcher pacs; systemctl reload" systemctl reload sendit-watcher
+restart_said() {
+  journal_since "$since" | grep -q 'reload: \[watch:pacs\] path /data/pacs is not readable by this process.*user sendit-watcher is in group(s) pacs now.*restart the service (systemctl restart sendit-watcher)'
+}
+check "... the reload says a restart is needed to read /data/pacs" wait_for 15 restart_said
+journal_since "$since" | grep 'reload: \[watch:pacs\]' | sed 's/^/   /'
+check "... systemctl restart: the root of group pacs is watched" bash -c 'systemctl restart sendit-watcher && sleep 6 &&
+  [[ $(systemctl show -p StatusText --value sendit-watcher) != *"LOST ROOT"* ]]'
+echo "   StatusText: $(status_text)"
+drop_as /data/pacs D P
+check "... P imported from it" wait_for 30 status_is P done
+
+# A drain that runs out of time (drain_seconds = 1, a 3,000-file folder in hand): the worker is told to abandon it,
+# exits and releases its semaphores; no "leaked semaphore" warning of multiprocessing's resource tracker.
+printf '[watcher]\ndrain_seconds = 1\n' > /etc/sendit-watcher/conf.d/80-drain.conf
+systemctl restart sendit-watcher
+drain_out() {
+  drop_as /data/incoming BIG BIG2 || return 1
+  wait_for 60 importing BIG2 || { echo "   BIG2 was never seen importing"; return 1; }
+  since=$(date '+%Y-%m-%d %H:%M:%S'); systemctl stop sendit-watcher || return 1
+  journal_since "$since" | tail -n 5 | sed 's/^/   /'
+  journal_since "$since" | grep -q 'did not finish within 1 s; stopped' || { echo "   the drain did not run out"; return 1; }
+  ! journal_since "$since" | grep -e 'leaked semaphore' -e 'resource_tracker' -e Traceback -e '; killed'
+}
+check "a drain that runs out of time ends without a 'leaked semaphore' warning, nothing killed" drain_out
+check "... its folder rolled back (BIG2 still queued)" status_is BIG2 queued
+rm /etc/sendit-watcher/conf.d/60-closed.conf /etc/sendit-watcher/conf.d/70-pacs.conf /etc/sendit-watcher/conf.d/80-drain.conf
+check "... started again" systemctl start sendit-watcher
+check "... BIG2 imported" wait_for 120 status_is BIG2 done
+# --- (fixes) end
+
 exposure=$(systemd-analyze security sendit-watcher | sed -n 's/.*Overall exposure level for sendit-watcher.service: \([0-9.]*\).*/\1/p')
 echo "   systemd-analyze security sendit-watcher: exposure $exposure"
 check "exposure <= 1.5" python3 -c "import sys; sys.exit(not float('$exposure') <= 1.5)"
