@@ -1,4 +1,4 @@
-"""Whether a watch root is still the file system it was: absence is not deletion (issue 19).
+"""Whether a watch root is still the file system it was: absence is not deletion.
 
 A root's identity is recorded per host at first sight (table ``root_identity``): its device and inode, whether
 it is a mount point, and the file system it is on (type, source and fsid, from /proc/self/mountinfo and

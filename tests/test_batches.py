@@ -122,7 +122,7 @@ def _shown(conn: Connection) -> dict[int, BatchStatus]:
 
 def test_another_clients_advisory_locks_neither_stall_an_import_nor_look_like_one(
         conn: Connection, database: DatabaseConfig) -> None:
-    """Issue 19 item 4: another client's pg_advisory_lock(1) made batch 1 look importing and stalled its
+    """Another client's pg_advisory_lock(1) made batch 1 look importing and stalled its
     re-import. Ours are two-key locks in a class of their own; theirs (any one-bigint key, and the two-key
     (0, id) and (id, 0)) are not ours."""
     batch_id = batches.enqueue(conn, "incoming", "A")

@@ -1,4 +1,4 @@
-"""The hand-off never goes quiet or lies (issue 19 item 4): a failed batch that succeeds again is news, and
+"""The hand-off never goes quiet or lies: a failed batch that succeeds again is news, and
 `listen` survives its connection being terminated, replaying from the last seq it printed."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _terminate_listener(admin: psycopg.Connection[object], dbname: str) -> int:
 
 def test_listen_survives_its_connection_being_terminated_with_no_gap_and_no_duplicate(
         conn: Connection, database: DatabaseConfig, tmp_path: Path) -> None:
-    """Issue 19 item 4: `listen` died with a traceback when its backend was terminated (a restart, a failover).
+    """`listen` died with a traceback when its backend was terminated (a restart, a failover).
     Now it says so on one line, reconnects, and prints every batch once, in order: those that finished while it
     could not connect are replayed from the last seq it printed."""
     config = write_config(tmp_path / "watcher.conf", database, {})

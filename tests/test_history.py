@@ -1,8 +1,8 @@
-"""History does not change what the catch-up scan decides, nor what `status` and `metrics` count (issue 19 item
-9): the scan reads only the rows of the folders on disk and of those that may be gone, and the counts come from
-batch_tally; for generated histories of folders written, deleted, recreated, imported, failed and retried, both
-equal the full comparison over every row (hypothesis), and named cases for a recreated name, the hand-off and
-a schema migrated from before the tally."""
+"""History does not change what the catch-up scan decides, nor what `status` and `metrics` count: the scan reads only
+the rows of the folders on disk and of those that may be gone, and the counts come from batch_tally; for generated
+histories of folders written, deleted, recreated, imported, failed and retried, both equal the full comparison over
+every row (hypothesis), and named cases for a recreated name, the hand-off and a schema migrated from before the
+tally."""
 
 from __future__ import annotations
 

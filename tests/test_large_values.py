@@ -1,11 +1,9 @@
-"""Memory is bounded per value, not per file (issue 19, item 6): a value that is not stored is never read, by
-either reader, in either full_header mode, and the file is still its instance; a file whose stored header is too
-big for a row is rejected alone (`header-too-large`), never failing its folder. Inside a sequence too (issue 21,
-items 3-4): the lean reader reads of a value only what deciding and storing it takes, counted in bytes read
-(``stream.COUNTS``) and, for a 300 MiB value, in peak RSS.
+"""Memory is bounded per value, not per file: a value that is not stored is never read, by either reader, in either
+full_header mode, and the file is still its instance; a file whose stored header is too big for a row is rejected
+alone (`header-too-large`), never failing its folder. Inside a sequence too: the lean reader reads of a value only
+what deciding and storing it takes, counted in bytes read (``stream.COUNTS``) and, for a 300 MiB value, in peak RSS.
 
-The large files are sparse (a hole where the value is), so they cost no disk; they are deleted with tmp_path.
-"""
+The large files are sparse (a hole where the value is), so they cost no disk; they are deleted with tmp_path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rows recorded by versions 1.0 and 1.1 (issue 22, item 4): their folder fingerprint is name, size and mtime (no
+"""Rows recorded by versions 1.0 and 1.1: their folder fingerprint is name, size and mtime (no
 ctime), and their files have no ctime_ns. After an upgrade the catch-up scan reads none of their unchanged folders,
 and a changed one reads its new files only."""
 

@@ -1,4 +1,4 @@
-"""The loop, races, memory and secrets (issue 11, items 5, 11, 12, 10): the event loop survives names and reloads,
+"""The loop, races, memory and secrets: the event loop survives names and reloads,
 an ad-hoc import is never taken by a running service, a worker never claims a root it lacks, the import's memory
 is bounded, and the DSN keeps its secrets and the operator's settings."""
 
@@ -59,7 +59,7 @@ def still_serving(service: ServiceProcess, conn: Connection, root: Path, name: s
 def test_a_batch_folder_whose_name_is_not_utf8_is_imported(services: Callable[..., ServiceProcess], conn: Connection,
                                                           tmp_path: Path, database: DatabaseConfig,
                                                           incoming: Path) -> None:
-    """Issue 11 item 5: b"bad\\xff\\xfe.tmp" renamed to b"bad\\xff\\xfe": imported, its name stored escaped."""
+    """A folder b"bad\\xff\\xfe.tmp" renamed to b"bad\\xff\\xfe": imported, its name stored escaped."""
     service = services(write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}))
     temporary = os.fsencode(incoming) + b"/bad\xff\xfe.tmp"
     os.mkdir(temporary)
@@ -81,7 +81,7 @@ def test_a_batch_folder_whose_name_is_not_utf8_is_imported(services: Callable[..
 def test_a_reload_that_drops_a_root_with_a_settling_folder(services: Callable[..., ServiceProcess], conn: Connection,
                                                            tmp_path: Path, database: DatabaseConfig,
                                                            incoming: Path) -> None:
-    """Issue 11 item 5: SIGHUP with a conffile without a root while one of its folders settles (created under
+    """SIGHUP with a conffile without a root while one of its folders settles (created under
     its final name, files still arriving): the service stays up and the remaining root imports."""
     gone = tmp_path / "gone"
     gone.mkdir()
@@ -124,7 +124,7 @@ def test_a_reload_that_drops_a_root_with_a_settling_folder(services: Callable[..
 def test_an_ad_hoc_import_is_never_taken_by_a_running_service(services: Callable[..., ServiceProcess],
                                                                conn: Connection, tmp_path: Path,
                                                                database: DatabaseConfig, incoming: Path) -> None:
-    """Issue 11 item 11: `import FOLDER` of a folder under a watch root, 25 times with a service running on the
+    """`import FOLDER` of a folder under a watch root, 25 times with a service running on the
     same database: every batch is imported by the command line's host; so are 4 folders of one command. (The
     folders end in .tmp so that the service never queues them itself: only the command line creates their rows.)"""
     roots = {"incoming": incoming}
@@ -158,7 +158,7 @@ def test_an_ad_hoc_import_is_never_taken_by_a_running_service(services: Callable
 def test_a_worker_never_claims_a_root_it_does_not_have(services: Callable[..., ServiceProcess], conn: Connection,
                                                        tmp_path: Path, database: DatabaseConfig,
                                                        incoming: Path) -> None:
-    """Issue 11 item 11: a worker-only host without root 'other' leaves other's batches queued; a host that has
+    """A worker-only host without root 'other' leaves other's batches queued; a host that has
     the root imports them."""
     other = tmp_path / "other"
     other.mkdir()
@@ -206,7 +206,7 @@ def big_header_files(folder: Path, files: int, size: int) -> None:
 
 def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn: Connection,
                                   figures: Callable[[str], None]) -> None:
-    """Issue 11 item 12: 200 files with 1 MB headers, `import --processes 2`, full header, and a slow COPY (the
+    """200 files with 1 MB headers, `import --processes 2`, full header, and a slow COPY (the
     import's PostgreSQL backend paused with SIGSTOP for 6 s while the files are parsed): peak RSS < 150 MB."""
     folder = tmp_path / "MEMORY"
     big_header_files(folder, 200, 1 << 20)
@@ -259,7 +259,7 @@ def test_import_memory_is_bounded(tmp_path: Path, database: DatabaseConfig, conn
 
 
 def test_an_unquoted_password_with_a_space_is_never_printed(tmp_path: Path) -> None:
-    """Issue 11 item 10: `password=Tr0ub4dor horse-battery-staple` in the dsn: check-config and status never show
+    """`password=Tr0ub4dor horse-battery-staple` in the dsn: check-config and status never show
     any part of it (libpq's parse error echoes the fragment)."""
     (tmp_path / "in").mkdir()
     database = DatabaseConfig(dsn="host=127.0.0.1 port=9 user=someone password=Tr0ub4dor horse-battery-staple",
@@ -273,7 +273,7 @@ def test_an_unquoted_password_with_a_space_is_never_printed(tmp_path: Path) -> N
 
 
 def test_the_operators_options_in_the_dsn_are_kept(database: DatabaseConfig) -> None:
-    """Issue 11 item 10: `options=-c statement_timeout=12345` in the dsn survives our own session settings."""
+    """`options=-c statement_timeout=12345` in the dsn survives our own session settings."""
     mine = DatabaseConfig(dsn=f"{database.dsn} options='-c statement_timeout=12345'", schema=database.schema)
     with connect(mine) as conn:
         assert scalar(conn, "SHOW statement_timeout") == "12345ms"

@@ -142,7 +142,7 @@ def test_duplicate_becomes_the_instance_when_its_original_is_gone(conffile: Path
     (a / "IM00000.dcm").unlink()
     run_import(conffile, a)
     # B's duplicate is the only copy now. B was imported by hand from outside every root, which no worker has:
-    # A's import read B's copy itself, in its own transaction, rather than queue B for ever (issue 19).
+    # A's import read B's copy itself, in its own transaction, rather than queue B for ever.
     assert instance_rows(conn, uids[0]) == [(str(b)[1:], "copy.dcm")]
     assert batch_of(conn, b)[:3] == ("done", 3, 0)
     assert_mirror(conn)

@@ -1,4 +1,4 @@
-"""Time and odd entries (issue 19 item 8), through the running service: files dated in the future settle like any
+"""Time and odd entries, through the running service: files dated in the future settle like any
 other folder, and a root's lost+found never becomes a batch, by event or by catch-up."""
 
 from __future__ import annotations

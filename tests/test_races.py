@@ -1,4 +1,4 @@
-"""Races between imports that lose rows (issue 19, item 2): two workers, each with its own connection, import
+"""Races between imports that lose rows: two workers, each with its own connection, import
 folders that hold the same SOP instances while folders are deleted, renamed and copied; whatever the order in
 which their statements and commits interleave, once the queue is drained every SOP instance on disk has exactly
 one instance row at a path that exists, every row's path exists, and rows = files.

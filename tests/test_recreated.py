@@ -1,4 +1,4 @@
-"""A folder deleted and created again under its name, or renamed away and back (issue 19, item 3), through the
+"""A folder deleted and created again under its name, or renamed away and back, through the
 running service: a recreated folder settles like any new one (never announced half written), and a folder that
 comes back by rename within settle_seconds is the same folder (nothing read again, nothing announced).
 

@@ -1,4 +1,4 @@
-"""Reload is all or nothing (issue 19 item 5): a new database moves every part of the service, or the reload is
+"""Reload is all or nothing: a new database moves every part of the service, or the reload is
 refused and the running configuration keeps working; `systemctl reload`'s command line fails on an invalid file."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _reloaded(service: ServiceProcess, what: str) -> None:
 def test_a_reload_with_a_new_database_moves_every_part_of_the_service(
         services: Callable[[Path], ServiceProcess], conn: Connection, database: DatabaseConfig,
         other_database: DatabaseConfig, incoming: Path, tmp_path: Path) -> None:
-    """Issue 19 item 5: a new dsn on reload moved the workers and the catch-up but not the main loop, whose
+    """A new dsn on reload moved the workers and the catch-up but not the main loop, whose
     folders stayed queued in the old database. Now the new database is migrated (migrate_on_start), then the
     main loop, the workers and the catch-up scan all use it."""
     config = tmp_path / "watcher.conf"

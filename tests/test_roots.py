@@ -1,4 +1,4 @@
-"""Absence is not deletion (issue 19): a watch root that is not the file system it was (unmounted, another
+"""Absence is not deletion: a watch root that is not the file system it was (unmounted, another
 file system, a directory made anew, a worker host that cannot see it) never has a row removed nor a batch
 emptied; it is reported lost (STATUS, `status`, `metrics`, the journal) until it is back or adopted.
 

@@ -284,7 +284,7 @@ def test_a_reload_that_changes_the_role_is_refused_until_a_restart(service: Serv
                                                                    incoming: Path, tmp_path: Path,
                                                                    database: DatabaseConfig) -> None:
     """Found by an outside attack: a new role was silently ignored on reload (the workers and watches are
-    started by role). A reload is all or nothing (issue 19 item 5): a new role needs a restart, so the whole
+    started by role). A reload is all or nothing: a new role needs a restart, so the whole
     reload is refused, saying so, and nothing else of the file applies."""
     write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, role="watcher", settle_seconds=60)
     service.signal(signal.SIGHUP)

@@ -303,7 +303,7 @@ def test_generated_trees_one_row_per_entry_and_nothing_outside_read(
 
 
 def test_a_500_level_chain_is_walked_to_its_bottom(conn: Connection, tree_conffile: Path, tmp_path: Path) -> None:
-    """Issue 11 (6): 500 nested folders (a recursive walk dies near 1,000), a non-UTF-8 name every 7 levels, an
+    """500 nested folders (a recursive walk dies near 1,000), a non-UTF-8 name every 7 levels, an
     instance and a link out at the bottom: instance imported, link rejected, nothing outside read."""
     tree_property(conn, tree_conffile, tmp_path, [(b"sub", [(b"\xff\xfe", "dicom"), (b"a\nb", "link-outside-dir")])],
                   500)

@@ -1,4 +1,4 @@
-"""Watches inside settling folders (issue 19 item 7): every real directory of a settling folder is watched, no
+"""Watches inside settling folders: every real directory of a settling folder is watched, no
 symbolic link is ever watched nor entered, and nothing outside the root is watched, even for a moment. The watch
 table is read from the kernel itself (/proc/self/fdinfo of the inotify descriptor: the inode of each watch)."""
 

@@ -62,7 +62,7 @@ drop "$spool" B
 check "reload picked up a new watch root from conf.d/50-second.conf (the default root)" wait_for 30 batch_is B done:$FILES
 check "reload kept the main process" [ "$(main_pid)" = "$pid" ]
 
-# The data is not the service's state (issue 22 item 3): an operator's chgrp in the default root, tmpfiles as at
+# The data is not the service's state: an operator's chgrp in the default root, tmpfiles as at
 # boot and a restart change no file there (no chown by systemd: every ctime and owner as before), and the catch-up
 # reads no folder again. The root is owned by root, not the service user: a StateDirectory= would chown it.
 catch_ups() { journalctl -u sendit-watcher -o cat --no-pager | grep -c '^catch-up scan:'; }
@@ -149,7 +149,7 @@ drop /data/incoming E
 check "after the watchdog restart: imported" wait_for 30 batch_is E done:$FILES
 rm -r /etc/systemd/system/sendit-watcher.service.d; systemctl daemon-reload
 
-# --- (fixes) Issue 22, outside attack: a root closed to the service, a group joined after the start, a drain that
+# --- An outside attack: a root closed to the service, a group joined after the start, a drain that
 # runs out of time. Each is a lost root or a clean stop, never exit 78, never a silent root, never a journal warning.
 drop_as() { cp -r "/e2e-in/studies/$2" "$1/$3.tmp" && mv "$1/$3.tmp" "$1/$3"; }  # drop_as ROOT STUDY NAME
 status_text() { systemctl show -p StatusText --value sendit-watcher; }

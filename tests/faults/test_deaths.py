@@ -1,4 +1,4 @@
-"""A worker that dies on one folder again and again (issue 19, item 6: OOM-killed 33 times in 60 s while the folder
+"""A worker that dies on one folder again and again (OOM-killed 33 times in 60 s while the folder
 stayed queued and blocked the one behind it): after DEATHS_LIMIT deaths the folder is failed with the reason, and
 the folder queued behind it is imported. Deaths are real: the worker is SIGKILLed (what the OOM killer sends) while
 it imports, found by the attempt it recorded. A stop of the service (its drain) is not a death."""

@@ -1,4 +1,4 @@
-"""Values, errors, the failure policy and retries (issue 11, items 1, 2, 3, 4, 9): one odd value never fails a
+"""Values, errors, the failure policy and retries: one odd value never fails a
 folder, no error text carries a value, a failed folder is not failed again while unchanged, a poison batch never
 blocks the queue, and a file unreadable once is read when it becomes readable."""
 
@@ -151,7 +151,7 @@ def service_and_listener(tmp_path: Path, database: DatabaseConfig, incoming: Pat
 
 def test_non_finite_floats_nul_characters_and_huge_numbers_are_instances(tmp_path: Path, database: DatabaseConfig,
                                                                          conn: Connection) -> None:
-    """Issue 11 item 1: FD/FL NaN and ±Inf, U+0000 inside LT/ST/UT, InstanceNumber 1e999."""
+    """FD/FL NaN and ±Inf, U+0000 inside LT/ST/UT, InstanceNumber 1e999."""
     folder = tmp_path / "ODD"
     make_study(folder, 1)
     ct_file(folder / "fd-nan.dcm", elements=((0x00082134, "FD", float("nan")),))  # EventTimeOffset
@@ -207,7 +207,7 @@ def leaks(service: ServiceProcess, listener: Listener, conn: Connection, config:
 
 def test_a_program_limit_error_stores_its_sqlstate_and_no_value(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path, tmp_path: Path) -> None:
-    """Issue 11 item 2: a 12,000-character PatientID (more than an index entry holds: SQLSTATE 54000 unless the
+    """A 12,000-character PatientID (more than an index entry holds: SQLSTATE 54000 unless the
     file is rejected on its own) and an operator's trigger raising 54000 with the PatientID in its DETAIL: the
     markers go nowhere, and a stored error names SQLSTATE 54000."""
     add_program_limit_trigger(conn)
@@ -259,7 +259,7 @@ def assert_poison_handled(conn: Connection) -> None:
 
 def test_a_constraint_violation_stores_the_constraint_and_no_row(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path, tmp_path: Path) -> None:
-    """Issue 11 item 2: a CHECK violation's DETAIL ("Failing row contains (...)" with every value of the row)
+    """A CHECK violation's DETAIL ("Failing row contains (...)" with every value of the row)
     never leaves the process; the stored error names SQLSTATE 23514 and the constraint."""
     conn.execute("ALTER TABLE patient ADD CONSTRAINT provoked_by_test CHECK (patient_id <> 'CHECKME-PHI-4242')")
     conn.commit()
@@ -282,7 +282,7 @@ def test_a_constraint_violation_stores_the_constraint_and_no_row(service_and_lis
 
 def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path) -> None:
-    """Issue 11 item 3: rescan_interval = 1 s; the failed batch keeps its finished_seq and attempts for 5 s and
+    """With rescan_interval = 1 s, the failed batch keeps its finished_seq and attempts for 5 s and
     listen gets one line, while a folder dropped meanwhile is imported within 10 s; a file added to the folder
     queues it again."""
     uids = make_study(incoming / "R.tmp", 3)  # R's instances, and only R's, break a constraint
@@ -316,7 +316,7 @@ def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_an
 
 def test_a_poison_batch_fails_and_later_folders_still_import(service_and_listener: Callable[..., tuple[
         ServiceProcess, Listener]], conn: Connection, incoming: Path, figures: Callable[[str], None]) -> None:
-    """Issue 11 item 4: a batch whose import raises SQLSTATE 54000 (an operator's trigger) fails with a reason
+    """A batch whose import raises SQLSTATE 54000 (an operator's trigger) fails with a reason
     and so does the 12,000-character PatientID folder (or its file is rejected alone); three folders dropped after
     them are imported within 30 s by the one worker."""
     add_program_limit_trigger(conn)
@@ -355,7 +355,7 @@ def world_readable_dir() -> Iterator[Path]:
 
 def test_a_file_unreadable_once_is_read_after_chmod(world_readable_dir: Path, database: DatabaseConfig,
                                                     conn: Connection) -> None:
-    """Issue 11 item 9: mode 000 at the first import (as 'nobody': root ignores modes) -> rejected unreadable;
+    """Mode 000 at the first import (as 'nobody': root ignores modes) -> rejected unreadable;
     after chmod 644 the same command makes it an instance."""
     folder = world_readable_dir / "U"
     make_study(folder, 3)

@@ -1,4 +1,4 @@
-"""The recipes of README "Connecting a DICOM receiver" (issue 12 §3), each with the real program against the
+"""The recipes of README "Connecting a DICOM receiver", each with the real program against the
 running service: DCMTK storescp (spool + --exec-on-eostudy mv, straight into the root with a pause, with
 --rename-on-eostudy), pynetdicom's storescp, rsync (NAME.tmp + mv, and plain), cp -r, mv from a tmpfs, and the
 finished_marker rule. Each checks: every SOP instance sent is one instance row at an existing path, nothing stuck,

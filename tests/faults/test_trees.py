@@ -1,7 +1,7 @@
-"""What arrives in the roots (issue 11, items 0, 6, 7, 8): nested studies copied in by real programs, trees
+"""What arrives in the roots: nested studies copied in by real programs, trees
 deeper than any recursion limit, folders swapped for symbolic links, names that are not UTF-8.
 
-Each test names the item of issue 11 it proves; they run the service or the command line as real processes."""
+They run the service or the command line as real processes."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def nested_study(study: Path, depth: int) -> int:
 def test_nested_study_copied_under_its_final_name_settles_and_imports(
         program: str, start_service: Callable[..., ServiceProcess], conn: Connection, incoming: Path,
         tmp_path: Path) -> None:
-    """Issue 11 item 0: `cp -r`, `rsync -a` and `mv` from another file system, depths 1 to 5."""
+    """`cp -r`, `rsync -a` and `mv` from another file system, depths 1 to 5."""
     service = start_service(settle_seconds=1)
     source = tmp_path / "source"
     source.mkdir()
@@ -118,7 +118,7 @@ def deep_chain(top: Path, levels: int) -> None:
 def test_deep_trees_fail_nothing_and_catch_up_keeps_working(start_service: Callable[..., ServiceProcess],
                                                             conn: Connection, incoming: Path, tmp_path: Path,
                                                             figures: Callable[[str], None]) -> None:
-    """Issue 11 item 6: 600 levels (renamed in: queued at once) and 1,100 levels (copied in: settles)."""
+    """600 levels (renamed in: queued at once) and 1,100 levels (copied in: settles)."""
     service = start_service(settle_seconds=1, rescan_interval=2)
     source = tmp_path / "deep-source"
     source.mkdir()
@@ -163,7 +163,7 @@ def test_deep_trees_fail_nothing_and_catch_up_keeps_working(start_service: Calla
 def test_a_queued_folder_swapped_for_a_symlink_reads_nothing_outside(start_service: Callable[..., ServiceProcess],
                                                                      conn: Connection, incoming: Path,
                                                                      tmp_path: Path) -> None:
-    """Issue 11 item 7: queued, then replaced by `ln -s /elsewhere NAME` before a worker claims it."""
+    """Queued, then replaced by `ln -s /elsewhere NAME` before a worker claims it."""
     service = start_service(workers=1)
     elsewhere = tmp_path / "elsewhere"
     outside = make_study(elsewhere, 1)
@@ -195,7 +195,7 @@ def test_a_queued_folder_swapped_for_a_symlink_reads_nothing_outside(start_servi
 def test_a_subfolder_swapped_for_a_symlink_mid_import_reads_nothing_outside(tmp_path: Path, database: DatabaseConfig,
                                                                             conn: Connection,
                                                                             figures: Callable[[str], None]) -> None:
-    """Issue 11 item 7: an intermediate sub-folder replaced by a symlink while `import` runs; either outcome is
+    """An intermediate sub-folder replaced by a symlink while `import` runs; either outcome is
     fine as long as nothing outside the folder is read."""
     folder = tmp_path / "TREE"
     for series in range(12):
@@ -231,7 +231,7 @@ def test_a_subfolder_swapped_for_a_symlink_mid_import_reads_nothing_outside(tmp_
 
 def test_a_subfolder_with_a_non_utf8_name_is_entered(tmp_path: Path, database: DatabaseConfig,
                                                      conn: Connection) -> None:
-    """Issue 11 item 8: its two files are instances; the folder reports 4 files when there are 4."""
+    """Its two files are instances; the folder reports 4 files when there are 4."""
     folder = tmp_path / "NAMES"
     make_study(folder, 2)
     make_study(Path(os.fsdecode(os.fsencode(folder) + b"/series-\xff\xfe")), 2)
@@ -245,7 +245,7 @@ def test_a_subfolder_with_a_non_utf8_name_is_entered(tmp_path: Path, database: D
 
 def test_names_that_differ_only_in_undecodable_bytes_stay_distinct(tmp_path: Path, database: DatabaseConfig,
                                                                    conn: Connection) -> None:
-    """Issue 11 item 8: b"a\\xff", b"a\\xfe" and the literal text a\\xff are three rows, not one."""
+    """Three rows, not one: b"a\\xff", b"a\\xfe" and the literal text a\\xff are different names."""
     folder = tmp_path / "COLLIDE"
     sources = tmp_path / "sources"
     uids = make_study(sources, 3)
