@@ -94,8 +94,9 @@ TAIL = r""".SH ENVIRONMENT
 the configuration file, when \fB\-\-config\fR is not given
 .TP
 .B CREDENTIALS_DIRECTORY
-set by systemd for \fBLoadCredential=\fR; a credential named \fBpgpass\fR there becomes libpq's
-\fBPGPASSFILE\fR (unless that is set)
+set by systemd for \fBLoadCredential=\fR; a credential named \fBpgpass\fR there (libpq's pgpass format) is read
+by sendit\-watcher and its password handed to libpq when the \fBdsn\fR, \fBPGPASSWORD\fR and \fBpassfile\fR give
+none (libpq itself refuses the group\-readable file systemd 257 mounts)
 .TP
 .BR PGHOST ", " PGPORT ", " PGDATABASE ", " PGUSER ", " PGPASSFILE ", " PGSERVICE ", ..."
 libpq's own variables, used for whatever the \fBdsn\fR leaves out

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from sendit_watcher import pgpass
 from sendit_watcher.config import DatabaseConfig, redact_dsn
 from sendit_watcher.errors import DatabaseUnavailable, one_line
 
-__all__ = ["Connection", "connect", "describe_failure", "session_options", "use_credential_pgpass"]
+__all__ = ["Connection", "connect", "describe_failure", "session_options"]
 
 Connection = psycopg.Connection[TupleRow]
 
 
 def connect(database: DatabaseConfig, *, autocommit: bool = False, application: str = "sendit-watcher") -> Connection:
-    """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure."""
-    use_credential_pgpass()
+    """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure. A
+    password the DSN lacks comes from the pgpass credential, when systemd passed one (pgpass.py)."""
+    password = pgpass.password_for(database.dsn)
     try:
         conn = psycopg.connect(
             database.dsn,
+            password=password,  # None: libpq decides (psycopg leaves out None values)
             autocommit=autocommit,
             connect_timeout=max(1, round(database.connect_timeout)),
             application_name=application,
@@ -49,13 +50,6 @@ def session_options(database: DatabaseConfig) -> str:
     ours = f"-c search_path={database.schema}"
     theirs = conninfo_to_dict(database.dsn).get("options") if database.dsn.strip() else None
     return f"{theirs} {ours}" if theirs else ours
-
-
-def use_credential_pgpass() -> None:
-    """Point libpq at a pgpass file passed by systemd (``LoadCredential=pgpass:...``) unless PGPASSFILE is set."""
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if directory and "PGPASSFILE" not in os.environ and os.path.isfile(os.path.join(directory, "pgpass")):
-        os.environ["PGPASSFILE"] = os.path.join(directory, "pgpass")
 
 
 def describe_failure(database: DatabaseConfig, exc: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -228,19 +227,6 @@ def test_check_config_shows_every_option_of_a_watch_and_an_empty_marker_not_at_a
     assert f"[watch:a]\npath = {tmp_path}/a\nevents = ALL_EVENTS\nprocessor = {processor}\n\n" in out
     assert (f"[watch:b]\npath = {tmp_path}/b\nevents = IN_CLOSE_WRITE|IN_CREATE|IN_MOVED_TO\n"
             f"processor = {processor}\nfinished_marker = DONE\n") in out
-
-
-def test_a_systemd_credential_pgpass_is_handed_to_libpq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sendit_watcher.db import use_credential_pgpass
-
-    monkeypatch.setenv("PGPASSFILE", "")  # so that monkeypatch restores its absence: use_credential_pgpass sets it
-    monkeypatch.delenv("PGPASSFILE")  # in os.environ, where it would reach every later test's services
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    use_credential_pgpass()
-    assert "PGPASSFILE" not in os.environ  # no credential named pgpass: libpq's own default stays
-    (tmp_path / "pgpass").write_text("db:5432:sendit:sendit:secret\n")
-    use_credential_pgpass()
-    assert os.environ["PGPASSFILE"] == str(tmp_path / "pgpass")
 
 
 def test_conf_d_files_are_read_after_the_file_in_name_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]
