@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import psycopg
 
-from sendit_watcher import __version__, batches, handoff, metrics, report, roots, status
+from sendit_watcher import __version__, batches, handoff, metrics, privileges, report, roots, status
 from sendit_watcher import config as configuration
 from sendit_watcher.batch_import import Failure, FolderPool, Outcome, import_batch
 from sendit_watcher.config import Config
@@ -35,7 +35,8 @@ def _epilog() -> str:
     codes = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
                       for code, text in EXIT_CODES.items())
     return (f"exit codes:\n{codes}\n\nconfiguration: --config PATH, else ${configuration.CONFIG_ENV}, else "
-            f"{configuration.DEFAULT_CONFIG_PATH}.\nSee sendit-watcher(8) for every option.")
+            f"{configuration.DEFAULT_CONFIG_PATH}.\ntyped by root, every command but run runs as user sendit-watcher "
+            f"(${privileges.USER_VARIABLE}; empty, or --as-root: root).\nSee sendit-watcher(8) for every option.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dsn", help="PostgreSQL conninfo or URI; overrides [database] dsn")
     parser.add_argument("--log-level", choices=configuration.LOG_LEVELS,
                         help="log level; default [watcher] log_level for run, warning for other commands")
+    parser.add_argument("--as-root", action="store_true",
+                        help="typed by root, stay root (by default a command but run switches to the service's user "
+                             "sendit-watcher, or $SENDIT_WATCHER_USER, to reach the database as the service does)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add(commands, "run", "run the watcher service in the foreground (what systemd starts)", _add_run_options)
     _add(commands, "import", "import folders now, each as one batch", _add_import_options)
@@ -130,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = configuration.load(args.config, dsn=args.dsn)
         setup_logging(args.log_level or (config.watcher.log_level if args.command == "run" else "warning"))
+        _switch_user(args)
         code = int(_COMMANDS[args.command](config, args))
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
@@ -145,6 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _switch_user(args: argparse.Namespace) -> None:
+    """Typed by root, become the service's user (privileges.py), after the configuration was read as root. A
+    ``metrics --textfile`` stays root to write the file and reads the database in a child that switches
+    (``args.switch_to``)."""
+    user = privileges.service_user(args.command, args.as_root)
+    args.switch_to = None
+    if user is not None and args.command == "metrics" and args.textfile is not None:
+        args.switch_to = user
+    elif user is not None:
+        privileges.become(user)
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
@@ -312,13 +329,28 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def _metrics(config: Config, args: argparse.Namespace) -> int:
+    """The metrics on stdout; or in a textfile, which says ``sendit_watcher_up 0`` (and the command exits non-zero)
+    when the database could not be read."""
+    render = partial(_render_metrics, config)
+    if args.textfile is None:
+        sys.stdout.write(render())
+        return EXIT_OK
+    code, text = privileges.output_as(args.switch_to, render) if args.switch_to else _rendered(render)
+    metrics.write_textfile(args.textfile, text if code == EXIT_OK else metrics.render_down())
+    return code
+
+
+def _render_metrics(config: Config) -> str:
     with _open(config) as conn:
-        text = metrics.render(conn)
-    if args.textfile:
-        metrics.write_textfile(args.textfile, text)
-    else:
-        sys.stdout.write(text)
-    return EXIT_OK
+        return metrics.render(conn)
+
+
+def _rendered(render: Callable[[], str]) -> tuple[int, str]:
+    try:
+        return EXIT_OK, render()
+    except SenditError as exc:
+        print(f"sendit-watcher: {exc}", file=sys.stderr)
+        return exc.exit_code, ""
 
 
 def _adopt_root(config: Config, args: argparse.Namespace) -> int:

@@ -9,9 +9,12 @@ from pathlib import Path
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.db import Connection
 from sendit_watcher.roots import records
-from sendit_watcher.status import by_status_and_host
+from sendit_watcher.status import by_status_and_host, last_success
 
-__all__ = ["render", "write_textfile"]
+__all__ = ["render", "render_down", "write_textfile"]
+
+_UP = ("# HELP sendit_watcher_up 1 when this reading of the metrics reached the database, 0 when it could not "
+       "(then no other metric is written)", "# TYPE sendit_watcher_up gauge")
 
 def _labels(**labels: str) -> str:
     def escape(value: str) -> str:
@@ -45,7 +48,19 @@ def render(conn: Connection) -> str:
               " missing): its rows are kept, its batches wait", "# TYPE sendit_root_lost gauge"]
     lines += [f"sendit_root_lost{_labels(root=r.root, host=r.host)} {0 if r.lost_reason is None else 1}"
               for r in records(conn)]
-    return "\n".join(lines) + "\n"
+    success = last_success(conn)
+    stamp = 0 if success is None else round(success.timestamp(), 3)
+    lines += ["# HELP sendit_watcher_last_success_timestamp_seconds when the last import that succeeded (done or empty)"
+              " committed, in seconds since the epoch (0: none yet)",
+              "# TYPE sendit_watcher_last_success_timestamp_seconds gauge",
+              f"sendit_watcher_last_success_timestamp_seconds {stamp}"]
+    return "\n".join([*_UP, "sendit_watcher_up 1", *lines]) + "\n"
+
+
+def render_down() -> str:
+    """What a textfile says when the database could not be read: up 0 and nothing else, so that no count of an
+    earlier reading passes for a current one."""
+    return "\n".join([*_UP, "sendit_watcher_up 0"]) + "\n"
 
 
 _HELP = {

@@ -11,7 +11,8 @@ from sendit_watcher.batches import BatchStatus, Tally, tally
 from sendit_watcher.db import Connection
 from sendit_watcher.locks import BATCH_CLASS
 
-__all__ = ["BatchRow", "Totals", "HostCounts", "recent_batches", "totals", "by_status_and_host"]
+__all__ = ["BatchRow", "Totals", "HostCounts", "recent_batches", "totals", "by_status_and_host",
+           "last_success"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,16 @@ HostCounts = Tally  # batches of one status last handled by one host, with the s
 def by_status_and_host(conn: Connection) -> list[HostCounts]:
     """Batch counts and sums grouped by status and host (host '' for a batch no host has handled yet)."""
     return tally(conn)
+
+
+_LAST_SUCCESS = """
+SELECT finished_at FROM batch WHERE status IN (%(done)s, %(empty)s) AND finished_at IS NOT NULL
+ORDER BY finished_at DESC LIMIT 1
+"""
+
+
+def last_success(conn: Connection) -> datetime | None:
+    """When the last import that succeeded (done, or empty: a folder emptied or removed) committed; the index
+    batch_finished is read backwards, up to the first success."""
+    row = conn.execute(_LAST_SUCCESS, {"done": BatchStatus.DONE, "empty": BatchStatus.EMPTY}).fetchone()
+    return None if row is None else row[0]

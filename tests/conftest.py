@@ -17,6 +17,10 @@ pytest_plugins = [
     "tests.fix_processors",
 ]
 
+# Typed by root, a command switches to the service's user (privileges.py); the suite runs its commands as it is
+# (root, as packaging/dev/test and the autopkgtest run it). tests/test_privileges.py sets a user of its own.
+os.environ["SENDIT_WATCHER_USER"] = ""
+
 _FIGURES: list[str] = []
 
 
