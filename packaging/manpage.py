@@ -28,7 +28,7 @@ HEAD = r""".TH SENDIT\-WATCHER 8 "{date}" "sendit\-watcher {version}" "System Ad
 sendit\-watcher \- import finished DICOM folders from watched directories into PostgreSQL
 .SH SYNOPSIS
 .B sendit\-watcher
-[\fB\-\-config\fR \fIPATH\fR] [\fB\-\-dsn\fR \fIDSN\fR] [\fB\-\-log\-level\fR \fILEVEL\fR]
+[\fB\-\-config\fR \fIPATH\fR] [\fB\-\-dsn\fR \fIDSN\fR] [\fB\-\-log\-level\fR \fILEVEL\fR] [\fB\-\-as\-root\fR]
 \fICOMMAND\fR [\fIARGS\fR]
 .SH DESCRIPTION
 sendit\-watcher watches incoming directories with inotify and imports every finished DICOM folder into
@@ -41,6 +41,11 @@ database by stat alone.
 Each folder is imported in one transaction: every file becomes an instance row or a rejected_file row with
 its reason, and importing again adds only what is new. When a batch ends, \fBNOTIFY sendit_batch\fR carries
 its id.
+.PP
+Typed by root, every command but \fBrun\fR runs as the service's user \fBsendit\-watcher\fR (when it exists), so
+that it reaches the database as the service does (peer authentication with the packaged \fBdsn\fR). The
+configuration is read first, as root. \fB\-\-as\-root\fR stays root; \fBSENDIT_WATCHER_USER\fR names another
+user, and empty keeps root.
 .SH COMMANDS
 .TP
 .B run \fR[\fB\-\-demo\fR]
@@ -64,7 +69,11 @@ duplicate); SIGTERM or a closed stdout ends it with status 0.
 Queue failed batches again.
 .TP
 .B metrics \fR[\fB\-\-textfile\fR \fIPATH\fR]
-Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR.
+Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR (as root, when root typed
+it): \fBsendit_watcher_up\fR, \fBsendit_watcher_last_success_timestamp_seconds\fR, batches by status and
+host, the queue depth and the lost roots. A textfile that cannot be filled says \fBsendit_watcher_up 0\fR
+alone. \fBsendit\-watcher\-metrics.timer\fR (shipped, not enabled) writes
+/var/lib/prometheus/node\-exporter/sendit\-watcher.prom every minute.
 .TP
 .B adopt\-root \fINAME\fR
 Accept the watch root \fINAME\fR as it is now on this host, after a deliberate change (a new share, a root
@@ -92,6 +101,9 @@ TAIL = r""".SH ENVIRONMENT
 .TP
 .B SENDIT_WATCHER_CONFIG
 the configuration file, when \fB\-\-config\fR is not given
+.TP
+.B SENDIT_WATCHER_USER
+the user a command typed by root switches to (default \fBsendit\-watcher\fR; empty: stay root)
 .TP
 .B CREDENTIALS_DIRECTORY
 set by systemd for \fBLoadCredential=\fR; a credential named \fBpgpass\fR there (libpq's pgpass format) is read
@@ -121,6 +133,9 @@ the default watch root (members of group sendit\-watcher may write; the service 
 /usr/lib/systemd/system/sendit\-watcher.service
 the unit; add drop\-ins (\fBRequiresMountsFor=\fR, \fBProtectHome=\fR, \fBLoadCredential=\fR) in
 /etc/systemd/system/sendit\-watcher.service.d/
+.TP
+/usr/lib/systemd/system/sendit\-watcher\-metrics.timer
+every minute, \fBmetrics \-\-textfile\fR into node\-exporter's textfile directory; not enabled by the package
 .SH JOURNAL FIELDS
 Under systemd every line goes to the journal with \fBSYSLOG_IDENTIFIER=sendit\-watcher\fR; a batch line also
 carries \fBSENDIT_BATCH_ID\fR, \fBSENDIT_FOLDER\fR, \fBSENDIT_FILES\fR, \fBSENDIT_INSTANCES\fR,
