@@ -91,10 +91,10 @@ def _died_reason(died: list[str]) -> str:
 
 
 def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int,
-                 progress: Progress | None = None) -> Outcome | None:
+                 progress: Progress | None = None, *, force: bool = False) -> Outcome | None:
     """Claim one given batch (waiting for a worker that holds it) and import it, as it is on disk now (asked for
-    by hand: even when it was queued as a removal)."""
-    return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress)
+    by hand: even when it was queued as a removal); ``force`` reads every file again."""
+    return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress, force=force)
 
 
 class NotHere:
@@ -138,7 +138,7 @@ class _RootLost(Exception):
 
 def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], Batch | None],
          progress: Progress | None, guard: RootGuard | None = None, *, queued: bool = False,
-         not_here: NotHere | None = None) -> Outcome | None:
+         not_here: NotHere | None = None, force: bool = False) -> Outcome | None:
     """Claim, then import; a batch taken from the queue (``queued``) as a removal only loses its rows: what is
     on disk under its name now, if anything, is a new folder, which the watcher queues once it is finished."""
     claimed: Batch | None = None
@@ -152,7 +152,7 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             folder = _folder_to_read(conn, config, claimed, queued, leave_out)
             result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
                                     full_header=config.importing.full_header, progress=progress,
-                                    leave_out=leave_out)
+                                    leave_out=leave_out, force=force)
     except _RootLost as lost:
         return _released(conn, config, lost, guard)
     except _NotVisible as unseen:
@@ -312,9 +312,9 @@ class FolderPool:
     """Imports many batches at once: each of ``processes`` processes imports one whole folder at a time with
     its own connection, so parsing in one overlaps database work in another."""
 
-    def __init__(self, config: Config, processes: int) -> None:
+    def __init__(self, config: Config, processes: int, *, force: bool = False) -> None:
         context = multiprocessing.get_context("forkserver")
-        self._pool = context.Pool(processes, initializer=_pool_start, initargs=(config,))
+        self._pool = context.Pool(processes, initializer=_pool_start, initargs=(config, force))
 
     def imap(self, batch_ids: list[int]) -> Iterator[Outcome | None]:
         """Outcomes in completion order."""
@@ -328,13 +328,15 @@ class FolderPool:
 _pool_state: dict[str, Any] = {}
 
 
-def _pool_start(config: Config) -> None:
+def _pool_start(config: Config, force: bool) -> None:
     from sendit_watcher.db import connect
 
     _pool_state["config"] = config
+    _pool_state["force"] = force
     _pool_state["conn"] = connect(config.database, application="sendit-watcher import")
     _pool_state["parser"] = InlineParser()
 
 
 def _pool_import(batch_id: int) -> Outcome | None:
-    return import_batch(_pool_state["conn"], _pool_state["config"], _pool_state["parser"], batch_id)
+    return import_batch(_pool_state["conn"], _pool_state["config"], _pool_state["parser"], batch_id,
+                        force=_pool_state["force"])

@@ -23,8 +23,8 @@ from sendit_watcher.outcomes import BatchStatus
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
            "claim_id", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
-           "finish", "record_failure", "retry", "requeue", "lock_mirror", "reread_pending", "take_reread",
-           "lock_if_free", "known_folders", "Tally", "TALLY_LOCK", "tally", "fold_tally", "queue_counts",
+           "finish", "record_failure", "retry", "retry_failed", "requeue", "lock_mirror", "reread_pending",
+           "take_reread", "lock_if_free", "known_folders", "Tally", "TALLY_LOCK", "tally", "fold_tally", "queue_counts",
            "finished_after", "latest_seq"]
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
@@ -381,6 +381,23 @@ def retry(conn: Connection, batch_id: int) -> str | None:
                      (BatchStatus.QUEUED, batch_id))
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))
     return None
+
+
+def retry_failed(conn: Connection) -> tuple[list[int], list[tuple[int, str]]]:
+    """Queue every failed batch again (``retry`` with no id): the ids queued, and the (id, path) of failed folders
+    imported by hand from outside every root, which no worker takes (``import`` them again); a failed batch a
+    worker holds right now is left to it."""
+    with conn.transaction():
+        queued = sorted(row[0] for row in conn.execute(
+            "UPDATE batch SET status = %s, queued_at = now(), next_attempt_at = NULL WHERE id IN (SELECT id FROM batch"
+            " WHERE status = %s AND root <> %s FOR UPDATE SKIP LOCKED) RETURNING id",
+            (BatchStatus.QUEUED, BatchStatus.FAILED, OUTSIDE_ROOTS)))
+        if queued:
+            conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, "retried"))
+        by_hand = [(int(row[0]), str(row[1])) for row in conn.execute(
+            "SELECT id, path FROM batch WHERE status = %s AND root = %s ORDER BY id",
+            (BatchStatus.FAILED, OUTSIDE_ROOTS))]
+    return queued, by_hand
 
 
 def database_time(conn: Connection) -> datetime:

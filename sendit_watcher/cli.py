@@ -64,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "run", "run the watcher service in the foreground (what systemd starts)", _add_run_options)
     _add(commands, "import", "import folders now, each as one batch", _add_import_options)
     _add(commands, "status", "show recent batches and totals", _add_status_options)
+    _add(commands, "rejected", "list rejected files with their reasons, of one folder or of all",
+         _add_rejected_options)
     _add(commands, "listen", "print each finished batch as a JSON line, in commit order, as it happens",
          _add_listen_options)
-    _add(commands, "retry", "queue failed batches again", _add_retry_options)
+    _add(commands, "retry", "queue failed batches again (every failed batch when no id is given)",
+         _add_retry_options)
     _add(commands, "metrics", "print Prometheus text-format metrics", _add_metrics_options)
     _add(commands, "adopt-root", "accept a watch root as it is now on this host, after a deliberate change "
          "(a new share, a root moved)", _add_adopt_options)
@@ -94,6 +97,8 @@ def _add_import_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print one JSON object per folder instead of a summary")
     sub.add_argument("--processes", type=int, metavar="N", help="parse with N processes ([import] parse_processes)")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    sub.add_argument("--force", action="store_true",
+                     help="read every file again, also those recorded unchanged since the last import")
 
 
 def _add_listen_options(sub: argparse.ArgumentParser) -> None:
@@ -104,7 +109,8 @@ def _add_listen_options(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_retry_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH", help="id of a failed batch")
+    sub.add_argument("batch_ids", nargs="*", type=int, metavar="BATCH",
+                     help="id of a failed batch; none: every failed batch")
 
 
 def _add_metrics_options(sub: argparse.ArgumentParser) -> None:
@@ -126,6 +132,13 @@ def _add_adopt_options(sub: argparse.ArgumentParser) -> None:
 def _add_status_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_argument("--limit", type=int, default=20, metavar="N", help="show the N most recent batches (20)")
+    sub.add_argument("--failed", action="store_true", help="show every failed batch and its error, not the recent ones")
+
+
+def _add_rejected_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("folder", nargs="?", metavar="FOLDER",
+                     help="a folder (its path, or ROOT:FOLDER as status shows it); default: every folder")
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,9 +246,10 @@ def _import(config: Config, args: argparse.Namespace) -> int:
     with _open(config) as conn:
         ids = {batches.ensure(conn, *batches.locate(config, folder)): folder for folder in args.folders}
         if len(ids) > 1 and processes > 1:
-            outcomes = _import_in_parallel(config, list(ids), processes)
+            outcomes = _import_in_parallel(config, list(ids), processes, args.force)
         else:
-            outcomes = _import_in_turn(conn, config, ids, processes, quiet=args.no_progress or args.json)
+            outcomes = _import_in_turn(conn, config, ids, processes, quiet=args.no_progress or args.json,
+                                       force=args.force)
         failed = False
         for outcome in outcomes:
             folder = str(ids[outcome.batch_id])
@@ -246,13 +260,13 @@ def _import(config: Config, args: argparse.Namespace) -> int:
 
 
 def _import_in_turn(conn: Connection, config: Config, ids: dict[int, Path], processes: int,
-                    quiet: bool) -> Iterator[Outcome]:
+                    quiet: bool, force: bool) -> Iterator[Outcome]:
     """One folder after another, each parsed by ``processes`` processes (best for a few large folders)."""
     parser = PoolParser(processes)
     try:
         for batch_id, folder in ids.items():
             progress = report.Progress(str(folder), enabled=False if quiet else None)
-            outcome = import_batch(conn, config, parser, batch_id, progress)
+            outcome = import_batch(conn, config, parser, batch_id, progress, force=force)
             progress.clear()
             assert outcome is not None
             yield outcome
@@ -260,9 +274,9 @@ def _import_in_turn(conn: Connection, config: Config, ids: dict[int, Path], proc
         parser.close()
 
 
-def _import_in_parallel(config: Config, batch_ids: list[int], processes: int) -> Iterator[Outcome]:
+def _import_in_parallel(config: Config, batch_ids: list[int], processes: int, force: bool) -> Iterator[Outcome]:
     """Several folders at once, one per process (best for many folders)."""
-    pool = FolderPool(config, processes)
+    pool = FolderPool(config, processes, force=force)
     try:
         for outcome in pool.imap(batch_ids):
             assert outcome is not None
@@ -273,11 +287,35 @@ def _import_in_parallel(config: Config, batch_ids: list[int], processes: int) ->
 
 def _status(config: Config, args: argparse.Namespace) -> int:
     with _open(config) as conn:
-        rows = status.recent_batches(conn, args.limit)
+        rows = status.failed_batches(conn) if args.failed else status.recent_batches(conn, args.limit)
         totals = status.totals(conn)
         records = roots.records(conn)
     print(report.status_json(rows, totals, records) if args.json else report.status_table(rows, totals, records))
     return EXIT_OK
+
+
+def _rejected(config: Config, args: argparse.Namespace) -> int:
+    with _open(config) as conn:
+        batch_id = None
+        if args.folder is not None:
+            root, path = _folder_key(config, args.folder)
+            batch_id = status.batch_id_of(conn, root, path)
+            if batch_id is None:
+                print(f"sendit-watcher: rejected: {args.folder} ({root}:{path}) was never imported; `sendit-watcher "
+                      "status` shows the folders as ROOT:FOLDER", file=sys.stderr)
+                return EXIT_FAILURE
+        rows = status.rejected_files(conn, batch_id)
+    print(report.rejected_json(rows) if args.json else report.rejected_table(rows))
+    return EXIT_OK
+
+
+def _folder_key(config: Config, folder: str) -> tuple[str, str]:
+    """(root name, path) of a folder given as a path on disk, or as ROOT:FOLDER (as ``status`` shows it)."""
+    root, colon, path = folder.partition(":")
+    names = {watch.name for watch in config.watches} | {batches.OUTSIDE_ROOTS}
+    if colon and root in names and not Path(folder).exists():
+        return root, path
+    return batches.locate(config, Path(folder))
 
 
 class _Stopped(Exception):
@@ -316,6 +354,8 @@ def _say_listen(message: str) -> None:
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
+    if not args.batch_ids:
+        return _retry_every_failed(config)
     code = EXIT_OK
     with _open(config) as conn:
         for batch_id in args.batch_ids:
@@ -326,6 +366,19 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
                 print(f"sendit-watcher: batch {batch_id} is {refused}, not failed: nothing to retry", file=sys.stderr)
                 code = EXIT_FAILURE
     return code
+
+
+def _retry_every_failed(config: Config) -> int:
+    with _open(config) as conn:
+        queued, by_hand = batches.retry_failed(conn)
+    for batch_id in queued:
+        print(f"batch {batch_id}: queued again")
+    for batch_id, path in by_hand:
+        print(f"batch {batch_id}: imported by hand from outside every root, which no worker takes: "
+              f"sendit-watcher import /{path}")
+    if not queued and not by_hand:
+        print("no failed batch")
+    return EXIT_OK
 
 
 def _metrics(config: Config, args: argparse.Namespace) -> int:
@@ -375,6 +428,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "run": _run, "import": _import, "status": _status, "listen": _listen, "retry": _retry, "metrics": _metrics,
+    "run": _run, "import": _import, "status": _status, "rejected": _rejected, "listen": _listen, "retry": _retry,
+    "metrics": _metrics,
     "migrate": _migrate, "check-config": _check_config, "adopt-root": _adopt_root,
 }

@@ -53,7 +53,7 @@ class Result:
 
 def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: Parser, host: str, *,
                    full_header: bool, progress: Callable[[int, int], None] | None = None,
-                   leave_out: str = "") -> Result:
+                   leave_out: str = "", force: bool = False) -> Result:
     """Import a batch claimed in the current transaction; the caller commits or rolls back. The batch's rows
     end up mirroring the folder as it is now: rows of files that are gone are removed, and a duplicate whose
     original went with them becomes the instance. ``folder`` None: the folder is gone, and so are its rows.
@@ -66,23 +66,24 @@ def import_claimed(conn: Connection, batch: Batch, folder: str | None, parser: P
     right. Without it, an import that recorded duplicates of A's instances (rows not yet committed) and A's
     removal (looking for A's duplicates in its own snapshot) missed each other, and the duplicates pointed at
     nothing. The lock holder never waits for a batch row (batches.requeue, lock_if_free: SKIP LOCKED), so a
-    worker that holds its batch and waits for the lock never closes a circle."""
+    worker that holds its batch and waits for the lock never closes a circle. ``force`` reads every file again,
+    as if each had changed (``import --force``)."""
     started = time.monotonic()
     entries = list(walk(folder, leave_out)) if folder is not None else []
     stamp = fingerprint(entries)
     # A batch that failed since is news when it succeeds, even as the folder its last success saw: failed ->
     # done takes a finished_seq, a NOTIFY and a log line.
     unchanged = not batch.failed_last
-    if (stamp == batch.fingerprint and not _has_retryable(conn, batch.id)
+    if (not force and stamp == batch.fingerprint and not _has_retryable(conn, batch.id)
             and not batches.reread_pending(conn, batch.id)):  # the last import saw exactly this
         return _finish(conn, batch, host, stamp, len(entries), 0, 0, started, unchanged=unchanged)
-    planned = _to_read(_known(conn, batch.id), entries)[0] if folder is not None else []
+    planned = _to_read(_known(conn, batch.id, force), entries)[0] if folder is not None else []
     if planned:  # parsed and staged before the lock, from the rows as they were a moment ago
         assert folder is not None
         _stage(conn, batch.id, folder, planned, parser, full_header, progress)
     batches.lock_mirror(conn)
     batches.take_reread(conn, batch.id)
-    todo, gone, dropped = _reconcile(conn, batch.id, entries)  # the rows as they are now: nobody else writes
+    todo, gone, dropped = _reconcile(conn, batch.id, entries, force)  # the rows as they are now: nobody else writes
     staged = _restage(conn, batch.id, folder, todo, planned, parser, full_header) if folder is not None else 0
     freed = [sop for sop, _ in dropped]
     if not (todo or gone or freed):  # only metadata changed (a touch, a chmod, a new fingerprint format)
@@ -139,9 +140,13 @@ def _has_retryable(conn: Connection, batch_id: int) -> bool:
     return bool(row and row[0])
 
 
-def _known(conn: Connection, batch_id: int) -> dict[str, tuple[int, int, int | None]]:
-    """The batch's recorded files (rejections worth another try left out) and their (size, mtime, ctime)."""
-    return {path: (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
+_FORCED = (-1, -1, -1)  # a recorded stamp no file has: every file is read again
+
+
+def _known(conn: Connection, batch_id: int, force: bool = False) -> dict[str, tuple[int, int, int | None]]:
+    """The batch's recorded files (rejections worth another try left out) and their (size, mtime, ctime);
+    ``force``: each with a stamp no file has, so that every one is read again, as a changed file is."""
+    return {path: _FORCED if force else (size, mtime, ctime) for path, size, mtime, ctime in conn.execute(
         "SELECT path, size, mtime_ns, ctime_ns FROM instance WHERE batch = %s UNION ALL SELECT path, size,"
         " mtime_ns, ctime_ns FROM rejected_file WHERE batch = %s AND NOT reason = ANY(%s)",
         (batch_id, batch_id, list(RETRYABLE)))}
@@ -163,12 +168,12 @@ def _same(recorded: tuple[int, int, int | None], now: tuple[int | None, int | No
     return recorded == now or (recorded[2] is None and recorded[:2] == now[:2])
 
 
-def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection]
+def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection], force: bool = False
                ) -> tuple[list[FileEntry | Rejection], list[str], list[tuple[str, bool]]]:
     """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
     vanished); returns the entries to read, the recorded paths that are gone, and the SOPInstanceUIDs whose
     instance row was dropped, each with whether its file is still there (changed) or not (gone)."""
-    todo, gone, stale = _to_read(_known(conn, batch_id), entries)
+    todo, gone, stale = _to_read(_known(conn, batch_id, force), entries)
     conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
     present = {e.path for e in entries}
     freed: list[tuple[str, bool]] = []  # (SOPInstanceUID, whether its path is still there: changed, not gone)

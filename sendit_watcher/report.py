@@ -14,9 +14,10 @@ from sendit_watcher.batch_import import Failure, Outcome
 from sendit_watcher.batches import BatchStatus
 from sendit_watcher.importer import Result
 from sendit_watcher.roots import RootRecord
-from sendit_watcher.status import BatchRow, Totals
+from sendit_watcher.status import BatchRow, RejectedRow, Totals
 
-__all__ = ["Progress", "summary_line", "outcome_json", "status_table", "status_json"]
+__all__ = ["Progress", "summary_line", "outcome_json", "status_table", "status_json", "rejected_table",
+           "rejected_json"]
 
 
 class Progress:
@@ -101,3 +102,21 @@ def status_json(rows: Iterable[BatchRow], totals: Totals, roots: Iterable[RootRe
             for r in roots if r.lost_reason is not None]
     return json.dumps({"batches": [asdict(row) for row in rows], "totals": asdict(totals), "lost_roots": lost},
                       default=str, indent=2)
+
+
+def rejected_table(rows: list[RejectedRow]) -> str:
+    """Rejected files as an aligned table (batch, folder, file, reason, detail), then their count by reason."""
+    header = ("BATCH", "ROOT:FOLDER", "FILE", "REASON", "DETAIL")
+    lines = [header] + [(str(r.batch), f"{r.root}:{r.folder}", r.path, r.reason, r.detail) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.reason] = counts.get(row.reason, 0) + 1
+    by_reason = ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items()))
+    return "\n".join(text + ["", f"rejected files: {len(rows):,}" + (f" ({by_reason})" if by_reason else "")])
+
+
+def rejected_json(rows: Iterable[RejectedRow]) -> str:
+    """The same as the table, as one JSON document."""
+    return json.dumps({"rejected": [asdict(row) for row in rows]}, default=str, indent=2)
