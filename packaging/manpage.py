@@ -53,11 +53,16 @@ The service in the foreground, as systemd starts it (Type=notify). \fB\-\-demo\f
 the first watch root. SIGHUP re\-reads the configuration and applies all of it or none of it (a new
 database must answer and be migrated first; a new role needs a restart); SIGTERM drains and stops.
 .TP
-.B import \fIFOLDER\fR... \fR[\fB\-\-json\fR] [\fB\-\-processes\fR \fIN\fR] [\fB\-\-no\-progress\fR]
+.B import \fIFOLDER\fR... \fR[\fB\-\-json\fR] [\fB\-\-processes\fR \fIN\fR] [\fB\-\-no\-progress\fR] [\fB\-\-force\fR]
 Import folders now, each as one batch, printing one summary line (or JSON object) per folder.
+\fB\-\-force\fR reads every file again, also those recorded unchanged since the last import.
 .TP
-.B status \fR[\fB\-\-json\fR] [\fB\-\-limit\fR \fIN\fR]
-Recent batches and totals.
+.B status \fR[\fB\-\-json\fR] [\fB\-\-limit\fR \fIN\fR] [\fB\-\-failed\fR]
+Recent batches and totals; \fB\-\-failed\fR: every failed batch, each with its error.
+.TP
+.B rejected \fR[\fIFOLDER\fR] [\fB\-\-json\fR]
+The rejected files of a folder (its path, or \fIROOT\fR:\fIFOLDER\fR as \fBstatus\fR shows it), or of every
+folder, with their reasons.
 .TP
 .B listen \fR[\fB\-\-since\fR \fISEQ\fR] [\fB\-\-count\fR \fIN\fR]
 Print each finished batch as a JSON line, in commit order, as it happens; \fB\-\-since\fR first replays
@@ -65,8 +70,8 @@ the batches finished after \fISEQ\fR.
 A lost connection is said on stderr, reconnected and replayed from the last seq printed (no gap, no
 duplicate); SIGTERM or a closed stdout ends it with status 0.
 .TP
-.B retry \fIBATCH\fR...
-Queue failed batches again.
+.B retry \fR[\fIBATCH\fR...]
+Queue failed batches again; without an id, every failed batch.
 .TP
 .B metrics \fR[\fB\-\-textfile\fR \fIPATH\fR]
 Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR (as root, when root typed
