@@ -227,7 +227,65 @@ check "exposure <= 1.5" python3 -c "import sys; sys.exit(not float('$exposure') 
 check "runs as its own unprivileged user" [ "$(ps -o user= -p "$(main_pid)")" = sendit-watcher ]
 check "no PHI in the journal" bash -c "! journalctl -u sendit-watcher | grep -q -e '$PATIENT_NAME' -e '$PATIENT_ID' -e '$PATIENT_BIRTH_DATE'"
 
+# Commands typed by root, the metrics timer, the remote-database password recipe (issue 22 items 5, 1).
+check "sendit-watcher status typed by root: runs as sendit-watcher, shows the batches" bash -c \
+  'sendit-watcher status >/tmp/status.txt 2>&1 && grep -q "incoming:A" /tmp/status.txt || { cat /tmp/status.txt; false; }'
+check "sendit-watcher status --failed and rejected typed by root" bash -c \
+  'sendit-watcher status --failed >/dev/null && sendit-watcher rejected >/dev/null'
+textfile=/var/lib/prometheus/node-exporter/sendit-watcher.prom
+check "sendit-watcher-metrics.timer shipped, not enabled" [ "$(systemctl is-enabled sendit-watcher-metrics.timer)" = disabled ]
+mkdir -p /var/lib/prometheus/node-exporter   # what prometheus-node-exporter creates
+check "systemctl start sendit-watcher-metrics.timer" systemctl start sendit-watcher-metrics.timer
+check "the timer's service wrote $textfile: up 1, a last success, the batches" wait_for 30 bash -c \
+  "grep -qx 'sendit_watcher_up 1' $textfile && grep -q '^sendit_watcher_last_success_timestamp_seconds [1-9]' $textfile &&
+   grep -q '^sendit_batches{status=\"done\"' $textfile"
+grep -E '^sendit_watcher_(up|last_success)' "$textfile" | sed 's/^/   /'
+check "$textfile is root's, 0644" [ "$(stat -c '%U %a' "$textfile")" = "root 644" ]
+
+# The README's recipe for a database that asks for a password: the DSN without it, the password in a pgpass
+# file handed to the service as a systemd credential. The host's cluster trusts loopback, so a cluster of this
+# container, on its Unix socket only (the host's network is shared), asks sendit_pw for it (SCRAM).
+pgpass_recipe() {
+  mkdir -p /etc/postgresql-common/createcluster.d
+  printf "listen_addresses = ''\nport = 5432\n" > /etc/postgresql-common/createcluster.d/e2e-unix-socket-only.conf
+  quietly bash -c 'apt-get update -q && apt-get install -y -q postgresql' || return 1
+  rm /etc/postgresql-common/createcluster.d/e2e-unix-socket-only.conf
+  local hba; hba=$(runuser -u postgres -- psql -XAtc 'show hba_file') || return 1
+  sed -i '1i local all sendit_pw scram-sha-256' "$hba"
+  (cd / && runuser -u postgres -- psql -Xq -c "create role sendit_pw login password 'pw:with\\colon'" \
+     -c 'select pg_reload_conf()' && runuser -u postgres -- createdb --owner=sendit_pw sendit_pw) >/dev/null || return 1
+  # As README.md says, with the DSN of this cluster (a socket in libpq's default directory: host localhost).
+  mkdir -p /data/pw
+  printf '[database]\ndsn = dbname=sendit_pw user=sendit_pw\n[watcher]\nsettle_seconds = 2\n[watch:pw]\npath = /data/pw\n' \
+    > /etc/sendit-watcher/watcher.conf
+  install -m 0600 /dev/null /etc/sendit-watcher/pgpass
+  echo 'localhost:5432:sendit_pw:sendit_pw:pw\:with\\colon' > /etc/sendit-watcher/pgpass
+  mkdir -p /etc/systemd/system/sendit-watcher.service.d
+  printf '[Service]\nLoadCredential=pgpass:/etc/sendit-watcher/pgpass\n' \
+    > /etc/systemd/system/sendit-watcher.service.d/credentials.conf
+  systemctl daemon-reload && systemctl restart sendit-watcher || return 1
+  echo "   the credential as the service sees it: $(systemd-run -q --wait --pipe -p User=sendit-watcher \
+    -p LoadCredential=pgpass:/etc/sendit-watcher/pgpass sh -c 'stat -c "%a %U" "$CREDENTIALS_DIRECTORY/pgpass"')"
+  drop /data/pw A
+  local pw_batch='select status || chr(58) || instances from sendit.batch where path = chr(65)'
+  wait_for 30 bash -c "[ \"\$(runuser -u postgres -- psql -XAtd sendit_pw -c '$pw_batch')\" = done:$FILES ]" ||
+    { echo "   StatusText: $(systemctl show -p StatusText --value sendit-watcher)"; return 1; }
+  # Root has no credential: README's way for it is libpq's own pgpass file, read as root.
+  PGPASSFILE=/etc/sendit-watcher/pgpass sendit-watcher --as-root status 2>&1 | grep -q 'pw:A' ||
+    { echo "   PGPASSFILE=/etc/sendit-watcher/pgpass sendit-watcher --as-root status failed"; return 1; }
+  # And the metrics service's drop-in of README.md: the same credential, and root (the DSN names the user).
+  mkdir -p /etc/systemd/system/sendit-watcher-metrics.service.d
+  printf '[Service]\nLoadCredential=pgpass:/etc/sendit-watcher/pgpass\nEnvironment=SENDIT_WATCHER_USER=\n' \
+    > /etc/systemd/system/sendit-watcher-metrics.service.d/credentials.conf
+  rm -f "$textfile"
+  systemctl daemon-reload && systemctl start sendit-watcher-metrics.service &&
+    grep -qx 'sendit_watcher_up 1' "$textfile" && grep -q '^sendit_batches{status="done",' "$textfile" ||
+    { echo "   the metrics service with the credential:"; cat "$textfile"; return 1; }
+}
+check "LoadCredential=pgpass (README's recipe) against a PostgreSQL that asks for the password: imported" pgpass_recipe
+
 check "apt remove" quietly apt-get remove -y -q sendit-watcher
+check "apt remove stopped the metrics timer" bash -c '! systemctl is-active -q sendit-watcher-metrics.timer'
 check "remove keeps watcher.conf" [ -f /etc/sendit-watcher/watcher.conf ]
 check "journald catalog updated on remove: no sendit-watcher message left" [ "$(catalog_entries)" = 0 ]
 check "apt purge" quietly apt-get purge -y -q sendit-watcher
