@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg import sql
 from psycopg.rows import class_row, dict_row
 
 from sendit_watcher.batches import BatchStatus, Tally, tally
@@ -58,19 +57,28 @@ class Totals:
 # A worker holds its batch's two-key advisory lock (locks.batch_lock) while importing: objsubid 2, and the id is
 # (classid - BATCH_CLASS) << 32 | objid. One-bigint locks (objsubid 1) are other clients', never a batch's. The
 # newest rows come first from the index batch_recent (migration 0007), and only they meet pg_locks.
-_SHOWN = sql.SQL("""
+_RECENT = """
 SELECT b.id, b.root, b.path,
        CASE WHEN l.pid IS NOT NULL THEN %(importing)s ELSE b.status END AS status,
        b.files, b.instances, b.rejected, b.seconds, b.finished_at, b.host, b.last_error
-FROM ({batches}) b
+FROM (SELECT * FROM batch ORDER BY coalesce(finished_at, queued_at) DESC, id DESC LIMIT %(limit)s) b
 LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
      AND l.classid::bigint >= %(batch_class)s AND ((l.classid::bigint - %(batch_class)s) << 32 | l.objid::bigint) = b.id
 ORDER BY coalesce(b.finished_at, b.queued_at) DESC, b.id DESC
-""")
-_RECENT = _SHOWN.format(batches=sql.SQL(
-    "SELECT * FROM batch ORDER BY coalesce(finished_at, queued_at) DESC, id DESC LIMIT %(limit)s"))
-_FAILED = _SHOWN.format(batches=sql.SQL("SELECT * FROM batch WHERE status = %(failed)s"))
+"""
+
+# Every failed batch, however old (status --failed): the same columns and lock test.
+_FAILED = """
+SELECT b.id, b.root, b.path,
+       CASE WHEN l.pid IS NOT NULL THEN %(importing)s ELSE b.status END AS status,
+       b.files, b.instances, b.rejected, b.seconds, b.finished_at, b.host, b.last_error
+FROM (SELECT * FROM batch WHERE status = %(failed)s) b
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     AND l.classid::bigint >= %(batch_class)s AND ((l.classid::bigint - %(batch_class)s) << 32 | l.objid::bigint) = b.id
+ORDER BY coalesce(b.finished_at, b.queued_at) DESC, b.id DESC
+"""
 
 _TOTALS = """
 SELECT (SELECT count(*) FROM patient) AS patients, (SELECT count(*) FROM study) AS studies,
