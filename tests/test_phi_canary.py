@@ -100,7 +100,8 @@ def cli(conffile: Path, *args: str, timeout: float = 60) -> str:
     """A command of sendit-watcher in its own process: stdout and stderr together."""
     result = subprocess.run([sys.executable, "-m", "sendit_watcher", "--config", str(conffile), *args],
                             capture_output=True, text=True, timeout=timeout, env={"PYTHONPATH": str(REPO),
-                                                                                  "PATH": "/usr/bin:/bin"})
+                                                                                  "PATH": "/usr/bin:/bin",
+                                                                                  "SENDIT_WATCHER_USER": ""})
     return result.stdout + result.stderr
 
 

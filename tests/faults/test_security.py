@@ -76,7 +76,7 @@ def test_the_password_never_shows_in_status_errors_or_the_service_log(tmp_path: 
     secret = "hunter2-s3cret"
     uri = f"postgresql://someone:{secret}@127.0.0.1:9/x"
     result = subprocess.run([sys.executable, "-m", "sendit_watcher", "--dsn", uri, "status"], capture_output=True,
-                            text=True, timeout=60, env={"PYTHONPATH": str(REPO)})
+                            text=True, timeout=60, env={"PYTHONPATH": str(REPO), "SENDIT_WATCHER_USER": ""})
     assert result.returncode == 69 and "cannot connect" in result.stderr
     assert secret not in result.stdout + result.stderr
     (tmp_path / "in").mkdir()
