@@ -12,8 +12,7 @@ from pathlib import Path
 from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
-from tests.fix_service import write_config
+from tests.helpers import make_study, write_config
 
 
 def run(config: Path, *args: str) -> tuple[int, str, str]:

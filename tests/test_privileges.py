@@ -18,8 +18,8 @@ from sendit_watcher import privileges
 from sendit_watcher.cli import main
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_dicom import make_study
-from tests.fix_service import REPO, write_config
+from tests.fix_service import REPO
+from tests.helpers import make_study, write_config
 
 
 @pytest.fixture
