@@ -22,8 +22,8 @@ EXIT_CONFIG = 78  # EX_CONFIG: the configuration is invalid; a restart cannot fi
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_FAILURE: "a folder failed to import (it is recorded as failed; see status), retry was given a batch that "
-                  "is not failed, or adopt-root found no directory to adopt",
-    EXIT_USAGE: "bad command line",
+                  "is not failed, rejected a folder never imported, or adopt-root found no directory to adopt",
+    EXIT_USAGE: "bad command line (or SENDIT_WATCHER_USER names no user)",
     EXIT_UNAVAILABLE: "PostgreSQL cannot be reached",
     EXIT_SOFTWARE: "the service's main loop died (a bug; it is logged and systemd restarts the service)",
     EXIT_CONFIG: "invalid configuration: a restart cannot fix it, so systemd does not restart the service "
