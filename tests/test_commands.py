@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 from sendit_watcher.cli import main
@@ -145,3 +146,13 @@ def test_import_force_reads_every_file_again(tmp_path: Path, database: DatabaseC
     assert outcome["instances"] == 3 and outcome["new_instances"] == 0 and outcome["removed"] == 0
     assert conn.execute("SELECT count(*) FROM instance").fetchone() == (3,) and len(ids) == 3
     assert conn.execute("SELECT count(*) FROM rejected_file").fetchone() == (0,)
+    conn.rollback()
+
+    shutil.copytree(root / "ST", root / "COPY")  # its files duplicate ST's instances
+    assert run(full, "import", str(root / "COPY"))[0] == 0
+    code, out, _ = run(full, "import", "--json", "--force", str(root / "ST"))
+    assert code == 0 and json.loads(out)["new_instances"] == 0
+    rows = conn.execute("SELECT b.path, count(*) FROM instance i JOIN batch b ON b.id = i.batch GROUP BY b.path"
+                        " UNION ALL SELECT b.path || ':' || r.reason, count(*) FROM rejected_file r"
+                        " JOIN batch b ON b.id = r.batch GROUP BY 1").fetchall()
+    assert sorted(rows) == [("COPY:duplicate", 3), ("ST", 3)]  # read again, the original stays the instance
