@@ -18,8 +18,8 @@ Connection = psycopg.Connection[TupleRow]
 def connect(database: DatabaseConfig, *, autocommit: bool = False, application: str = "sendit-watcher") -> Connection:
     """Open a connection whose search_path is the configured schema; raise DatabaseUnavailable on failure. A
     password the DSN lacks comes from the pgpass credential, when systemd passed one (pgpass.py)."""
-    password = pgpass.password_for(database.dsn)
     try:
+        password = pgpass.password_for(database.dsn)  # a DSN that cannot be parsed fails here, as in connect
         conn = psycopg.connect(
             database.dsn,
             password=password,  # None: libpq decides (psycopg leaves out None values)

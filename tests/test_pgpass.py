@@ -128,3 +128,10 @@ def test_different_passwords_for_the_hosts_of_one_dsn_are_refused(credentials: P
     assert "pw-" not in str(refused.value)
     assert pgpass.password_for("host=a user=u dbname=d") == "pw-first"
 
+
+
+def test_a_dsn_that_cannot_be_parsed_is_said_as_without_a_credential(credentials: Path) -> None:
+    write_credential(credentials, "*:*:*:*:secret-pw\n")
+    with pytest.raises(DatabaseUnavailable, match="cannot be parsed") as failure:
+        connect(DatabaseConfig(dsn="host=db password=dsn-pw unquoted"))
+    assert "secret-pw" not in str(failure.value) and "dsn-pw" not in str(failure.value)
