@@ -227,7 +227,7 @@ check "exposure <= 1.5" python3 -c "import sys; sys.exit(not float('$exposure') 
 check "runs as its own unprivileged user" [ "$(ps -o user= -p "$(main_pid)")" = sendit-watcher ]
 check "no PHI in the journal" bash -c "! journalctl -u sendit-watcher | grep -q -e '$PATIENT_NAME' -e '$PATIENT_ID' -e '$PATIENT_BIRTH_DATE'"
 
-# Commands typed by root, the metrics timer, the remote-database password recipe (issue 22 items 5, 1).
+# Commands typed by root, the metrics timer, the remote-database password recipe.
 check "sendit-watcher status typed by root: runs as sendit-watcher, shows the batches" bash -c \
   'sendit-watcher status >/tmp/status.txt 2>&1 && grep -q "incoming:A" /tmp/status.txt || { cat /tmp/status.txt; false; }'
 check "sendit-watcher status --failed and rejected typed by root" bash -c \
