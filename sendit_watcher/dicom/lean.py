@@ -1,5 +1,6 @@
 """A lean, single-pass DICOM header reader for explicit and implicit VR little endian (and the encapsulated
-syntaxes, whose header is explicit VR little endian), proven identical to the pydicom path of
+syntaxes, whose header is explicit VR little endian), explicit VR big endian and deflated explicit VR little endian
+(the dataset after the file meta group inflated whole, as pydicom does), proven identical to the pydicom path of
 ``headers.read_instance`` by differential tests (tests/test_lean.py). It sits below ``headers``, which calls it
 first, and never calls up into it.
 
@@ -10,14 +11,17 @@ and walked with ``struct.unpack_from``: defined and undefined lengths, sequences
 the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
 it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
 its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
-once. Implicit VR takes pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown
-private elements are UN), and resolves 'US or SS' from (0028,0103).
+once. Implicit VR takes pydicom's data dictionary, and resolves 'US or SS' from (0028,0103); a private element
+whose VR is not written (implicit VR) or written as UN takes its VR from its private creator, whatever VR that is
+written with, by the rule the pydicom path follows too (``elements.private_vr``). Text in a character set beyond
+the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code extensions, GB18030, ...) is decoded by pydicom's charset
+functions (``elements.decode_text``), as in the pydicom path.
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
-and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
-unknown transfer syntax, an unknown or ambiguous VR, a private element the private dictionary knows (implicit VR),
-a character set other than the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192, elements out of order, a length
-that does not fit, a truncated file, any exception. Correctness never depends on this reader being complete.
+and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, an unknown transfer
+syntax, an unknown or ambiguous VR, a private element the private dictionary makes a sequence when written as UN,
+a group length or reserved private element without its VR, elements out of order, a length that does not fit, a
+truncated file, any exception. Correctness never depends on this reader being complete.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ import math
 import os
 import stat
 import struct
-from functools import lru_cache
+import zlib
+from array import array
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom import valuerep
-from pydicom.datadict import private_dictionary_VR
 
 from sendit_watcher.dicom import values
 from sendit_watcher.dicom.dicomjson import scalar
@@ -45,13 +49,18 @@ from sendit_watcher.dicom.elements import (
     TAG_PAIRS,
     TEXT_VRS,
     UNPACKERS,
+    Codec,
+    creator_tag,
+    decode_text,
     dictionary_vr,
     known_un,
-    private_data,
+    private_vr,
+    text_codec,
     vr_names,
 )
 from sendit_watcher.dicom.tags import (
     DICOMDIR_SOP_CLASS,
+    EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     MEDIA_STORAGE_SOP_CLASS_UID,
@@ -60,7 +69,7 @@ from sendit_watcher.dicom.tags import (
     TRANSFER_SYNTAX_UID,
     UID_TAGS,
 )
-from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, clean, split_values
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, clean
 from sendit_watcher.walk import open_beneath
 
 __all__ = ["ENABLED", "COUNTS", "TOO_LARGE", "read_fields", "reset_counts"]
@@ -74,12 +83,23 @@ FIRST_READ = 65536  # bytes of the first read; a longer header is read on in dou
 # as pydicom's dcmread(defer_size=...) does in headers' path (values.VALUE_LIMIT).
 DEFER_SIZE = VALUE_LIMIT
 _PREAMBLE = 128
-_SYNTAXES = {IMPLICIT_VR_LE.encode() + pad: (IMPLICIT_VR_LE, True) for pad in (b"", b"\x00")}
-_SYNTAXES.update({EXPLICIT_VR_LE.encode() + pad: (EXPLICIT_VR_LE, False) for pad in (b"", b"\x00")})
+
+
+class _Syntax(NamedTuple):
+    """How a transfer syntax encodes the dataset after the file meta group."""
+    uid: str
+    implicit: bool = False
+    little: bool = True
+    deflated: bool = False
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _ENCAPSULATED = ["1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81", "90", "91", "92", "93",
                                                      "100", "101", "102", "103", "104", "105", "106", "107",
                                                      "108", "201", "202", "203")] + ["1.2.840.10008.1.2.5"]
-_SYNTAXES.update({uid.encode() + pad: (uid, False) for uid in _ENCAPSULATED for pad in (b"", b"\x00")})
+_SYNTAXES = {syntax.uid.encode() + pad: syntax for pad in (b"", b"\x00") for syntax in [
+    _Syntax(IMPLICIT_VR_LE, implicit=True), _Syntax(EXPLICIT_VR_LE), _Syntax(EXPLICIT_VR_BE, little=False),
+    _Syntax(_DEFLATED, deflated=True), *(_Syntax(uid) for uid in _ENCAPSULATED)]}
 _DICOMDIR_SOP_CLASS = DICOMDIR_SOP_CLASS.encode()
 _CHARSET = SPECIFIC_CHARACTER_SET
 _FIRST_DATASET_TAG = 0x00080000  # top-level elements below group 0008 (command, DICOMDIR) are left to pydicom
@@ -93,6 +113,11 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # (FFFE,E0
 _UNDEFINED = 0xFFFFFFFF
 _TAG_LENGTH = struct.Struct("<HHL")  # implicit VR element header; item and delimiter headers
 _LONG_LENGTH = struct.Struct("<L")
+_HEADERS = {True: (_TAG_LENGTH, _LONG_LENGTH), False: (struct.Struct(">HHL"), struct.Struct(">L"))}  # by little
+# A big endian value of these VRs is turned little endian (each number's bytes reversed) as soon as it is read:
+# the rest of the reader knows little endian only. Numbers of each size, and the typecode of an array of them.
+_NUMBER_SIZES = {vr: UNPACKERS[vr, True].size for vr in STRUCT_FORMATS} | {"AT": 2}
+_ARRAY_TYPECODES = {array(code).itemsize: code for code in "QLIH"}
 
 _UNPACKERS = {vr: UNPACKERS[vr, True] for vr in STRUCT_FORMATS}  # little endian only
 _STANDARD = vr_names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(STRUCT_FORMATS) | {"AT", "SQ"}))
@@ -102,7 +127,7 @@ _LONG_VRS = vr_names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-by
 # Written fragments, '"GGGGEEEE":{...}' by (tag, VR, value bytes, codec), shared by every file this process
 # reads: the files of a series repeat most of their values, so most elements are one dictionary lookup. Bounded
 # in entries and in value size (emptied when full), so files full of distinct values cannot grow it.
-_FRAGMENTS: dict[tuple[int, str, bytes, str], str] = {}
+_FRAGMENTS: dict[tuple[int, str, bytes, Codec], str] = {}
 _FRAGMENTS_LIMIT = 8192
 _FRAGMENT_VALUE_LIMIT = 128
 
@@ -172,14 +197,16 @@ def _parse(reader: _Reader) -> dict[str, Any]:
     syntax = _SYNTAXES.get(meta.get(TRANSFER_SYNTAX_UID, b""))
     if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(MEDIA_STORAGE_SOP_CLASS_UID, b""):
         raise _Fallback
-    transfer_syntax_uid, reader.implicit = syntax
+    reader.encoding(syntax)
+    if syntax.deflated:
+        reader.inflate(start)
     reader.need(start + 6)
     data = reader.data
     looks_explicit = 0x40 < data[start + 4] < 0x5B and 0x40 < data[start + 5] < 0x5B
     if looks_explicit == reader.implicit:  # pydicom would switch VR encoding: leave it to pydicom
         raise _Fallback
     header, _ = reader.dataset(start, None, "latin-1", True)
-    return _fields(reader.main, transfer_syntax_uid, header if reader.json else None)
+    return _fields(reader.main, syntax.uid, header if reader.json else None)
 
 
 class _Reader:
@@ -191,9 +218,25 @@ class _Reader:
         self.fd = fd
         self.json = full_header
         self.implicit = False
+        self.little = True  # the dataset's byte order (the file meta group is little endian)
+        self.headers = _HEADERS[True]  # element header and 4-byte length in that order
         self.main: dict[int, str] = {}
         self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
         self.kept = 0  # characters of the large values' JSON written so far (``counted``)
+
+    def encoding(self, syntax: _Syntax) -> None:
+        """Read the dataset in the VR encoding and byte order of ``syntax``."""
+        self.implicit, self.little = syntax.implicit, syntax.little
+        self.headers = _HEADERS[syntax.little]
+
+    def inflate(self, start: int) -> None:
+        """Deflated explicit VR little endian: the rest of the file after ``start`` (the end of the file meta
+        group) is one raw deflate stream. It is read and inflated whole, as pydicom does; the reader goes on in
+        memory. A stream that does not inflate (truncated, corrupt) raises zlib.error: pydicom's business."""
+        while self.more(max(len(self.data), FIRST_READ)):
+            pass
+        self.data = self.data[:start] + zlib.decompress(self.data[start:], -zlib.MAX_WBITS)
+        self.eof = True
 
     def need(self, end: int) -> None:
         """Read on when the bytes so far end before ``end``; fall back when the file does."""
@@ -284,7 +327,17 @@ class _Reader:
             raise _Fallback
         return tag, vr, length, pos + 8
 
-    def dataset(self, pos: int, end: int | None, codec: str, top: bool) -> tuple[str, int]:
+    def private_vr(self, tag: int, creators: dict[int, bytes]) -> str:
+        """The VR of a private element whose VR is not written (implicit VR) or written as UN, by the rule the
+        pydicom path follows (elements.private_vr), from the creators of its dataset so far. Fall back for the
+        group length and reserved elements, a VR this reader does not decode, and a sequence written as UN
+        (pydicom reads its items in implicit VR)."""
+        vr = private_vr(tag, creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None)
+        if vr is None or vr not in _KNOWN_VRS or (vr == "SQ" and not self.implicit):
+            raise _Fallback
+        return vr
+
+    def dataset(self, pos: int, end: int | None, codec: Codec, top: bool) -> tuple[str, int]:
         """The JSON object of the dataset at ``pos``: up to ``end`` (a defined length), else up to its item
         delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it.
 
@@ -293,15 +346,16 @@ class _Reader:
         through ``_element``. Names are bound locally: this loop runs once per element of every file."""
         parts: list[str] = []
         append = parts.append
-        creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
-        raw_creators: dict[int, bytes] = {}  # the same, as bytes (explicit VR): read only for a private UN
+        creators: dict[int, bytes] = {}  # private creator element tag -> its value (elements.private_vr)
         last = -1
         sequences = odd_pixel_representation = False
         implicit, json = self.implicit, self.json
+        little = self.little  # big endian: numbers made little endian as they are read (_little_endian)
+        short_shift = 16 if little else 0  # where an explicit VR's 2-byte length is in the header's last 4 bytes
         special = _SPECIAL_TOP if top else _SPECIAL_ITEM
         first = _FIRST_DATASET_TAG if top else 0  # top-level elements below it are left to pydicom
         pixel_from = _FIRST_PIXEL_TAG if top else _NO_TAG  # where the top level may end
-        unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
+        unpack, long_length = self.headers[0].unpack_from, self.headers[1].unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
         value_limit = DEFER_SIZE
@@ -324,8 +378,8 @@ class _Reader:
             else:
                 tag = group << 16 | element
                 vr = vr_of(data[pos + 4:pos + 6])  # type: ignore[assignment]
-                if vr is None or (vr == "UN" and (known_un(tag) or _known_private(tag, raw_creators))):
-                    raise _Fallback  # pydicom converts a UN its dictionaries know
+                if vr is None or (vr == "UN" and known_un(tag)):
+                    raise _Fallback  # pydicom converts a UN its dictionary knows
                 if vr in long_vrs:
                     if pos + 12 > size:
                         self.need(pos + 12)
@@ -334,15 +388,15 @@ class _Reader:
                     length = long_length(data, pos + 8)[0]
                     pos += 12
                 else:
-                    length >>= 16
+                    length = length >> short_shift & 0xFFFF
                     pos += 8
             if tag >= pixel_from and tag in _PIXEL_TAGS:
                 break
             if tag <= last or tag < first:
                 raise _Fallback
             last = tag
-            if implicit and not vr:
-                vr = _private_vr(tag, creators)
+            if not vr or (vr == "UN" and group & 1):  # a private element without its VR, or written as UN
+                vr = self.private_vr(tag, creators)
             if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special or tag == _PIXEL_REPRESENTATION:
                 if vr == "SQ":
                     sequences = True
@@ -373,21 +427,20 @@ class _Reader:
                     size = len(data)
                 if json:  # _fragment's lookup, inlined: the common case is one dictionary hit
                     value = data[pos:stop]
+                    if not little and vr in _NUMBER_SIZES:
+                        value = _little_endian(vr, value)
                     if length <= fragment_limit:
                         append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
                     else:
                         append(self.counted(_fragment(tag, vr, value, codec)))
                 pos = stop
-            if vr == "LO" and group & 1:
-                if implicit:
-                    creators[tag] = _creator(data[pos - length:pos])
-                elif element <= 0xFF:
-                    raw_creators[tag] = data[pos - length:pos]
+            if group & 1 and 0x10 <= element <= 0xFF and vr in TEXT_VRS:  # a private creator names its block
+                creators[tag] = data[pos - length:pos]
             if end is not None and pos > end:
                 raise _Fallback
         return "{" + ",".join(parts) + "}", pos
 
-    def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
+    def _element(self, tag: int, vr: str, length: int, pos: int, codec: Codec, top: bool) -> tuple[str, int, Codec]:
         """The JSON of one element ('"GGGGEEEE":{...}') whose value is at ``pos``, the position after it, and
         the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
@@ -402,9 +455,11 @@ class _Reader:
         if not (self.json or tag == _CHARSET or top and (tag in _MAIN_TAGS or tag == _PIXEL_REPRESENTATION)):
             return "", pos + length, codec  # main tags only: this value is not needed
         value = self.data[pos:pos + length]
+        if not self.little and vr in _NUMBER_SIZES:
+            value = _little_endian(vr, value)
         if tag == _CHARSET:
-            if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
-                raise _Fallback
+            if b"\\ " in value or value[:1] == b" " or not value.isascii():  # pydicom keeps a leading space
+                raise _Fallback  # in this element, and decodes it as Latin-1 whatever it names
             codec = _charset_codec(vr, value)
         if top and tag in _MAIN_TAGS:
             self.main[tag] = _main_text(vr, value, codec)
@@ -412,14 +467,14 @@ class _Reader:
             self.pixel_representation = value[0] | value[1] << 8
         return (_fragment(tag, vr, value, codec) if self.json else ""), pos + length, codec
 
-    def _sequence(self, pos: int, length: int, codec: str) -> tuple[str, int]:
+    def _sequence(self, pos: int, length: int, codec: Codec) -> tuple[str, int]:
         items: list[str] = []
         end = None if length == _UNDEFINED else pos + length
         if end is not None:
             self.need(end)
         while pos != end:
             self.need(pos + 8)
-            group, element, item_length = _TAG_LENGTH.unpack_from(self.data, pos)
+            group, element, item_length = self.headers[0].unpack_from(self.data, pos)
             tag = group << 16 | element
             if end is None and tag == _SEQUENCE_END and item_length == 0:
                 return _sequence_entry(items), pos + 8
@@ -439,72 +494,40 @@ def _kept(fragment: str) -> bool:
     return value is None or values.kept_in_header(value)
 
 
-def _private_vr(tag: int, creators: dict[int, str]) -> str:
-    """The VR pydicom gives a private element read in implicit VR (its _private_vr_for_tag): LO for a private
-    creator, UN when the private dictionary does not know the element; fall back when it does."""
-    element = tag & 0xFFFF
-    if 0x0010 <= element <= 0x00FF:
-        return "LO"
-    if element < 0x1000:  # private group length, reserved elements: leave them to pydicom
-        raise _Fallback
-    creator = creators.get(tag >> 16 << 16 | element >> 8)
-    if creator is not None and _in_private_dictionary(tag, creator):
-        raise _Fallback
-    return "UN"
-
-
-def _known_private(tag: int, raw_creators: dict[int, bytes]) -> bool:
-    """True for a private data element whose creator (read in explicit VR) the private dictionary knows with it:
-    pydicom converts such an element written as UN to the dictionary's VR."""
-    if not private_data(tag):
-        return False
-    raw = raw_creators.get(tag >> 16 << 16 | (tag & 0xFFFF) >> 8)
-    return raw is not None and _in_private_dictionary(tag, _creator(raw))
-
-
-@lru_cache(maxsize=4096)  # bounded: creators and tags come from the files
-def _in_private_dictionary(tag: int, creator: str) -> bool:
-    try:
-        private_dictionary_VR(tag, creator)
-    except KeyError:
-        return False
-    return True
-
-
-def _creator(value: bytes) -> str:
-    """A private creator's name, when pydicom and the fast path read it alike: printable ASCII, one value, no
-    leading space; trailing spaces and NULs are padding. Else fall back."""
-    name = value.rstrip(b" \x00")
-    if not name or name[0] == 0x20 or b"\\" in name or any(b < 0x20 or b > 0x7E for b in name):
-        raise _Fallback
-    return name.decode("ascii")
+def _little_endian(vr: str, value: bytes) -> bytes:
+    """A big endian value of numbers (_NUMBER_SIZES) with each number's bytes reversed; a trailing part too short
+    for a number is dropped (as the readers drop it)."""
+    size = _NUMBER_SIZES[vr]
+    numbers = array(_ARRAY_TYPECODES[size], value[:len(value) - len(value) % size])
+    numbers.byteswap()
+    return numbers.tobytes()
 
 
 def _sequence_entry(items: list[str]) -> str:
     return '{"vr":"SQ","Value":[' + ",".join(items) + "]}" if items else '{"vr":"SQ"}'
 
 
-def _charset_codec(vr: str, value: bytes) -> str:
-    """The Python codec of a (0008,0005) SpecificCharacterSet the fast path decodes itself, else fall back."""
-    codec = values.charset_codec(value) if vr == "CS" else None
+def _charset_codec(vr: str, value: bytes) -> Codec:
+    """The codec of a (0008,0005) SpecificCharacterSet (elements.text_codec), else fall back."""
+    codec = text_codec(value) if vr == "CS" else None
     if codec is None:
         raise _Fallback
     return codec
 
 
-def _main_text(vr: str, value: bytes, codec: str) -> str:
+def _main_text(vr: str, value: bytes, codec: Codec) -> str:
     """A main tag's values joined by backslash, as ``elements.Decoder.text`` gives them; fall back when it is
     not text (pydicom converts it)."""
     if vr not in TEXT_VRS:
         raise _Fallback
-    return "\\".join(v for v in split_values(vr, value.decode(codec, "replace")) if v is not None)
+    return "\\".join(v for v in decode_text(vr, value, codec) if v is not None)
 
 
 def _key(tag: int) -> str:
     return f'"{tag:08X}":'
 
 
-def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
+def _fragment(tag: int, vr: str, value: bytes, codec: Codec) -> str:
     """'"GGGGEEEE":' and the element's DICOM JSON object, from _FRAGMENTS when written before."""
     if len(value) > _FRAGMENT_VALUE_LIMIT:
         return _key(tag) + _entry(vr, value, codec)
@@ -518,7 +541,7 @@ def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
     return fragment
 
 
-def _entry(vr: str, value: bytes, codec: str) -> str:
+def _entry(vr: str, value: bytes, codec: Codec) -> str:
     """One element's DICOM JSON object (dicomjson.dataset_to_json + headers._header_json)."""
     if vr in SIMPLE_TEXT_VRS:
         return _text_entry(vr, value, codec)
@@ -527,7 +550,7 @@ def _entry(vr: str, value: bytes, codec: str) -> str:
             return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(value).decode("ascii")}"}}'
         return f'{{"vr":"{vr}"}}'
     if vr in TEXT_VRS:  # PN, IS, DS
-        items = [_json(scalar(vr, v)) for v in split_values(vr, value.decode(codec, "replace"))]
+        items = [_json(scalar(vr, v)) for v in decode_text(vr, value, codec)]
     elif vr == "AT":
         items = [f'"{g:04X}{e:04X}"' for g, e in TAG_PAIRS[True].iter_unpack(value[:len(value) - len(value) % 4])]
     else:
@@ -539,9 +562,9 @@ def _entry(vr: str, value: bytes, codec: str) -> str:
     return f'{{"vr":"{vr}","Value":[{",".join(items)}]}}'
 
 
-def _text_entry(vr: str, value: bytes, codec: str) -> str:
-    """dicomjson._simple_text, written as JSON (values.split_values)."""
-    pieces = split_values(vr, value.decode(codec, "replace")) if value else []
+def _text_entry(vr: str, value: bytes, codec: Codec) -> str:
+    """dicomjson._simple_text, written as JSON (elements.decode_text)."""
+    pieces = decode_text(vr, value, codec) if value else []
     if not pieces:
         return f'{{"vr":"{vr}"}}'
     return f'{{"vr":"{vr}","Value":[{",".join(_string(p) if p else "null" for p in pieces)}]}}'
