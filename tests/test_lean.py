@@ -121,6 +121,28 @@ def test_a_private_element_written_as_un_is_read_as_its_creator_defines(
     assert (stored["vr"] == "LO") is converted and answered
 
 
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT])
+def test_a_private_value_too_short_for_its_dictionary_vr_is_stored_without_it(tmp_path: Path, syntax: str) -> None:
+    """(0009,1027), SL in the private dictionary under GEMS_IDEN_01, holding 3 bytes in implicit VR or written as
+    UN: both readers store the element with its VR and no value, as they do for a public element of a length its
+    VR cannot divide, where pydicom's conversion rejected the whole file (BytesLengthException)."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    add_raw(ds, 0x00090010, "LO", b"GEMS_IDEN_01", syntax == IMPLICIT)
+    add_raw(ds, 0x00091027, "OB", b"\x01\x02\x03\x04", syntax == IMPLICIT)  # pydicom would write a UN as SL
+    data = encode(ds, syntax)
+    tag = b"\x09\x00\x27\x10"
+    written = tag + (b"" if syntax == IMPLICIT else b"OB\x00\x00") + b"\x04\x00\x00\x00\x01\x02\x03\x04"
+    short = tag + (b"" if syntax == IMPLICIT else b"UN\x00\x00") + b"\x03\x00\x00\x00\x01\x02\x03"
+    assert data.count(written) == 1
+    (tmp_path / "f.dcm").write_bytes(data.replace(written, short))
+    assert compare(str(tmp_path), "f.dcm", True)
+    result = read_instance(str(tmp_path), FileEntry("f.dcm", (tmp_path / "f.dcm").stat().st_size, 0), True)
+    assert isinstance(result, Instance) and result.header is not None
+    assert json.loads(result.header)["00091027"] == {"vr": "SL"}
+
+
 @pytest.mark.parametrize("charset", [b" ISO_IR 192 ", b"ISO_IR 100\\ ISO_IR 192 "])
 def test_a_character_set_with_a_leading_space_is_read_as_pydicom_reads_it(tmp_path: Path, charset: bytes) -> None:
     """Found by an outside attack: pydicom keeps the leading space of (0008,0005) (and does not know the name);
