@@ -233,8 +233,12 @@ TEXTY = st.sampled_from(["", " ", "a", "A\\B", "\\", "x\x00y", "\x00", "é", "Ü
 NUMBERS = st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(allow_nan=True, allow_infinity=True))
 
 
+# The Python codecs of the generated character sets (ISO 2022 IR 87: Python's iso2022_jp writes its escapes).
+CODECS = {"ISO_IR 192": "utf-8", "\\ISO 2022 IR 87": "iso2022_jp", "GB18030": "gb18030"}
+
+
 def value_bytes(vr: str, draw: Any, charset: str) -> bytes:
-    codec = "utf-8" if charset == "ISO_IR 192" else "latin-1"
+    codec = CODECS.get(charset, "latin-1")
     if vr in ("FL", "FD"):
         return b"".join(struct.pack("<" + ("f" if vr == "FL" else "d"), draw(st.floats(width=32 if vr == "FL"
                                                                                        else 64)))
@@ -262,15 +266,16 @@ Spec = list[tuple[int, str, Any]]  # (tag, VR, bytes) or (tag, "SQ", [item specs
 def datasets(draw: Any, depth: int = 0, charset: str | None = None) -> Spec:
     spec: Spec = []
     if depth == 0 or draw(st.booleans()):
-        charset = draw(st.sampled_from(["", "ISO_IR 100", "ISO_IR 192", "ISO_IR 6"]))
+        charset = draw(st.sampled_from(["", "ISO_IR 100", "ISO_IR 192", "ISO_IR 6", "\\ISO 2022 IR 87", "GB18030"]))
         if charset:
             spec.append((0x00080005, "CS", charset.encode() + b" " * (len(charset) % 2)))
     for vr in draw(st.lists(st.sampled_from(sorted(TAGS)), max_size=12, unique=True)):
         if vr not in ("OV", "SV", "UV") or PYDICOM3:
             spec.append((TAGS[vr], vr, value_bytes(vr, draw, charset or "")))
-    if draw(st.booleans()):  # a private block; in implicit VR its creator decides the data element's VR
-        vr = draw(st.sampled_from(["LO", "US", "OB", "DS", "PN"]))
-        spec += [(0x00190010, "LO", draw(CREATORS)), (0x00191001, vr, value_bytes(vr, draw, charset or ""))]
+    if draw(st.booleans()):  # a private block; in implicit VR (or written as UN) its creator decides the VR
+        vr = draw(st.sampled_from(["LO", "US", "OB", "DS", "PN", "UN"]))
+        spec += [(0x00190010, draw(st.sampled_from(["LO", "SH", "UN"])), draw(CREATORS)),
+                 (0x00191001, vr, value_bytes(vr, draw, charset or ""))]
         if draw(st.booleans()):
             spec.append((0x00190005, "UN", b"\x01\x02"))
     if depth == 0 and draw(st.booleans()):  # 'US or SS' elements, whose VR (0028,0103) decides in implicit VR

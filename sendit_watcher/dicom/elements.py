@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from pydicom import valuerep
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes, python_encoding
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import RawDataElement
 
@@ -219,14 +219,17 @@ _DELIMITERS = {True: set(valuerep.TEXT_VR_DELIMS), False: set(valuerep.TEXT_VR_D
 _PN_DELIMITERS = _DELIMITERS[False] | {0x3D, 0x5E}
 
 
-def text_codec(value: bytes) -> Codec | None:
+def text_codec(value: bytes, known: bool = False) -> Codec | None:
     """The codec of a SpecificCharacterSet (0008,0005) value: a Python codec for the character sets
     values.CODECS lists, else the Python encodings pydicom's convert_encodings names (an unknown one its
-    default); None when pydicom refuses (its reading validation mode RAISE)."""
+    default); None when pydicom refuses (its reading validation mode RAISE), or, when ``known``, unless pydicom
+    knows every term by its DICOM name (a misspelt or unknown one is pydicom's business: 2.3 may fail on it)."""
     codec = charset_codec(value)
     if codec is not None:
         return codec
     names = [v or "" for v in split_values("CS", value.decode("ascii", "replace"))]
+    if known and not all(name in python_encoding for name in names):
+        return None
     try:
         return tuple(convert_encodings(names))
     except Exception:  # noqa: BLE001 - pydicom raises for an unknown character set when asked to

@@ -508,8 +508,9 @@ def _sequence_entry(items: list[str]) -> str:
 
 
 def _charset_codec(vr: str, value: bytes) -> Codec:
-    """The codec of a (0008,0005) SpecificCharacterSet (elements.text_codec), else fall back."""
-    codec = text_codec(value) if vr == "CS" else None
+    """The codec of a (0008,0005) SpecificCharacterSet whose every term pydicom knows (elements.text_codec),
+    else fall back."""
+    codec = text_codec(value, known=True) if vr == "CS" else None
     if codec is None:
         raise _Fallback
     return codec
