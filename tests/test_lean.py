@@ -79,7 +79,6 @@ def test_header_longer_than_the_first_read(tmp_path: Path) -> None:
 
     for syntax in (EXPLICIT, IMPLICIT):
         ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
-        ds.remove_private_tags()  # GEMS private tags pydicom's private dictionary knows: implicit VR falls back
         ds.add_new(0x00400280, "UT", "long \\ text " * 20000)  # CommentsOnThePerformedProcedureStep, 260 kB
         ds.add_new(0x00420011, "OB", b"\x01" * 100001)  # EncapsulatedDocument: bulk data, left out
         (tmp_path / "long.dcm").write_bytes(encode(ds, syntax))
@@ -106,7 +105,7 @@ def test_a_private_element_written_as_un_is_read_as_its_creator_defines(
         tmp_path: Path, creator: str, converted: bool) -> None:
     """Found by an outside attack: (0009,1001) sent as UN under a creator the private dictionary knows (as PACS
     forward private tags) was stored as UN bytes by both readers, where pydicom gives LO (and so does the same
-    element in an implicit VR file). Under an unknown creator it stays UN, and the lean reader answers."""
+    element in an implicit VR file). Under an unknown creator it stays UN. The lean reader answers in both."""
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
@@ -122,7 +121,29 @@ def test_a_private_element_written_as_un_is_read_as_its_creator_defines(
     stored = json.loads(result.header)["00091001"]
     expected = pydicom.dcmread(tmp_path / "f.dcm").to_json_dict()["00091001"]
     assert stored == expected
-    assert (stored["vr"] == "LO") is converted and answered is not converted
+    assert (stored["vr"] == "LO") is converted and answered
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT])
+def test_a_private_value_too_short_for_its_dictionary_vr_is_stored_without_it(tmp_path: Path, syntax: str) -> None:
+    """(0009,1027), SL in the private dictionary under GEMS_IDEN_01, holding 3 bytes in implicit VR or written as
+    UN: both readers store the element with its VR and no value, as they do for a public element of a length its
+    VR cannot divide, where pydicom's conversion rejected the whole file (BytesLengthException)."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    add_raw(ds, 0x00090010, "LO", b"GEMS_IDEN_01", syntax == IMPLICIT)
+    add_raw(ds, 0x00091027, "OB", b"\x01\x02\x03\x04", syntax == IMPLICIT)  # pydicom would write a UN as SL
+    data = encode(ds, syntax)
+    tag = b"\x09\x00\x27\x10"
+    written = tag + (b"" if syntax == IMPLICIT else b"OB\x00\x00") + b"\x04\x00\x00\x00\x01\x02\x03\x04"
+    short = tag + (b"" if syntax == IMPLICIT else b"UN\x00\x00") + b"\x03\x00\x00\x00\x01\x02\x03"
+    assert data.count(written) == 1
+    (tmp_path / "f.dcm").write_bytes(data.replace(written, short))
+    assert compare(str(tmp_path), "f.dcm", True)
+    result = read_instance(str(tmp_path), FileEntry("f.dcm", (tmp_path / "f.dcm").stat().st_size, 0), True)
+    assert isinstance(result, Instance) and result.header is not None
+    assert json.loads(result.header)["00091027"] == {"vr": "SL"}
 
 
 @pytest.mark.parametrize("charset", [b" ISO_IR 192 ", b"ISO_IR 100\\ ISO_IR 192 "])
@@ -211,8 +232,12 @@ TEXTY = st.sampled_from(["", " ", "a", "A\\B", "\\", "x\x00y", "\x00", "é", "Ü
 NUMBERS = st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(allow_nan=True, allow_infinity=True))
 
 
+# The Python codecs of the generated character sets (ISO 2022 IR 87: Python's iso2022_jp writes its escapes).
+CODECS = {"ISO_IR 192": "utf-8", "\\ISO 2022 IR 87": "iso2022_jp", "GB18030": "gb18030"}
+
+
 def value_bytes(vr: str, draw: Any, charset: str) -> bytes:
-    codec = "utf-8" if charset == "ISO_IR 192" else "latin-1"
+    codec = CODECS.get(charset, "latin-1")
     if vr in ("FL", "FD"):
         return b"".join(struct.pack("<" + ("f" if vr == "FL" else "d"), draw(st.floats(width=32 if vr == "FL"
                                                                                        else 64)))
@@ -240,7 +265,7 @@ Spec = list[tuple[int, str, Any]]  # (tag, VR, bytes) or (tag, "SQ", [item specs
 def datasets(draw: Any, depth: int = 0, charset: str | None = None) -> Spec:
     spec: Spec = []
     if depth == 0 or draw(st.booleans()):
-        charset = draw(st.sampled_from(["", "ISO_IR 100", "ISO_IR 192", "ISO_IR 6"]))
+        charset = draw(st.sampled_from(["", "ISO_IR 100", "ISO_IR 192", "ISO_IR 6", "\\ISO 2022 IR 87", "GB18030"]))
         if charset:
             spec.append((0x00080005, "CS", charset.encode() + b" " * (len(charset) % 2)))
     for vr in draw(st.lists(st.sampled_from(sorted(ELEMENT_TAGS)), max_size=12, unique=True)):
@@ -248,9 +273,10 @@ def datasets(draw: Any, depth: int = 0, charset: str | None = None) -> Spec:
             spec.append((ELEMENT_TAGS[vr], vr, value_bytes(vr, draw, charset or "")))
     for tag, vr in draw(st.lists(st.sampled_from(MAIN_VALUE_TAGS), max_size=4, unique=True)):
         spec.append((tag, vr, value_bytes(vr, draw, charset or "")))
-    if draw(st.booleans()):  # a private block; in implicit VR its creator decides the data element's VR
-        vr = draw(st.sampled_from(["LO", "US", "OB", "DS", "PN"]))
-        spec += [(0x00190010, "LO", draw(CREATORS)), (0x00191001, vr, value_bytes(vr, draw, charset or ""))]
+    if draw(st.booleans()):  # a private block; in implicit VR (or written as UN) its creator decides the VR
+        vr = draw(st.sampled_from(["LO", "US", "OB", "DS", "PN", "UN"]))
+        spec += [(0x00190010, draw(st.sampled_from(["LO", "SH", "UN"])), draw(CREATORS)),
+                 (0x00191001, vr, value_bytes(vr, draw, charset or ""))]
         if draw(st.booleans()):
             spec.append((0x00190005, "UN", b"\x01\x02"))
     if depth == 0 and draw(st.booleans()):  # 'US or SS' elements, whose VR (0028,0103) decides in implicit VR

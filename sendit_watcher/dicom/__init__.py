@@ -7,7 +7,8 @@ the leaf modules errors, names, walk and outcomes), never one below it:
   importer's staging columns are derived; the other tags and UIDs the readers look for.
 - ``values``: the value rules: padding and multiple values, the character sets decoded here, what PostgreSQL can
   store, the size limits, and what each kind of main tag becomes as a column.
-- ``elements``: decoding pydicom's raw elements without building DataElements; the VR classes.
+- ``elements``: decoding pydicom's raw elements without building DataElements; the VR classes; the rules both
+  readers share for a private element's VR (from its creator) and for text in any character set.
 - ``dicomjson``: a pydicom dataset as the DICOM JSON model.
 - ``stream``: one file read forward in bounded chunks, values passed over unread or read on their own (lean's).
 - ``lean``: the single-pass reader that needs no pydicom dataset; it answers only for an importable instance.

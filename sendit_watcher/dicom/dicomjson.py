@@ -6,9 +6,9 @@ import base64
 import math
 from typing import Any
 
-from sendit_watcher.dicom.elements import BINARY_VRS, FLOAT_VRS, INT_VRS, SIMPLE_TEXT_VRS, Decoder
+from sendit_watcher.dicom.elements import BINARY_VRS, FLOAT_VRS, INT_VRS, SIMPLE_TEXT_VRS, Codec, Decoder, decode_text
 from sendit_watcher.dicom.tags import SPECIFIC_CHARACTER_SET
-from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, clean, split_values
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, clean
 
 __all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "scalar"]
 
@@ -17,7 +17,7 @@ __all__ = ["dataset_to_json", "is_multi_value", "jsonb_safe", "scalar"]
 _PLAIN_VRS = frozenset({"AT", "FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 
 
-def dataset_to_json(dataset: Any, codec: str | None = "") -> dict[str, dict[str, Any]]:
+def dataset_to_json(dataset: Any, codec: Codec | None = "") -> dict[str, dict[str, Any]]:
     """The DICOM JSON object of a pydicom Dataset (or sequence item); file meta is not part of it.
 
     Elements are decoded from their raw bytes where possible; pydicom converts the rest.
@@ -52,9 +52,9 @@ _KEYS: dict[int, str] = {}  # tag -> "GGGGEEEE", shared by every file this proce
 _KEYS_LIMIT = 16384
 
 
-def _simple_text(vr: str, data: bytes | None, codec: str) -> dict[str, Any]:
-    """A text element straight from its bytes, by values.split_values."""
-    values = split_values(vr, data.decode(codec, "replace")) if data else []
+def _simple_text(vr: str, data: bytes | None, codec: Codec) -> dict[str, Any]:
+    """A text element straight from its bytes, by elements.decode_text."""
+    values = decode_text(vr, data, codec) if data else []
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
@@ -64,7 +64,7 @@ def _binary(vr: str, value: bytes | None) -> dict[str, Any]:
     return {"vr": vr}
 
 
-def _element(element: Any, codec: str | None) -> dict[str, Any]:
+def _element(element: Any, codec: Codec | None) -> dict[str, Any]:
     vr = _plain_vr(element.VR)
     value = element.value
     entry: dict[str, Any] = {"vr": vr}
@@ -129,7 +129,7 @@ def _person_name(text: str) -> dict[str, str]:
     return {key: group for key, group in zip(keys, groups, strict=False) if group}
 
 
-def _item_codec(item: Any, codec: str | None) -> str | None:
+def _item_codec(item: Any, codec: Codec | None) -> Codec | None:
     """A sequence item's own SpecificCharacterSet wins over its parent's ("" = read it from the item)."""
     return "" if SPECIFIC_CHARACTER_SET in item else codec
 

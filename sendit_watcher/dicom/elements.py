@@ -1,6 +1,10 @@
 """Decoding data elements straight from the bytes pydicom read (its RawDataElement), without building
 DataElement objects: the fast path for the main columns and the JSON header. Anything unusual (sequences,
-ambiguous VRs, multi-byte character sets, elements pydicom already converted) falls back to pydicom."""
+ambiguous VRs, elements pydicom already converted) falls back to pydicom.
+
+Also the rules both readers share for what pydicom would otherwise decide element by element: the VR of a private
+element whose VR is not written (implicit VR) or written as UN, from its private creator (``private_vr``), and the
+decoding of text in any character set (``text_codec``, ``decode_text``)."""
 
 from __future__ import annotations
 
@@ -10,15 +14,21 @@ from functools import lru_cache
 from typing import Any
 
 from pydicom import valuerep
-from pydicom.datadict import dictionary_VR
+from pydicom.charset import convert_encodings, decode_bytes, python_encoding
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import RawDataElement
 
 from sendit_watcher.dicom.tags import SPECIFIC_CHARACTER_SET
-from sendit_watcher.dicom.values import charset_codec, split_values
+from sendit_watcher.dicom.values import SINGLE_VALUED, charset_codec, split_values
 
-__all__ = ["Decoder", "FALLBACK", "deferred", "known_un", "private_data", "dictionary_vr", "vr_names", "TEXT_VRS",
-           "SIMPLE_TEXT_VRS", "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "CHARSET_AFFECTED", "STRUCT_FORMATS",
-           "UNPACKERS", "TAG_PAIRS"]
+__all__ = ["Codec", "Decoder", "FALLBACK", "deferred", "known_un", "private_data", "private_vr", "creator_tag",
+           "creator_name", "text_codec", "decode_text", "dictionary_vr", "vr_names", "TEXT_VRS", "SIMPLE_TEXT_VRS",
+           "BINARY_VRS", "INT_VRS", "FLOAT_VRS", "CHARSET_AFFECTED", "STRUCT_FORMATS", "UNPACKERS", "TAG_PAIRS"]
+
+# How a dataset's text is decoded: a Python codec (the character sets values.CODECS lists), or the Python
+# encodings pydicom names for its SpecificCharacterSet (code extensions, GB18030, ...), decoded by pydicom's
+# charset functions.
+Codec = str | tuple[str, ...]
 
 FALLBACK = object()  # "ask pydicom": this element is not for the fast path
 
@@ -45,7 +55,7 @@ TAG_PAIRS = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
 class Decoder:
     """Decodes one dataset's raw elements; ``codec`` None means its character set needs pydicom."""
 
-    def __init__(self, dataset: Any, codec: str | None = "") -> None:
+    def __init__(self, dataset: Any, codec: Codec | None = "") -> None:
         self.dataset = dataset
         self.codec = _codec(dataset) if codec == "" else codec
         self._by_tag: dict[int, tuple[str, RawDataElement | None]] | None = None
@@ -58,40 +68,48 @@ class Decoder:
                 found = self.vr_and_raw(int(tag))
                 yield (int(tag), found[0], found[1]) if found else (int(tag), "", None)
             return
-        text_ok = self.codec is not None
         for key, raw in elements.items():
             tag = int(key)  # pydicom's BaseTag compares in Python; a plain int keeps lookups in C
             if type(raw) is not RawDataElement:
                 yield tag, "", None
                 continue
-            vr = raw.VR or dictionary_vr(tag)
-            if deferred(raw):  # longer than the read's defer_size: its element without its value, never read
-                yield tag, (vr or "UN").split(" ", 1)[0], raw
-                continue
-            if vr is None or vr == "SQ" or " " in vr or (not text_ok and vr in CHARSET_AFFECTED) \
-                    or _known_un(vr, tag):
-                yield tag, "", None
-            else:
-                yield tag, vr, raw
+            vr = self._vr_of(tag, raw)
+            yield (tag, vr, raw) if vr else (tag, "", None)
 
     def vr_and_raw(self, tag: int) -> tuple[str, RawDataElement] | None:
         """The element's VR and raw form when the fast path can decode it, else None."""
         raw = self.dataset.get_item(tag)
         if not isinstance(raw, RawDataElement):
             return None
+        vr = self._vr_of(tag, raw)
+        return (vr, raw) if vr else None
+
+    def _vr_of(self, tag: int, raw: RawDataElement) -> str | None:
+        """The VR the fast path decodes ``raw`` with, None when it is pydicom's business."""
         vr = raw.VR or dictionary_vr(tag)
-        if deferred(raw):
-            return (vr or "UN").split(" ", 1)[0], raw
-        if vr is None or " " in vr or vr == "SQ" or (vr in CHARSET_AFFECTED and self.codec is None) or \
-                _known_un(vr, tag):
+        if tag >> 16 & 1 and (vr is None or vr == "UN"):  # a private element: its creator says
+            vr = private_vr(tag, self._creator(tag))
+        if deferred(raw):  # longer than the read's defer_size: its element without its value, never read
+            return (vr or "UN").split(" ", 1)[0]
+        if vr is None or vr == "SQ" or " " in vr or (self.codec is None and vr in CHARSET_AFFECTED) \
+                or (vr == "UN" and known_un(tag)):
             return None
-        return vr, raw
+        return vr
+
+    def _creator(self, tag: int) -> bytes | None:
+        """The value of the private creator of a private data element's block, as written (creator_value)."""
+        if tag & 0xFFFF < 0x1000:
+            return None
+        elements = getattr(self.dataset, "_dict", None)
+        element = elements.get(creator_tag(tag)) if isinstance(elements, dict) else \
+            self.dataset.get_item(creator_tag(tag))
+        return None if element is None else creator_value(element)
 
     def values(self, vr: str, raw: RawDataElement) -> list[Any]:
         """Python values of a raw element: str for text, int/float for numbers, one bytes for binary."""
         data = raw.value or b""
         if vr in TEXT_VRS:
-            return split_values(vr, data.decode(self.codec or "latin-1", "replace"))
+            return decode_text(vr, data, self.codec or "latin-1")
         if vr in STRUCT_FORMATS:
             unpacker = UNPACKERS[vr, raw.is_little_endian]
             size = unpacker.size
@@ -131,22 +149,110 @@ def known_un(tag: int) -> bool:
     return vr is not None and vr != "UN"
 
 
-def _known_un(vr: str, tag: int) -> bool:
-    """An element read as UN that pydicom may convert: a public one its dictionary knows, or a private one
-    (pydicom looks it up under its creator in the private dictionary)."""
-    return vr == "UN" and (known_un(tag) or private_data(tag))
-
-
 def private_data(tag: int) -> bool:
     """A private data element (odd group, element 0x1000 and above), whose VR its private creator may define."""
     return bool(tag >> 16 & 1) and tag & 0xFFFF >= 0x1000
 
 
-def _codec(dataset: Any) -> str | None:
+def creator_tag(tag: int) -> int:
+    """The tag of the private creator that reserves the block of the private data element ``tag``."""
+    return tag >> 16 << 16 | (tag & 0xFFFF) >> 8
+
+
+def creator_value(element: Any) -> bytes | None:
+    """A private creator element's value as written, when its VR is one a creator's name can have (not written,
+    UN, or text: LO as the standard has it, SH or UN as PACS forward it); a value pydicom already converted is
+    written back (several values joined by backslash). None for any other element."""
+    vr = element.VR
+    vr = str(getattr(vr, "value", vr)) if vr else None
+    if vr is not None and vr != "UN" and vr not in TEXT_VRS:
+        return None
+    value = element.value
+    if isinstance(value, bytes) or value is None:
+        return value or b""
+    text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or \
+        type(value).__name__ == "MultiValue" else str(value)
+    return text.encode("latin-1", "replace")
+
+
+def creator_name(value: bytes | None) -> str | None:
+    """The name a private creator's value gives its block, by one rule for every VR it is written with: the
+    value without its padding (trailing spaces and NULs), as text; None when it names no block (empty, several
+    values, not printable ASCII), so its elements are UN. pydicom 2.3 fails on a creator of several values
+    (TypeError: unhashable 'MultiValue'); pydicom 3 finds no entry: the elements are UN here in both."""
+    if not value:
+        return None
+    try:
+        name = value.rstrip(b" \x00").decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return name if name and name.isprintable() and "\\" not in name else None
+
+
+def private_vr(tag: int, creator: bytes | None) -> str | None:
+    """The VR of an element of an odd group whose VR is not written (implicit VR) or written as UN, as pydicom
+    reads it (its _private_vr_for_tag): LO for a private creator; for a private data element, the VR the private
+    dictionary gives it under its creator's name (``creator`` is the creator's value, creator_name), else UN.
+    None for the group length and reserved elements (element below 0x0010, or 0x0100 to 0x0FFF): pydicom's
+    business."""
+    element = tag & 0xFFFF
+    if 0x0010 <= element <= 0x00FF:
+        return "LO"
+    if element < 0x1000:
+        return None
+    name = creator_name(creator)
+    return "UN" if name is None else _private_dictionary_vr(tag, name)
+
+
+@lru_cache(maxsize=16384)  # bounded: creators and tags come from the files
+def _private_dictionary_vr(tag: int, name: str) -> str:
+    try:
+        vr = private_dictionary_VR(tag, name)
+    except KeyError:
+        return "UN"
+    return str(getattr(vr, "value", vr))
+
+
+# Where a character set's code extension ends (PS3.5 6.1.2.5.3): the text delimiters, the value delimiter
+# (backslash) of the VRs with several values, and a person name's group and component delimiters.
+_DELIMITERS = {True: set(valuerep.TEXT_VR_DELIMS), False: set(valuerep.TEXT_VR_DELIMS) | {0x5C}}
+_PN_DELIMITERS = _DELIMITERS[False] | {0x3D, 0x5E}
+
+
+def text_codec(value: bytes, known: bool = False) -> Codec | None:
+    """The codec of a SpecificCharacterSet (0008,0005) value: a Python codec for the character sets
+    values.CODECS lists, else the Python encodings pydicom's convert_encodings names (an unknown one its
+    default); None when pydicom refuses (its reading validation mode RAISE), or, when ``known``, unless pydicom
+    knows every term by its DICOM name (a misspelt or unknown one is pydicom's business: 2.3 may fail on it)."""
+    codec = charset_codec(value)
+    if codec is not None:
+        return codec
+    names = [v or "" for v in split_values("CS", value.decode("ascii", "replace"))]
+    if known and not all(name in python_encoding for name in names):
+        return None
+    try:
+        return tuple(convert_encodings(names))
+    except Exception:  # noqa: BLE001 - pydicom raises for an unknown character set when asked to
+        return None
+
+
+def decode_text(vr: str, value: bytes, codec: Codec) -> list[str | None]:
+    """The values of a text element (values.split_values) decoded with ``codec``: by Python's codec, or by
+    pydicom's decode_bytes (code extensions reset at each delimiter; undecodable bytes replaced)."""
+    if isinstance(codec, str):
+        return split_values(vr, value.decode(codec, "replace"))
+    delimiters = _PN_DELIMITERS if vr == "PN" else _DELIMITERS[vr in SINGLE_VALUED]
+    return split_values(vr, decode_bytes(value, list(codec), delimiters))
+
+
+def _codec(dataset: Any) -> Codec | None:
     raw = dataset.get_item(SPECIFIC_CHARACTER_SET)
-    value = b"" if raw is None else raw.value if isinstance(raw, RawDataElement) else str(raw.value).encode(
-        "ascii", "replace")
-    return charset_codec(value or b"")
+    if raw is None or isinstance(raw, RawDataElement):
+        value = b"" if raw is None else raw.value or b""
+    else:  # converted by pydicom: its values, joined again
+        value = "\\".join(raw.value).encode("ascii", "replace") if isinstance(raw.value, (list, tuple)) or \
+            type(raw.value).__name__ == "MultiValue" else str(raw.value).encode("ascii", "replace")
+    return text_codec(value)
 
 
 @lru_cache(maxsize=16384)  # bounded: hostile files can carry any number of distinct private tags

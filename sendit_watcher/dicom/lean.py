@@ -1,5 +1,6 @@
 """A lean, single-pass DICOM header reader for explicit and implicit VR little endian (and the encapsulated
-syntaxes, whose header is explicit VR little endian), proven identical to the pydicom path of
+syntaxes, whose header is explicit VR little endian), explicit VR big endian and deflated explicit VR little endian
+(the dataset after the file meta group inflated whole, as pydicom does), proven identical to the pydicom path of
 ``headers.read_instance`` by differential tests (tests/test_lean.py). It sits below ``headers``, which calls it
 first, and never calls up into it.
 
@@ -10,20 +11,23 @@ does. The main tags become columns by the rules of ``values`` (as in headers' pa
 the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
 it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
 its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
-once. Implicit VR takes pydicom's data dictionary, private creators and private dictionary as pydicom does (unknown
-private elements are UN), and resolves 'US or SS' from (0028,0103).
+once. Implicit VR takes pydicom's data dictionary, and resolves 'US or SS' from (0028,0103); a private element
+whose VR is not written (implicit VR) or written as UN takes its VR from its private creator, whatever VR that is
+written with, by the rule the pydicom path follows too (``elements.private_vr``). Text in a character set beyond
+the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code extensions, GB18030, ...) is decoded by pydicom's charset
+functions (``elements.decode_text``), as in the pydicom path.
 
 Memory is bounded per value, not per file: the stream drops what the reader has walked past; a value that will not
 be stored is passed over, never read (with the main tags only, every value but theirs and the private creators',
 and every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value
 whose JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read
-on its own, once.
+on its own, once. A deflated dataset is the exception: it is inflated whole (``stream.Memory``), as pydicom does.
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
-and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, big endian, deflate, an
-unknown transfer syntax, an unknown or ambiguous VR, a private element the private dictionary knows (implicit VR),
-a character set other than the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192, elements out of order, a length
-that does not fit, a truncated file, any exception. Correctness never depends on this reader being complete.
+and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, an unknown transfer
+syntax, an unknown or ambiguous VR, a private element the private dictionary makes a sequence when written as UN,
+a group length or reserved private element without its VR, elements out of order, a length that does not fit, a
+truncated file, any exception. Correctness never depends on this reader being complete.
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ import math
 import os
 import stat
 import struct
+import zlib
+from array import array
 from collections.abc import Callable
-from functools import lru_cache
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom import valuerep
-from pydicom.datadict import private_dictionary_VR
 
 from sendit_watcher.dicom import values
 from sendit_watcher.dicom.dicomjson import scalar
@@ -52,14 +56,19 @@ from sendit_watcher.dicom.elements import (
     TAG_PAIRS,
     TEXT_VRS,
     UNPACKERS,
+    Codec,
+    creator_tag,
+    decode_text,
     dictionary_vr,
     known_un,
-    private_data,
+    private_vr,
+    text_codec,
     vr_names,
 )
-from sendit_watcher.dicom.stream import Stream
+from sendit_watcher.dicom.stream import Memory, Stream
 from sendit_watcher.dicom.tags import (
     DICOMDIR_SOP_CLASS,
+    EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     MEDIA_STORAGE_SOP_CLASS_UID,
@@ -68,7 +77,7 @@ from sendit_watcher.dicom.tags import (
     TRANSFER_SYNTAX_UID,
     UID_TAGS,
 )
-from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, clean, split_values
+from sendit_watcher.dicom.values import INLINE_BINARY_LIMIT, NON_FINITE, VALUE_LIMIT, clean
 from sendit_watcher.walk import open_beneath
 
 __all__ = ["ENABLED", "COUNTS", "TOO_LARGE", "read_fields", "reset_counts"]
@@ -82,12 +91,23 @@ FIRST_READ = 65536  # bytes of each read (stream.Stream's chunk): a longer heade
 # as pydicom's dcmread(defer_size=...) does in headers' path (values.VALUE_LIMIT).
 DEFER_SIZE = VALUE_LIMIT
 _PREAMBLE = 128
-_SYNTAXES = {IMPLICIT_VR_LE.encode() + pad: (IMPLICIT_VR_LE, True) for pad in (b"", b"\x00")}
-_SYNTAXES.update({EXPLICIT_VR_LE.encode() + pad: (EXPLICIT_VR_LE, False) for pad in (b"", b"\x00")})
+
+
+class _Syntax(NamedTuple):
+    """How a transfer syntax encodes the dataset after the file meta group."""
+    uid: str
+    implicit: bool = False
+    little: bool = True
+    deflated: bool = False
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _ENCAPSULATED = ["1.2.840.10008.1.2.4." + n for n in ("50", "51", "57", "70", "80", "81", "90", "91", "92", "93",
                                                      "100", "101", "102", "103", "104", "105", "106", "107",
                                                      "108", "201", "202", "203")] + ["1.2.840.10008.1.2.5"]
-_SYNTAXES.update({uid.encode() + pad: (uid, False) for uid in _ENCAPSULATED for pad in (b"", b"\x00")})
+_SYNTAXES = {syntax.uid.encode() + pad: syntax for pad in (b"", b"\x00") for syntax in [
+    _Syntax(IMPLICIT_VR_LE, implicit=True), _Syntax(EXPLICIT_VR_LE), _Syntax(EXPLICIT_VR_BE, little=False),
+    _Syntax(_DEFLATED, deflated=True), *(_Syntax(uid) for uid in _ENCAPSULATED)]}
 _DICOMDIR_SOP_CLASS = DICOMDIR_SOP_CLASS.encode()
 _CHARSET = SPECIFIC_CHARACTER_SET
 _FIRST_DATASET_TAG = 0x00080000  # top-level elements below group 0008 (command, DICOMDIR) are left to pydicom
@@ -101,6 +121,11 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # (FFFE,E0
 _UNDEFINED = 0xFFFFFFFF
 _TAG_LENGTH = struct.Struct("<HHL")  # implicit VR element header; item and delimiter headers
 _LONG_LENGTH = struct.Struct("<L")
+_HEADERS = {True: (_TAG_LENGTH, _LONG_LENGTH), False: (struct.Struct(">HHL"), struct.Struct(">L"))}  # by little
+# A big endian value of these VRs is turned little endian (each number's bytes reversed) as soon as it is read:
+# the rest of the reader knows little endian only. Numbers of each size, and the typecode of an array of them.
+_NUMBER_SIZES = {vr: UNPACKERS[vr, True].size for vr in STRUCT_FORMATS} | {"AT": 2}
+_ARRAY_TYPECODES = {array(code).itemsize: code for code in "QLIH"}
 
 _UNPACKERS = {vr: UNPACKERS[vr, True] for vr in STRUCT_FORMATS}  # little endian only
 _STANDARD = vr_names(getattr(valuerep, "STANDARD_VR", TEXT_VRS | BINARY_VRS | set(STRUCT_FORMATS) | {"AT", "SQ"}))
@@ -110,7 +135,7 @@ _LONG_VRS = vr_names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-by
 # Written fragments, '"GGGGEEEE":{...}' by (tag, VR, value bytes, codec), shared by every file this process
 # reads: the files of a series repeat most of their values, so most elements are one dictionary lookup. Bounded
 # in entries and in value size (emptied when full), so files full of distinct values cannot grow it.
-_FRAGMENTS: dict[tuple[int, str, bytes, str], str] = {}
+_FRAGMENTS: dict[tuple[int, str, bytes, Codec], str] = {}
 _FRAGMENTS_LIMIT = 8192
 _FRAGMENT_VALUE_LIMIT = 128
 
@@ -177,13 +202,15 @@ def _parse(reader: _Reader) -> dict[str, Any]:
     syntax = _SYNTAXES.get(meta.get(TRANSFER_SYNTAX_UID, b""))
     if syntax is None or _DICOMDIR_SOP_CLASS in meta.get(MEDIA_STORAGE_SOP_CLASS_UID, b""):
         raise _Fallback
-    transfer_syntax_uid, reader.implicit = syntax
+    reader.encoding(syntax)
+    if syntax.deflated:
+        reader.inflate(start)
     vr = reader.value(start + 4, 2)
     looks_explicit = 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B
     if looks_explicit == reader.implicit:  # pydicom would switch VR encoding: leave it to pydicom
         raise _Fallback
     header, _ = reader.dataset(start, None, "latin-1", True)
-    return _fields(reader.main, transfer_syntax_uid, header if reader.json else None)
+    return _fields(reader.main, syntax.uid, header if reader.json else None)
 
 
 class _Reader:
@@ -195,9 +222,24 @@ class _Reader:
         self.stream = stream
         self.json = full_header
         self.implicit = False
+        self.little = True  # the dataset's byte order (the file meta group is little endian)
+        self.headers = _HEADERS[True]  # element header and 4-byte length in that order
         self.main: dict[int, str] = {}
         self.pixel_representation: int | None = None  # (0028,0103) of the top-level dataset, when well formed
         self.kept = 0  # characters of the large values' JSON written so far (``counted``)
+
+    def encoding(self, syntax: _Syntax) -> None:
+        """Read the dataset in the VR encoding and byte order of ``syntax``."""
+        self.implicit, self.little = syntax.implicit, syntax.little
+        self.headers = _HEADERS[syntax.little]
+
+    def inflate(self, start: int) -> None:
+        """Deflated explicit VR little endian: the rest of the file after ``start`` (the end of the file meta
+        group) is one raw deflate stream. It is read once and inflated whole, as pydicom does; the reader goes on
+        over the inflated bytes in memory (positions from ``start`` on are theirs). A stream that does not inflate
+        (truncated, corrupt) raises zlib.error: pydicom's business."""
+        deflated = self.value(start, self.stream.size - start)
+        self.stream = Memory(zlib.decompress(deflated, -zlib.MAX_WBITS), start, FIRST_READ)
 
     def need(self, start: int, stop: int) -> None:
         """Have the stream's window hold the bytes from ``start`` to ``stop``; fall back when the file ends first."""
@@ -215,6 +257,12 @@ class _Reader:
         if value is None:
             raise _Fallback
         return value
+
+    def stored(self, vr: str, pos: int, length: int) -> bytes:
+        """The value of ``length`` bytes at ``pos`` (``value``), its numbers little endian whatever the dataset's
+        byte order (_little_endian)."""
+        value = self.value(pos, length)
+        return value if self.little or vr not in _NUMBER_SIZES else _little_endian(vr, value)
 
     def counted(self, fragment: str) -> str:
         """``fragment``, counted towards the header's size: raise _HeaderTooLarge as soon as the fragments that
@@ -276,7 +324,17 @@ class _Reader:
             raise _Fallback
         return tag, vr, length, pos + 8
 
-    def dataset(self, pos: int, end: int | None, codec: str, top: bool) -> tuple[str, int]:
+    def private_vr(self, tag: int, creators: dict[int, bytes]) -> str:
+        """The VR of a private element whose VR is not written (implicit VR) or written as UN, by the rule the
+        pydicom path follows (elements.private_vr), from the creators of its dataset so far. Fall back for the
+        group length and reserved elements, a VR this reader does not decode, and a sequence written as UN
+        (pydicom reads its items in implicit VR)."""
+        vr = private_vr(tag, creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None)
+        if vr is None or vr not in _KNOWN_VRS or (vr == "SQ" and not self.implicit):
+            raise _Fallback
+        return vr
+
+    def dataset(self, pos: int, end: int | None, codec: Codec, top: bool) -> tuple[str, int]:
         """The JSON object of the dataset at ``pos``: up to ``end`` (a defined length), else up to its item
         delimiter (an item) or the end of the file / Pixel Data (the top level); and the position after it.
 
@@ -285,18 +343,20 @@ class _Reader:
         through ``_element``. Names are bound locally: this loop runs once per element of every file."""
         parts: list[str] = []
         append = parts.append
-        creators: dict[int, str] = {}  # private creator element tag -> its value (implicit VR)
-        raw_creators: dict[int, bytes] = {}  # the same, as bytes (explicit VR): read only for a private UN
+        creators: dict[int, bytes] = {}  # private creator element tag -> its value (elements.private_vr)
         last = -1
         sequences = odd_pixel_representation = False
         implicit, json = self.implicit, self.json
+        little = self.little  # big endian: numbers made little endian as they are read (_little_endian)
+        short_shift = 16 if little else 0  # where an explicit VR's 2-byte length is in the header's last 4 bytes
         special = _SPECIAL_TOP if top else _SPECIAL_ITEM
         first = _FIRST_DATASET_TAG if top else 0  # top-level elements below it are left to pydicom
         pixel_from = _FIRST_PIXEL_TAG if top else _NO_TAG  # where the top level may end
-        unpack, long_length = _TAG_LENGTH.unpack_from, _LONG_LENGTH.unpack_from
+        unpack, long_length = self.headers[0].unpack_from, self.headers[1].unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
         value_limit, inline_limit = DEFER_SIZE, INLINE_BINARY_LIMIT
+        numbers, text_vrs = _NUMBER_SIZES, TEXT_VRS
         stream = self.stream
         data, base = stream.data, stream.base
         size = base + len(data)  # where the window ends, as a file position
@@ -318,8 +378,8 @@ class _Reader:
             else:
                 tag = group << 16 | element
                 vr = vr_of(data[at + 4:at + 6])  # type: ignore[assignment]
-                if vr is None or (vr == "UN" and (known_un(tag) or _known_private(tag, raw_creators))):
-                    raise _Fallback  # pydicom converts a UN its dictionaries know
+                if vr is None or (vr == "UN" and known_un(tag)):
+                    raise _Fallback  # pydicom converts a UN its dictionary knows
                 if vr in long_vrs:
                     if pos + 12 > size:
                         self.need(pos, pos + 12)
@@ -329,15 +389,15 @@ class _Reader:
                     length = long_length(data, at + 8)[0]
                     pos += 12
                 else:
-                    length >>= 16
+                    length = length >> short_shift & 0xFFFF
                     pos += 8
             if tag >= pixel_from and tag in _PIXEL_TAGS:
                 break
             if tag <= last or tag < first:
                 raise _Fallback
             last = tag
-            if implicit and not vr:
-                vr = _private_vr(tag, creators)
+            if not vr or (vr == "UN" and group & 1):  # a private element without its VR, or written as UN
+                vr = self.private_vr(tag, creators)
             if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special or tag == _PIXEL_REPRESENTATION:
                 if vr == "SQ":
                     sequences = True
@@ -363,15 +423,14 @@ class _Reader:
                 stop = pos + length
                 if json and length <= fragment_limit and stop <= size:  # the common case: small, in the window
                     value = data[pos - base:stop - base]  # _fragment's lookup, inlined: mostly one dictionary hit
+                    if not little and vr in numbers:
+                        value = _little_endian(vr, value)
                     append(fragments.get((tag, vr, value, codec)) or _fragment(tag, vr, value, codec))
                 elif json and (length <= inline_limit or not self.left_out(vr, pos, length, codec)) or (
-                        vr == "LO" and group & 1 and element <= 0xFF):  # stored, or a private creator
-                    if stop > size:
-                        value = self.value(pos, length)
-                        data, base = stream.data, stream.base
-                        size = base + len(data)
-                    else:
-                        value = data[pos - base:stop - base]
+                        group & 1 and 0x10 <= element <= 0xFF and vr in text_vrs):  # stored, or a private creator
+                    value = self.stored(vr, pos, length)
+                    data, base = stream.data, stream.base
+                    size = base + len(data)
                     if json:
                         append(_fragment(tag, vr, value, codec) if length <= fragment_limit
                                else self.counted(_fragment(tag, vr, value, codec)))
@@ -380,16 +439,13 @@ class _Reader:
                 elif json:  # not stored (its JSON is certainly too long): passed over, never read
                     append(_key(tag) + f'{{"vr":"{vr}"}}')
                 pos = stop
-            if vr == "LO" and group & 1:  # a private creator: read above, whatever the mode
-                if implicit:
-                    creators[tag] = _creator(value)
-                elif element <= 0xFF:
-                    raw_creators[tag] = value
+                if group & 1 and 0x10 <= element <= 0xFF and vr in text_vrs:  # a private creator names its block
+                    creators[tag] = value  # read above, whatever the mode
             if end is not None and pos > end:
                 raise _Fallback
         return "{" + ",".join(parts) + "}", pos
 
-    def left_out(self, vr: str, pos: int, length: int, codec: str) -> bool:
+    def left_out(self, vr: str, pos: int, length: int, codec: Codec) -> bool:
         """True when the value of ``length`` bytes at ``pos`` is certainly left out of the stored header (as
         headers._bounded and dicomjson have it), so that it need not be read: binary data longer than
         INLINE_BINARY_LIMIT; numbers too many for their JSON (at least two characters each) to fit VALUE_LIMIT;
@@ -408,7 +464,7 @@ class _Reader:
             raise _Fallback  # the file ends inside the value
         return exceeds
 
-    def _element(self, tag: int, vr: str, length: int, pos: int, codec: str, top: bool) -> tuple[str, int, str]:
+    def _element(self, tag: int, vr: str, length: int, pos: int, codec: Codec, top: bool) -> tuple[str, int, Codec]:
         """The JSON of one element ('"GGGGEEEE":{...}') whose value is at ``pos``, the position after it, and
         the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
@@ -422,11 +478,10 @@ class _Reader:
             return "", pos + length, codec  # main tags only: not needed (a sequence too), passed over as pydicom does
         if top and length > DEFER_SIZE and tag != _CHARSET:
             raise _Fallback  # a main tag too long to be read: pydicom's path says what it is
-        data, at = self.stream.data, pos - self.stream.base
-        value = data[at:at + length] if at + length <= len(data) else self.value(pos, length)
+        value = self.stored(vr, pos, length)
         if tag == _CHARSET:
-            if b"\\ " in value or value[:1] == b" ":  # pydicom keeps a leading space in this element
-                raise _Fallback
+            if b"\\ " in value or value[:1] == b" " or not value.isascii():  # pydicom keeps a leading space
+                raise _Fallback  # in this element, and decodes it as Latin-1 whatever it names
             codec = _charset_codec(vr, value)
         if top and tag in _MAIN_TAGS:
             self.main[tag] = _main_text(vr, value, codec)
@@ -434,7 +489,7 @@ class _Reader:
             self.pixel_representation = value[0] | value[1] << 8
         return (_fragment(tag, vr, value, codec) if self.json else ""), pos + length, codec
 
-    def _sequence(self, pos: int, length: int, codec: str) -> tuple[str, int]:
+    def _sequence(self, pos: int, length: int, codec: Codec) -> tuple[str, int]:
         items: list[str] = []
         end = None if length == _UNDEFINED else pos + length
         if end is not None and end > self.stream.size:
@@ -443,7 +498,7 @@ class _Reader:
         while pos != end:
             if pos + 8 > stream.base + len(stream.data):
                 self.need(pos, pos + 8)
-            group, element, item_length = _TAG_LENGTH.unpack_from(stream.data, pos - stream.base)
+            group, element, item_length = self.headers[0].unpack_from(stream.data, pos - stream.base)
             tag = group << 16 | element
             if end is None and tag == _SEQUENCE_END and item_length == 0:
                 return _sequence_entry(items), pos + 8
@@ -463,7 +518,7 @@ def _significant_characters(deleted: bytes) -> Callable[[bytes], int]:
     return lambda chunk: len(chunk.translate(None, deleted))
 
 
-_SIGNIFICANT = {"latin-1": _significant_characters(b" \x00"),
+_SIGNIFICANT: dict[Codec, Callable[[bytes], int]] = {"latin-1": _significant_characters(b" \x00"),
                 "utf-8": _significant_characters(b" \x00" + bytes(range(0x80, 0xC0)))}
 
 
@@ -473,72 +528,41 @@ def _kept(fragment: str) -> bool:
     return value is None or values.kept_in_header(value)
 
 
-def _private_vr(tag: int, creators: dict[int, str]) -> str:
-    """The VR pydicom gives a private element read in implicit VR (its _private_vr_for_tag): LO for a private
-    creator, UN when the private dictionary does not know the element; fall back when it does."""
-    element = tag & 0xFFFF
-    if 0x0010 <= element <= 0x00FF:
-        return "LO"
-    if element < 0x1000:  # private group length, reserved elements: leave them to pydicom
-        raise _Fallback
-    creator = creators.get(tag >> 16 << 16 | element >> 8)
-    if creator is not None and _in_private_dictionary(tag, creator):
-        raise _Fallback
-    return "UN"
-
-
-def _known_private(tag: int, raw_creators: dict[int, bytes]) -> bool:
-    """True for a private data element whose creator (read in explicit VR) the private dictionary knows with it:
-    pydicom converts such an element written as UN to the dictionary's VR."""
-    if not private_data(tag):
-        return False
-    raw = raw_creators.get(tag >> 16 << 16 | (tag & 0xFFFF) >> 8)
-    return raw is not None and _in_private_dictionary(tag, _creator(raw))
-
-
-@lru_cache(maxsize=4096)  # bounded: creators and tags come from the files
-def _in_private_dictionary(tag: int, creator: str) -> bool:
-    try:
-        private_dictionary_VR(tag, creator)
-    except KeyError:
-        return False
-    return True
-
-
-def _creator(value: bytes) -> str:
-    """A private creator's name, when pydicom and the fast path read it alike: printable ASCII, one value, no
-    leading space; trailing spaces and NULs are padding. Else fall back."""
-    name = value.rstrip(b" \x00")
-    if not name or name[0] == 0x20 or b"\\" in name or any(b < 0x20 or b > 0x7E for b in name):
-        raise _Fallback
-    return name.decode("ascii")
+def _little_endian(vr: str, value: bytes) -> bytes:
+    """A big endian value of numbers (_NUMBER_SIZES) with each number's bytes reversed; a trailing part too short
+    for a number is dropped (as the readers drop it)."""
+    size = _NUMBER_SIZES[vr]
+    numbers = array(_ARRAY_TYPECODES[size], value[:len(value) - len(value) % size])
+    numbers.byteswap()
+    return numbers.tobytes()
 
 
 def _sequence_entry(items: list[str]) -> str:
     return '{"vr":"SQ","Value":[' + ",".join(items) + "]}" if items else '{"vr":"SQ"}'
 
 
-def _charset_codec(vr: str, value: bytes) -> str:
-    """The Python codec of a (0008,0005) SpecificCharacterSet the fast path decodes itself, else fall back."""
-    codec = values.charset_codec(value) if vr == "CS" else None
+def _charset_codec(vr: str, value: bytes) -> Codec:
+    """The codec of a (0008,0005) SpecificCharacterSet whose every term pydicom knows (elements.text_codec),
+    else fall back."""
+    codec = text_codec(value, known=True) if vr == "CS" else None
     if codec is None:
         raise _Fallback
     return codec
 
 
-def _main_text(vr: str, value: bytes, codec: str) -> str:
+def _main_text(vr: str, value: bytes, codec: Codec) -> str:
     """A main tag's values joined by backslash, as ``elements.Decoder.text`` gives them; fall back when it is
     not text (pydicom converts it)."""
     if vr not in TEXT_VRS:
         raise _Fallback
-    return "\\".join(v for v in split_values(vr, value.decode(codec, "replace")) if v is not None)
+    return "\\".join(v for v in decode_text(vr, value, codec) if v is not None)
 
 
 def _key(tag: int) -> str:
     return f'"{tag:08X}":'
 
 
-def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
+def _fragment(tag: int, vr: str, value: bytes, codec: Codec) -> str:
     """'"GGGGEEEE":' and the element's DICOM JSON object, from _FRAGMENTS when written before."""
     if len(value) > _FRAGMENT_VALUE_LIMIT:
         return _key(tag) + _entry(vr, value, codec)
@@ -552,7 +576,7 @@ def _fragment(tag: int, vr: str, value: bytes, codec: str) -> str:
     return fragment
 
 
-def _entry(vr: str, value: bytes, codec: str) -> str:
+def _entry(vr: str, value: bytes, codec: Codec) -> str:
     """One element's DICOM JSON object (dicomjson.dataset_to_json + headers._header_json)."""
     if vr in SIMPLE_TEXT_VRS:
         return _text_entry(vr, value, codec)
@@ -561,7 +585,7 @@ def _entry(vr: str, value: bytes, codec: str) -> str:
             return f'{{"vr":"{vr}","InlineBinary":"{base64.b64encode(value).decode("ascii")}"}}'
         return f'{{"vr":"{vr}"}}'
     if vr in TEXT_VRS:  # PN, IS, DS
-        items = [_json(scalar(vr, v)) for v in split_values(vr, value.decode(codec, "replace"))]
+        items = [_json(scalar(vr, v)) for v in decode_text(vr, value, codec)]
     elif vr == "AT":
         items = [f'"{g:04X}{e:04X}"' for g, e in TAG_PAIRS[True].iter_unpack(value[:len(value) - len(value) % 4])]
     else:
@@ -573,9 +597,9 @@ def _entry(vr: str, value: bytes, codec: str) -> str:
     return f'{{"vr":"{vr}","Value":[{",".join(items)}]}}'
 
 
-def _text_entry(vr: str, value: bytes, codec: str) -> str:
-    """dicomjson._simple_text, written as JSON (values.split_values)."""
-    pieces = split_values(vr, value.decode(codec, "replace")) if value else []
+def _text_entry(vr: str, value: bytes, codec: Codec) -> str:
+    """dicomjson._simple_text, written as JSON (elements.decode_text)."""
+    pieces = decode_text(vr, value, codec) if value else []
     if not pieces:
         return f'{{"vr":"{vr}"}}'
     return f'{{"vr":"{vr}","Value":[{",".join(_string(p) if p else "null" for p in pieces)}]}}'

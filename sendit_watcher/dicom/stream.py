@@ -5,7 +5,8 @@ as the reader goes, it holds about one chunk, never what lies before the reader'
 does not keep is passed over (its position moves on; nothing is read), a value it keeps and that is longer than a
 chunk is read on its own, once (``pread``: it never enters the window), and a value whose fate depends on its
 contents can be measured chunk by chunk (``exceeds``) before it is read. Every read is counted in
-``COUNTS["bytes_read"]``, so that tests can prove what was not read.
+``COUNTS["bytes_read"]``, so that tests can prove what was not read. ``Memory`` serves bytes already in memory (a
+deflated dataset, inflated whole) the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-__all__ = ["COUNTS", "Stream"]
+__all__ = ["COUNTS", "Memory", "Stream"]
 
 COUNTS = {"bytes_read": 0}  # bytes this process has read through a Stream
 
@@ -79,3 +80,16 @@ class Stream:
         data = os.pread(self.fd, length, at) if length > 0 else b""
         COUNTS["bytes_read"] += len(data)
         return data
+
+
+class Memory(Stream):
+    """Bytes already in memory (a deflated dataset inflated whole), read as a Stream: ``data`` are the file
+    positions from ``base`` on, all of them in the window."""
+
+    def __init__(self, data: bytes, base: int, chunk: int) -> None:
+        super().__init__(-1, base + len(data), chunk)
+        self.data, self.base = data, base
+
+    def _read(self, at: int, length: int) -> bytes:
+        start = at - self.base
+        return self.data[start:start + max(length, 0)]
