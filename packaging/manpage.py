@@ -1,5 +1,5 @@
 """Render sendit-watcher(8) from the option schema, the exit codes and the command line:
-``python3 packaging/manpage.py``.
+``"$DEBIAN_VENV/bin/python" packaging/manpage.py`` (any Python with the runtime packages: it reads the parser).
 
 The output is committed as packaging/sendit-watcher.8, the one reference of the options; a test checks it is current.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sendit_watcher import __version__  # noqa: E402
+from sendit_watcher.cli import build_parser  # noqa: E402
 from sendit_watcher.config import SCHEMA, Option  # noqa: E402
 from sendit_watcher.errors import EXIT_CODES  # noqa: E402
 
@@ -94,7 +95,7 @@ runs before it signals the service, so that \fBsystemctl reload\fR fails and the
 configuration): the database must answer (else exit 69) and be migrated, or be migrated by the service (else
 exit 78); a watch root that does not exist now is only a warning.
 .SH CONFIGURATION
-The INI file /etc/sendit\-watcher/watcher.conf, or \fB\-\-config\fR, or \fB$SENDIT_WATCHER_CONFIG\fR; then
+The INI file named by \fB\-\-config\fR, else \fB$SENDIT_WATCHER_CONFIG\fR, else /etc/sendit\-watcher/watcher.conf; then
 every \fB*.conf\fR file of the \fBconf.d\fR directory beside it, in name order. An option set in a later file
 replaces the earlier value; a \fB[watch:NAME]\fR section in a conf.d file adds a root (or changes that root's
 options). Every problem names the file it is in. The Debian package writes watcher.conf once, at the first
@@ -165,8 +166,22 @@ logged by SQLSTATE and the names of the constraint, table or column.
 """
 
 
+def options_section() -> list[str]:
+    """The OPTIONS section: every option before the command, from the parser that --help prints."""
+    lines = [".SH OPTIONS"]
+    for action in build_parser()._actions:  # argparse has no public list of its options
+        if not action.option_strings or action.dest in ("help", "command"):
+            continue
+        value = f" \\fI{escape(action.metavar or action.dest.upper())}\\fR" if action.nargs != 0 else ""
+        choices = f" (one of {', '.join(action.choices)})" if action.choices else ""
+        text = (action.help or "").replace("%(prog)s", "sendit-watcher")
+        lines += [".TP", f".B {escape(', '.join(action.option_strings))}{value}", escape(text + choices) + "."]
+    return lines
+
+
 def render() -> str:
-    lines = [HEAD.format(version=__version__, date=DATE)]
+    head, commands = HEAD.format(version=__version__, date=DATE).split(".SH COMMANDS\n", 1)
+    lines = [head.rstrip("\n"), *options_section(), ".SH COMMANDS", commands]
     for section, options in SCHEMA.items():
         lines.append(f".SS [{escape(section)}]")
         for option in options:

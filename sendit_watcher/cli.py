@@ -21,7 +21,16 @@ from sendit_watcher import config as configuration
 from sendit_watcher.batch_import import Failure, FolderPool, Outcome, import_batch
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
-from sendit_watcher.errors import EXIT_CODES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, SenditError, describe
+from sendit_watcher.errors import (
+    EXIT_CODES,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    SenditError,
+    describe,
+)
 from sendit_watcher.logs import setup as setup_logging
 from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.parsers import PoolParser
@@ -53,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sendit-watcher", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch incoming directories and import finished DICOM folders into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="configuration file (INI)")
+    parser.add_argument("--config", metavar="PATH",
+                        help=f"configuration file (INI); default ${configuration.CONFIG_ENV}, else "
+                             f"{configuration.DEFAULT_CONFIG_PATH}")
     parser.add_argument("--dsn", help="PostgreSQL conninfo or URI; overrides [database] dsn")
     parser.add_argument("--log-level", choices=configuration.LOG_LEVELS,
                         help="log level; default [watcher] log_level for run, warning for other commands")
@@ -162,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sendit-watcher: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _switch_user(args: argparse.Namespace) -> None:

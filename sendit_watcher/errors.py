@@ -6,7 +6,8 @@ import os
 import traceback
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_CONFIG", "EXIT_CODES",
+    "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_CONFIG", "EXIT_INTERRUPTED",
+    "EXIT_CODES",
     "SenditError", "ConfigError", "DatabaseUnavailable", "WatchError", "ImportFailed", "one_line", "describe",
     "connection_trouble",
 ]
@@ -17,6 +18,7 @@ EXIT_USAGE = 64  # EX_USAGE: bad command line
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the database cannot be reached
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: the service's main loop died (a bug); the service manager restarts it
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is invalid; a restart cannot fix it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 # Every exit code and what it means: the one text of them, from which `--help` and sendit-watcher(8) are made.
 EXIT_CODES: dict[int, str] = {
@@ -28,6 +30,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_SOFTWARE: "the service's main loop died (a bug; it is logged and systemd restarts the service)",
     EXIT_CONFIG: "invalid configuration: a restart cannot fix it, so systemd does not restart the service "
                  "(RestartPreventExitStatus=78)",
+    EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT): a command stopped before it was done, or listen ended",
 }
 
 

@@ -188,7 +188,7 @@ def test_the_readme_leaves_every_option_to_the_man_page() -> None:
 def test_man_page_is_current_and_lists_every_option() -> None:
     manpage = _manpage()
     committed = manpage.TARGET.read_text()
-    assert committed == manpage.render(), "run python3 packaging/manpage.py and commit the result"
+    assert committed == manpage.render(), "run packaging/manpage.py with the venv's Python and commit the result"
     for options in configuration.SCHEMA.values():
         for option in options:
             assert f".B {option.key}" in committed
