@@ -125,7 +125,7 @@ def _post_all(paths: list[str]) -> int:
 
 
 def upload(listing: Path, threads: int) -> float:
-    """POST every file to Orthanc from ``threads`` threads; returns files/s."""
+    """POST every file to Orthanc from ``threads`` threads; returns files/s (all of them stored, checked)."""
     paths = listing.read_text().split("\n")
     deadline = time.monotonic() + 60
     while True:
@@ -140,7 +140,25 @@ def upload(listing: Path, threads: int) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         sent = sum(pool.map(_post_all, [paths[k::threads] for k in range(threads)]))
-    return sent / (time.perf_counter() - started)
+    rate = sent / (time.perf_counter() - started)
+    _check_stored(len(paths))
+    return rate
+
+
+def _get(path: str) -> object:
+    conn = http.client.HTTPConnection("127.0.0.1", 8042, timeout=60)
+    conn.request("GET", path)
+    return json.loads(conn.getresponse().read())
+
+
+def _check_stored(expected: int) -> None:
+    """The figure counts only if the index is PostgreSQL's and holds every file once."""
+    plugins = _get("/plugins")
+    if not isinstance(plugins, list) or "postgresql-index" not in plugins:
+        raise RuntimeError(f"Orthanc runs without its PostgreSQL index (plugins: {plugins})")
+    statistics = _get("/statistics")
+    if not isinstance(statistics, dict) or statistics.get("CountInstances") != expected:
+        raise RuntimeError(f"Orthanc holds {statistics} instances, not {expected}")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["upload"]:
