@@ -7,7 +7,8 @@ is committed) with the full header off and on, the service's peak RSS per proces
 catch-up scan over the imported corpus, the rename-to-commit latency of single 100-file folders, and with
 ``--peer orthanc`` Debian's Orthanc with its PostgreSQL index on the same files: Debian 12's on the host
 (tests/bench/orthanc.py) and Debian 13's in a container (tests/bench/orthanc_trixie.py), the last column taken
-against Debian 13's. Prints one table and writes the same as JSON. Figures, not assertions.
+against Debian 12's (Debian 13's row then reads as the ratio of the two). Prints one table and writes the same
+as JSON. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def table(results: dict[str, Any], processes: int, files: int, folders: int) -> 
     for label, rate in rows:
         line = f"{label:<72}{rate:>9,.0f}  {rate / floor:>8.2f}  {rate / results['naive']:>8.2f}"
         if "orthanc" in results:
-            line += f"  {rate / results['orthanc_trixie']:>9.1f}"
+            line += f"  {rate / results['orthanc']:>9.1f}"
         lines.append(line)
     lat = results["latency"]
     lines += ["", f"100-file folder, rename -> committed + NOTIFY: p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s",
