@@ -137,7 +137,10 @@ def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_
         result["rss_burst_mb"] = burst.peaks
         result["files_per_second"] = files / result["seconds"]
         service.stop()
-        again = ServiceProcess(config, work)  # catch-up over the imported corpus, by stat alone
+        # The catch-up over the imported corpus, by stat alone; a scan that finds nothing logs its line at debug.
+        again = ServiceProcess(write_config(work / "catch-up.conf", database, {"incoming": incoming},
+                                            workers=processes, log_level="debug",
+                                            full_header="yes" if full_header else "no"), work)
         again.wait_ready()
         match = None
         deadline = time.monotonic() + 120
