@@ -5,8 +5,10 @@ floor (1 and N processes), a naive importer (dcmread + one INSERT per file, N pr
 to end through the running service (every folder renamed from NAME.tmp; the clock stops when the last batch
 is committed) with the full header off and on, the service's peak RSS per process idle and in the burst, the
 catch-up scan over the imported corpus, the rename-to-commit latency of single 100-file folders, and with
-``--peer orthanc`` Debian's Orthanc with its PostgreSQL index on the same files. Prints one table and writes
-the same as JSON. Figures, not assertions.
+``--peer orthanc`` Debian's Orthanc with its PostgreSQL index on the same files: Debian 12's on the host
+(tests/bench/orthanc.py) and Debian 13's in a container (tests/bench/orthanc_trixie.py), the last column taken
+against Debian 12's (Debian 13's row then reads as the ratio of the two). Prints one table and writes the same
+as JSON. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -136,7 +138,10 @@ def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_
         result["rss_burst_mb"] = burst.peaks
         result["files_per_second"] = files / result["seconds"]
         service.stop()
-        again = ServiceProcess(config, work)  # catch-up over the imported corpus, by stat alone
+        # The catch-up over the imported corpus, by stat alone; a scan that finds nothing logs its line at debug.
+        again = ServiceProcess(write_config(work / "catch-up.conf", database, {"incoming": incoming},
+                                            workers=processes, log_level="debug",
+                                            full_header="yes" if full_header else "no"), work)
         again.wait_ready()
         match = None
         deadline = time.monotonic() + 120
@@ -156,12 +161,15 @@ def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_
     return result
 
 
-# --- Orthanc, Debian's, with its PostgreSQL index ---
+# --- Orthanc, Debian 12's and Debian 13's, with its PostgreSQL index ---
 
-def orthanc_run(folders: list[Path], threads: int) -> float:
-    from tests.bench.orthanc import measure_orthanc
+def orthanc_run(folders: list[Path], threads: int) -> dict[str, Any]:
+    from tests.bench.orthanc import measure_orthanc, version
+    from tests.bench.orthanc_trixie import measure_orthanc_trixie, trixie_version
 
-    return measure_orthanc([p for folder in folders for p in sorted(folder.iterdir())], threads)
+    files = [p for folder in folders for p in sorted(folder.iterdir())]
+    return {"orthanc": measure_orthanc(files, threads), "orthanc_version": version(),
+            "orthanc_trixie": measure_orthanc_trixie(files, threads), "orthanc_trixie_version": trixie_version()}
 
 
 def table(results: dict[str, Any], processes: int, files: int, folders: int) -> str:
@@ -171,12 +179,15 @@ def table(results: dict[str, Any], processes: int, files: int, folders: int) -> 
             ("sendit-watcher end to end, main tags only", results["service_main"]["files_per_second"]),
             ("sendit-watcher end to end, full header", results["service_full"]["files_per_second"])]
     if "orthanc" in results:
-        rows.append(("Orthanc 1.10 + PostgreSQL index, REST upload, 2 threads", results["orthanc"]))
+        rows += [(f"Orthanc {results['orthanc_version']} + PostgreSQL index, Debian 12, REST upload, 2 threads",
+                  results["orthanc"]),
+                 (f"Orthanc {results['orthanc_trixie_version']} + PostgreSQL index, Debian 13, REST upload, 2 threads",
+                  results["orthanc_trixie"])]
     lines = [f"{files:,} files in {folders} folders, {os.cpu_count()} cores", "",
-             f"{'':<62}{'files/s':>9}  {'x floor':>8}  {'x naive':>8}" + ("  x Orthanc" if "orthanc" in results
+             f"{'':<72}{'files/s':>9}  {'x floor':>8}  {'x naive':>8}" + ("  x Orthanc" if "orthanc" in results
                                                                              else "")]
     for label, rate in rows:
-        line = f"{label:<62}{rate:>9,.0f}  {rate / floor:>8.2f}  {rate / results['naive']:>8.2f}"
+        line = f"{label:<72}{rate:>9,.0f}  {rate / floor:>8.2f}  {rate / results['naive']:>8.2f}"
         if "orthanc" in results:
             line += f"  {rate / results['orthanc']:>9.1f}"
         lines.append(line)
@@ -217,7 +228,7 @@ def main() -> None:
         results["latency"] = {"p50": statistics.median(samples),
                               "p99": samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]}
     if "orthanc" in args.peer:
-        results["orthanc"] = orthanc_run(folders, 2)
+        results |= orthanc_run(folders, 2)
     print(table(results, n, len(files), len(folders)))
     args.json.write_text(json.dumps(results, indent=2))
     print(f"\n(the same as JSON in {args.json})")
