@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 
@@ -97,6 +97,22 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress, force=force)
 
 
+class Abandoned(BaseException):
+    """Raised in a worker by SIGUSR1 (the drain ran out): the folder in hand is rolled back, never recorded as
+    failed (a BaseException: the import's ``except Exception`` lets it through)."""
+
+
+class _Abandoning:
+    requested = False
+
+
+def abandon() -> NoReturn:
+    """Give up the folder in hand now. The signal may land inside a query: psycopg then cancels it, and what
+    reaches the import is the server's QueryCanceled, an Exception; the flag says it is ours, not the batch's."""
+    _Abandoning.requested = True
+    raise Abandoned
+
+
 class NotHere:
     """Batches queued for import whose folder this host cannot see (while its root is itself here): another host
     queued them, or their folder was deleted and its removal is on its way. This host leaves them alone for a
@@ -160,6 +176,8 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
         _not_visible(not_here, config.watcher.host_name, unseen.batch)
         return None  # released: the caller passes it over and takes the next one
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
+        if _Abandoning.requested:
+            raise Abandoned from exc  # rolled back with the transaction: still queued, nothing recorded
         if claimed is None or (isinstance(exc, psycopg.Error) and connection_trouble(exc)):
             raise  # the claim is released with the transaction and the batch stays queued
         outcome: Outcome = _fail(conn, config, claimed, exc)

@@ -22,7 +22,7 @@ from types import FrameType
 import psycopg
 
 from sendit_watcher import listening
-from sendit_watcher.batch_import import NotHere, import_next
+from sendit_watcher.batch_import import Abandoned, NotHere, abandon, import_next
 from sendit_watcher.batches import QUEUE_CHANNEL
 from sendit_watcher.config import Config
 from sendit_watcher.db import Connection, connect
@@ -64,13 +64,8 @@ class _Stop:
         cls.requested = True
 
 
-class Abandoned(BaseException):
-    """Raised in a worker by SIGUSR1 (the drain ran out): the folder in hand is rolled back, never recorded as
-    failed (a BaseException: the import's ``except Exception`` lets it through)."""
-
-
 def _abandon(signum: int, frame: FrameType | None) -> None:
-    raise Abandoned
+    abandon()
 
 
 def worker_main(config: Config, index: int, parent: int, heartbeat: Heartbeat) -> None:

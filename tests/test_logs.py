@@ -20,11 +20,11 @@ import pytest
 
 from sendit_watcher import logs
 from sendit_watcher.config import DatabaseConfig
-from sendit_watcher.db import Connection
+from sendit_watcher.db import Connection, connect
 from sendit_watcher.logs import batch_fields, under_journal
 from tests.fix_postgres import PrivateCluster
 from tests.fix_service import REPO, ServiceProcess
-from tests.helpers import done, drop_study, make_study, wait_until, write_config
+from tests.helpers import batch_rows, done, drop_study, make_study, wait_until, write_config
 
 
 def test_batch_fields_become_journal_field_names() -> None:
@@ -117,7 +117,7 @@ def test_a_database_outage_is_told_once_then_at_growing_intervals_and_its_end_on
 
 
 def test_a_drain_that_runs_out_of_time_ends_quietly_with_nothing_left_behind(
-        start_service: Callable[..., ServiceProcess], incoming: Path) -> None:
+        start_service: Callable[..., ServiceProcess], incoming: Path, conn: Connection) -> None:
     """The worker stopped after the drain takes its parse pool with it: before, the pool's processes went on
     parsing for a worker that was gone and filled the log with BrokenPipeError tracebacks. It abandons its folder
     and exits rather than being killed, so it releases its semaphores: multiprocessing's resource tracker has no
@@ -136,6 +136,36 @@ def test_a_drain_that_runs_out_of_time_ends_quietly_with_nothing_left_behind(
     assert "did not finish within 1 s; stopped" in service.log and "; killed" not in service.log
     assert "Traceback" not in service.log and "BrokenPipeError" not in service.log, service.log[-3000:]
     assert "leaked semaphore" not in service.log, service.log[-3000:]
+    # Stopped inside its COPY (the parse feeds it): psycopg ends the COPY with an error, which the server reports
+    # as QueryCanceled; that is the stop's, so the folder stays queued, not failed.
+    assert batch_rows(conn)["BIG"][0] == "queued", (batch_rows(conn), service.log[-3000:])
+
+
+def test_a_drain_that_runs_out_inside_a_query_leaves_the_folder_queued_not_failed(
+        start_service: Callable[..., ServiceProcess], incoming: Path, database: DatabaseConfig,
+        conn: Connection) -> None:
+    """The worker's stop lands inside a query (waiting for a lock another client holds), not in its COPY (the test
+    above): the folder is rolled back and stays queued, then imported after the restart."""
+    service = start_service(drain_seconds=1, workers=1)
+    with connect(database, application="test: holds a lock") as locker:
+        locker.execute("LOCK TABLE patient IN ACCESS EXCLUSIVE MODE")
+        drop_study(incoming, "A", 3)
+        wait_until(lambda: _waiting_workers(conn) == 1, what="the worker waiting for the lock inside its import")
+        service.signal(signal.SIGTERM)
+        assert service.process.wait(30) == 0
+    assert "did not finish within 1 s; stopped" in service.log, service.log[-3000:]
+    assert batch_rows(conn)["A"][0] == "queued", (batch_rows(conn), service.log[-3000:])
+    assert "(incoming:A) failed" not in service.log, service.log[-3000:]
+    again = start_service(drain_seconds=1, workers=1)
+    wait_until(done(conn, "A", 3), what="A imported after the restart")
+    assert again.stop() == 0
+
+
+def _waiting_workers(conn: Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sendit-watcher worker%'"
+                       " AND wait_event_type = 'Lock'").fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0
 
 
 def test_a_catch_up_scan_that_found_nothing_logs_at_debug(services: Callable[[Path], ServiceProcess],
