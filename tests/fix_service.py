@@ -102,7 +102,7 @@ class ServiceProcess:
         """The worker processes this service spawned (not multiprocessing's resource tracker)."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return [int(c) for c in children if b"spawn_main" in _cmdline(int(c))]
 
     def descendants(self) -> list[int]:
         """Every process below the service: workers, their parse pools and forkservers, at any depth."""
@@ -154,3 +154,11 @@ def start_service(tmp_path: Path, database: DatabaseConfig, incoming: Path,
                                      **options))
 
     return start
+
+
+def _cmdline(pid: int) -> bytes:
+    """The command line of a process, or nothing for one that has exited since it was listed."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
