@@ -15,6 +15,7 @@ from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import connect
 from sendit_watcher.errors import DatabaseUnavailable
 from tests.fix_postgres import PrivateCluster
+from tests.helpers import write_config
 
 ROLE = "sendit_pw"
 PASSWORD = "se:cr\\et pass"  # a colon and a backslash, escaped in the file
@@ -135,3 +136,21 @@ def test_a_dsn_that_cannot_be_parsed_is_said_as_without_a_credential(credentials
     with pytest.raises(DatabaseUnavailable, match="cannot be parsed") as failure:
         connect(DatabaseConfig(dsn="host=db password=dsn-pw unquoted"))
     assert "secret-pw" not in str(failure.value) and "dsn-pw" not in str(failure.value)
+
+
+def test_a_reload_check_without_the_credential_leaves_the_database_check_to_the_service(
+        scram_cluster: PrivateCluster, credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """systemd gives ExecReload no credentials (#35227): `check-config --reload` there cannot log in, and must not
+    fail every `systemctl reload` for it; outside systemd the same failure is exit 69."""
+    from sendit_watcher import cli
+    (tmp_path / "incoming").mkdir()
+    config = write_config(tmp_path / "watcher.conf", DatabaseConfig(dsn=role_dsn(scram_cluster)),
+                          {"incoming": tmp_path / "incoming"})
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert cli.main(["--config", str(config), "check-config", "--reload"]) == 69
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")  # what systemd sets for every process of a unit
+    assert cli.main(["--config", str(config), "check-config", "--reload"]) == 0
+    err = capsys.readouterr().err
+    assert "no password supplied" in err and "ExecReload has no credentials" in err, err
