@@ -135,7 +135,7 @@ check "systemctl start after the stop" systemctl start sendit-watcher
 before=$(restarts)
 drop /data/incoming D
 kill -9 "$(main_pid)"
-check "kill -9: systemd restarts it" wait_for 40 bash -c "[ \$(systemctl show -p NRestarts --value sendit-watcher) -gt $before ] && systemctl is-active -q sendit-watcher"
+check "kill -9: systemd restarts it" wait_for 90 bash -c "[ \$(systemctl show -p NRestarts --value sendit-watcher) -gt $before ] && systemctl is-active -q sendit-watcher"
 check "kill -9: nothing lost" wait_for 30 batch_is D done:$FILES
 
 mkdir -p /etc/systemd/system/sendit-watcher.service.d
