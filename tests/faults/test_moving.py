@@ -66,7 +66,10 @@ def test_deleted_while_importing(one_worker: tuple[ServiceProcess, Path], conn: 
     status, files, instances, rejected = final(conn)["GONE"]
     reasons = dict(conn.execute("SELECT reason, count(*) FROM rejected_file GROUP BY reason").fetchall())
     figures(f"deleted mid-import: {status}, {instances} instances, {rejected} rejected {reasons}")
-    assert status in ("done", "failed") and instances + rejected in (0, files)
+    # Its import ends done or failed; on a slow machine the removal that follows (the folder is gone, after
+    # settle_seconds) may already have ended it empty, with no row left: every state a mirror of the disk.
+    assert status in ("done", "failed", "empty") and instances + rejected in (0, files)
+    assert status != "empty" or instances == 0
     assert set(reasons) <= {"vanished"}
     drop_study(incoming, "AFTER", 3)
     wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
