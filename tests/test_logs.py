@@ -223,6 +223,21 @@ def group_only() -> Iterator[tuple[Path, str, str]]:
     shutil.rmtree(top, ignore_errors=True)
 
 
+def _without_supplementary_groups(config: Path, top: Path, user: str) -> ServiceProcess:
+    """The service as ``user`` started before it joined its groups (setpriv --clear-groups), on Debian's Python:
+    the test's virtualenv under /root is closed to that user."""
+    command = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups",
+               "/usr/bin/python3"]
+    return ServiceProcess(config, top, command=command)
+
+
+def _reload_and_live_on(service: ServiceProcess) -> None:
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in service.log, what="the reload")
+    time.sleep(1)
+    assert service.process.poll() is None
+
+
 def test_a_root_readable_through_a_group_joined_after_start_asks_for_a_restart(
         group_only: tuple[Path, str, str], database: DatabaseConfig) -> None:
     """The service runs without a supplementary group its user has in the group database, as one started before
@@ -236,16 +251,11 @@ def test_a_root_readable_through_a_group_joined_after_start_asks_for_a_restart(
     os.chown(closed, 0, grp.getgrnam(group).gr_gid)
     config = write_config(top / "watcher.conf", database, {"incoming": incoming})
     config.chmod(0o644)
-    command = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups",
-               "/usr/bin/python3"]  # Debian's: the test's virtualenv under /root is closed to that user
-    service = ServiceProcess(config, top, command=command)
+    service = _without_supplementary_groups(config, top, user)
     try:
         service.wait_ready()
         write_config(top / "watcher.conf", database, {"incoming": incoming, "late": closed / "late"})
-        service.signal(signal.SIGHUP)
-        wait_until(lambda: "reloaded" in service.log, what="the reload")
-        time.sleep(1)
-        assert service.process.poll() is None
+        _reload_and_live_on(service)
     finally:
         service.kill()
     said = lines(service.log, "reload: [watch:late]")
@@ -268,17 +278,12 @@ def test_a_reload_says_that_a_root_closed_but_to_a_group_joined_since_the_start_
     os.chown(pacs, 0, grp.getgrnam(group).gr_gid)
     config = write_config(top / "watcher.conf", database, {"incoming": incoming, "pacs": pacs})
     config.chmod(0o644)
-    command = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups",
-               "/usr/bin/python3"]
-    service = ServiceProcess(config, top, command=command)
+    service = _without_supplementary_groups(config, top, user)
     try:
         service.wait_ready()
         service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT pacs" in line)
         wait_until(lambda: "is lost: not readable" in service.log, 15, "the lost root said")
-        service.signal(signal.SIGHUP)
-        wait_until(lambda: "reloaded" in service.log, what="the reload")
-        time.sleep(1)
-        assert service.process.poll() is None
+        _reload_and_live_on(service)
     finally:
         service.kill()
     said = lines(service.log, "reload: [watch:pacs]")
