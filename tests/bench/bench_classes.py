@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,12 @@ def measure(folder: Path, use_lean: bool, full_header: bool, repeat: int) -> dic
 
 def isolated(folder: Path, use_lean: bool, full_header: bool, repeat: int) -> dict[str, Any]:
     """``measure`` in a forked process, so that its peak RSS and the lean reader's caches are its own."""
+    return in_child(lambda: measure(folder, use_lean, full_header, repeat),
+                    f"{folder} (lean={use_lean}, full_header={full_header})")
+
+
+def in_child(work: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """``work()`` in a forked process, its JSON answer read through a pipe; SystemExit naming ``what`` if it fails."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -92,7 +99,7 @@ def isolated(folder: Path, use_lean: bool, full_header: bool, repeat: int) -> di
         try:
             os.close(read_end)
             with os.fdopen(write_end, "w") as out:
-                json.dump(measure(folder, use_lean, full_header, repeat), out)
+                json.dump(work(), out)
             code = 0
         except BaseException:  # noqa: BLE001 - reported by the parent as this measurement's failure
             traceback.print_exc()
@@ -103,7 +110,7 @@ def isolated(folder: Path, use_lean: bool, full_header: bool, repeat: int) -> di
         text = answer.read()
     _, status = os.waitpid(pid, 0)
     if status != 0:
-        raise SystemExit(f"measuring {folder} failed (lean={use_lean}, full_header={full_header}): see above")
+        raise SystemExit(f"measuring {what} failed: see above")
     result: dict[str, Any] = json.loads(text)
     return result
 

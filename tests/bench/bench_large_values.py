@@ -10,16 +10,13 @@ and the seconds the read takes. Figures, not assertions: the machine may be shar
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from sendit_watcher.dicom import stream
-from tests.bench.bench_classes import _vm
+from tests.bench.bench_classes import _vm, in_child
 from tests.large_files import write_file, write_in_sequence
 from tests.readers import Instance, quiet_pydicom, read
 
@@ -41,27 +38,8 @@ def measure(folder: Path, use_lean: bool, full_header: bool) -> dict[str, Any]:
 
 def isolated(folder: Path, use_lean: bool, full_header: bool) -> dict[str, Any]:
     """``measure`` in a forked process, so that its peak RSS is its own."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "w") as out:
-                json.dump(measure(folder, use_lean, full_header), out)
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported by the parent as this measurement's failure
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as answer:
-        text = answer.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise SystemExit(f"measuring {folder} failed (lean={use_lean}, full_header={full_header}): see above")
-    result: dict[str, Any] = json.loads(text)
-    return result
+    return in_child(lambda: measure(folder, use_lean, full_header),
+                    f"{folder} (lean={use_lean}, full_header={full_header})")
 
 
 def main() -> None:
