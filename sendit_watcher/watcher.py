@@ -105,7 +105,9 @@ class _Root:
     context: WatchContext
     firewall: Firewall
     mask: int
-    device: int | None = None  # the device it was watched on: a verdict that it is on another one rewatches it
+    # The directory watched (device, inode): a verdict that the root is another one now (a file system mounted on
+    # it, a bind mount of the same file system too, a remount) watches it again.
+    directory: tuple[int, int] | None = None
 
     @property
     def wd(self) -> int:
@@ -188,7 +190,7 @@ class Watcher:
     def judged(self, verdicts: dict[str, Verdict], checked_at: float) -> None:
         """Verdicts of roots.check on the roots (checks that began at ``checked_at``): one that is not itself is
         lost and no longer watched (its empty mount point must not look like a root emptied); one that is itself
-        may be watched again, and is when it is on another device than it was watched on (mounted over)."""
+        may be watched again, and is when it is another directory than the one watched (mounted over)."""
         for name, verdict in verdicts.items():
             root = self.roots.get(name)
             if root is None:
@@ -204,9 +206,10 @@ class Watcher:
                 continue
             self._itself_at[name] = max(checked_at, self._itself_at.get(name, checked_at))
             attached = name not in self.lost_roots and root.wd >= 0
-            if attached and verdict.now is not None and root.device not in (None, verdict.now.device):
-                log.warning("watch root %s ([watch:%s]) is on another device now (mounted or remounted); "
-                            "watching it again", root.watch.path, name)
+            now = (verdict.now.device, verdict.now.inode) if verdict.now is not None else None
+            if attached and now is not None and root.directory not in (None, now):
+                log.warning("watch root %s ([watch:%s]) is another directory now (a file system mounted on it, or "
+                            "remounted); watching it again", root.watch.path, name)
                 self._lose(name, "remounted", at=checked_at - 1.0)
 
     def _detach(self, root: _Root) -> None:
@@ -217,13 +220,13 @@ class Watcher:
     def _attach(self, root: _Root) -> None:
         path = str(root.watch.path)
         _check_directory(root.watch)
-        device = os.stat(path).st_dev
+        info = os.stat(path)
         try:
             wds = self.manager.add_watch(path, root.mask, proc_fun=root.firewall, quiet=False)
         except pyinotify.WatchManagerError as exc:
             raise WatchError(_watch_failure(root.watch, exc), _first_error(exc)) from None
         root.firewall.root_wd = wds[path]
-        root.device = device
+        root.directory = (info.st_dev, info.st_ino)
 
     def remove_root(self, name: str) -> None:
         root = self.roots.pop(name)
