@@ -68,7 +68,7 @@ def import_next(conn: Connection, config: Config, parser: Parser, guard: RootGua
     while True:
         failure: Failure | None = None
         with conn.transaction():
-            candidate = batches.next_queued(conn, roots, not_here.batches(host))
+            candidate = batches.next_queued(conn, roots, not_here.batches(host), host)
             if candidate is None:
                 return None
             died = batches.deaths(conn, candidate.id)

@@ -6,11 +6,12 @@ Enqueue a folder, claim one (SKIP LOCKED, inside the transaction that imports it
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg.rows import class_row, dict_row
 
@@ -24,8 +25,10 @@ __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "
            "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
            "claim_id", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
            "finish", "record_failure", "retry", "retry_failed", "requeue", "lock_mirror", "reread_pending",
-           "take_reread", "lock_if_free", "known_folders", "Tally", "TALLY_LOCK", "tally", "fold_tally", "queue_counts",
-           "finished_after", "latest_seq"]
+           "take_reread", "lock_if_free", "Known", "known_folders", "see", "Tally", "TALLY_LOCK", "tally", "fold_tally",
+           "queue_counts", "finished_after", "latest_seq"]
+
+log = logging.getLogger(__name__)
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
@@ -103,11 +106,13 @@ def ensure(conn: Connection, root: str, path: str) -> int:
     return int(row[0])
 
 
-def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None = None) -> int | None:
+def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None = None, *,
+            host: str | None = None) -> int | None:
     """Queue a folder (one row per folder, ever); None when a worker holds it right now (try again later). A
     folder only a catch-up scan found, which did not see its batch failed (``scan_began``: the database's time
     just before the scan read the batch rows), is left alone when its batch has failed since: the scan looked
-    at the folder as it was before that failure (ScanResult.scan_began)."""
+    at the folder as it was before that failure (ScanResult.scan_began). ``host``: the host that found the folder
+    finished on its disk, which has seen it from now on (``seen``)."""
     with conn.transaction():
         conn.execute("INSERT INTO batch (root, path) VALUES (%s, %s) ON CONFLICT (root, path) DO NOTHING",
                      (root, path))
@@ -124,21 +129,45 @@ def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None 
                          (BatchStatus.QUEUED, batch_id))
         if row[3]:  # a removal still waiting: the folder is back, finished, and is to be imported instead
             conn.execute("UPDATE batch SET removal = false, next_attempt_at = NULL WHERE id = %s", (batch_id,))
+        if host is not None:
+            _see(conn, [batch_id], host)
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(batch_id)))  # wakes idle workers
     return batch_id
 
 
-def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 0.0) -> int | None:
-    """Queue the removal of a folder that is gone from disk: a worker removes its rows and reads nothing, not
-    before ``hold_seconds`` (a folder back by then is queued again by ``enqueue``, as the same folder, and
-    nothing is removed). 0 (nothing to do) for a folder never recorded; None when a worker holds it right now
-    (try again later)."""
+def _see(conn: Connection, batch_ids: list[int], host: str) -> None:
+    conn.execute("UPDATE batch SET seen_on = array_append(seen_on, %(host)s) WHERE id = ANY(%(ids)s)"
+                 " AND NOT %(host)s = ANY(seen_on)", {"host": host, "ids": batch_ids})
+
+
+def see(conn: Connection, root: str, paths: list[str], host: str) -> None:
+    """Record that ``host`` has seen these folders of ``root`` as they were last recorded (a catch-up listing)."""
+    if paths:
+        with conn.transaction():
+            conn.execute("UPDATE batch SET seen_on = array_append(seen_on, %(host)s) WHERE root = %(root)s"
+                         " AND path = ANY(%(paths)s::text[]) AND NOT %(host)s = ANY(seen_on)",
+                         {"host": host, "root": root, "paths": paths})
+
+
+
+def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 0.0, *,
+                  host: str) -> int | None:
+    """Queue the removal of a folder that is gone from ``host``'s disk: a worker removes its rows and reads
+    nothing, not before ``hold_seconds`` (a folder back by then is queued again by ``enqueue``, as the same
+    folder, and nothing is removed). 0 (nothing to do) for a folder never recorded, or one ``host`` never saw
+    (a namesake on a host whose share is not mounted: the hosts that saw the folder decide); None when a worker
+    holds it right now (try again later)."""
     with conn.transaction():
-        row = conn.execute("SELECT id FROM batch WHERE root = %s AND path = %s FOR UPDATE SKIP LOCKED",
-                           (root, path)).fetchone()
+        row = conn.execute("SELECT id, (seen_on = '{}' OR %(host)s = ANY(seen_on)) FROM batch WHERE root = %(root)s"
+                           " AND path = %(path)s FOR UPDATE SKIP LOCKED",
+                           {"root": root, "path": path, "host": host}).fetchone()
         if row is None:
             exists = conn.execute("SELECT 1 FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
             return None if exists else 0
+        if not row[1]:
+            log.warning("%s:%s is gone on host %s, which never saw the folder of that name the database knows: its "
+                        "rows stay (the hosts that saw it decide; is the share mounted here?)", root, path, host)
+            return 0
         conn.execute(_QUEUE_REMOVAL, {"queued": BatchStatus.QUEUED, "hold": hold_seconds, "batch": row[0]})
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(row[0])))
     return int(row[0])
@@ -167,17 +196,21 @@ def claim(conn: Connection, roots: list[str]) -> Batch | None:
 DEATHS_LIMIT = 3  # a batch whose import killed its worker this many times is failed, not tried again at once
 
 
-def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None = None) -> Batch | None:
+def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None = None,
+                host: str | None = None) -> Batch | None:
     """Lock the oldest queued batch of one of ``roots`` that is not backing off, or failing that one to be read
     again (``requeue``), without claiming it (SKIP LOCKED): its deaths are read and its attempt recorded before
     the claim (``start_attempt``, then ``claim_queued``). Batches ``not_here`` (their folder is not visible on this
-    host) are passed over, unless they are removals now."""
+    host) are passed over, unless they are removals now; a removal is taken only by a ``host`` that saw the
+    folder (seen_on), whose disk's word on its absence counts."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
             "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
-            " WHERE status = %s AND root = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
-            " AND (removal OR NOT id = ANY(%s)) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-            (BatchStatus.QUEUED, roots, not_here or [])).fetchone()
+            " WHERE status = %(queued)s AND root = ANY(%(roots)s)"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) AND (removal OR NOT id = ANY(%(not_here)s))"
+            " AND (NOT removal OR seen_on = '{}' OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on))"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            {"queued": BatchStatus.QUEUED, "roots": roots, "not_here": not_here or [], "host": host}).fetchone()
         if batch is None:
             batch = cursor.execute(
                 "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal,"
@@ -279,6 +312,8 @@ WITH counts AS (
         imports = imports + %(counted)s, attempts = 0, last_error = NULL, next_attempt_at = NULL,
         host = CASE WHEN %(counted)s = 1 THEN %(host)s ELSE host END,
         failed_fingerprint = NULL, removal = false,
+        seen_on = CASE WHEN %(files)s = 0 THEN '{}'::text[] WHEN %(host)s = ANY(seen_on) THEN seen_on
+                       ELSE array_append(seen_on, %(host)s) END,
         finished_at = clock_timestamp(), seconds = %(seconds)s,
         finished_seq = CASE WHEN %(counted)s = 1 THEN nextval('batch_finished_seq') ELSE finished_seq END
     FROM counts WHERE id = %(batch)s
@@ -408,34 +443,52 @@ def database_time(conn: Connection) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def known_folders(conn: Connection, root: str, listed: list[str], listed_at: datetime
-                  ) -> dict[str, tuple[str | None, BatchStatus, bool]]:
-    """For the catch-up scan, the folders recorded under ``root`` that matter to it: those ``listed`` on disk,
-    and those that may have to be reported gone (not queued, with files at their last import; or queued to be
-    imported: the queue is short); each with the
-    fingerprint it had when it was last imported (or, for a failed one, when it failed), its status and whether
-    it is queued as a removal. Rows of folders whose removal was imported are never read: the cost is that of
-    the folders on disk."""
+class Known(NamedTuple):
+    """What the catch-up scan reads of a recorded folder."""
+
+    stamp: str | None  # its fingerprint at its last import (for a failed one: when it failed)
+    status: BatchStatus
+    removal: bool  # queued as a removal
+    seen: bool  # the scanning host has seen it
+    seen_elsewhere: bool  # another host has seen it, and not the scanning one
+
+    @property
+    def absence_counts(self) -> bool:
+        """Whether its absence from the scanning host's root is evidence: that host saw it, or no host is known
+        to have (a folder queued by an earlier version)."""
+        return not self.seen_elsewhere
+
+
+def known_folders(conn: Connection, root: str, listed: list[str], listed_at: datetime, host: str
+                  ) -> dict[str, Known]:
+    """For the catch-up scan of ``host``, the folders recorded under ``root`` that matter to it: those ``listed``
+    on disk, and those that may have to be reported gone (not queued, with files at their last import; or queued
+    to be imported: the queue is short). Rows of folders whose removal was imported are never read: the cost is
+    that of the folders on disk."""
     # The planner cannot tell how few rows the partial index holds and would estimate all of them, which costs
     # a JIT compilation (0.07-0.2 s in a new session) for a query of milliseconds.
     conn.execute("SET LOCAL jit = off")
-    rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at}).fetchall()
+    rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at,
+                                         "host": host}).fetchall()
     conn.rollback()
-    return {path: (stamp, BatchStatus(status), removal) for path, stamp, status, removal in rows}
+    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts))
+            for path, stamp, status, removal, seen, hosts in rows}
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
 # word and with literals, so that the planner proves the index applies; the first half uses (root, path).
 _KNOWN_FOLDERS = """
-SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal
+SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
+       %(host)s = ANY(seen_on), seen_on <> '{}'
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
-SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal
+SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
+       %(host)s = ANY(seen_on), seen_on <> '{}'
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
   AND coalesce(CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, '0:') NOT LIKE '0:%%'
 UNION
-SELECT path, fingerprint, status, removal
+SELECT path, fingerprint, status, removal, %(host)s = ANY(seen_on), seen_on <> '{}'
 FROM batch WHERE root = %(root)s AND status = 'queued' AND NOT removal AND queued_at < %(listed_at)s
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sendit_watcher import batches, roots
-from sendit_watcher.batches import BatchStatus
+from sendit_watcher.batches import BatchStatus, Known
 from sendit_watcher.config import DatabaseConfig, RootConfig
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import describe
@@ -36,7 +36,8 @@ class ScanResult:
     changed: list[Folder] = field(default_factory=list)
     young: list[Folder] = field(default_factory=list)
     waiting: list[Folder] = field(default_factory=list)  # no finished_marker yet
-    gone: list[Folder] = field(default_factory=list)  # recorded with rows, no longer on disk
+    gone: list[Folder] = field(default_factory=list)  # recorded with rows, seen here before, no longer on disk
+    matched: list[str] = field(default_factory=list)  # listed as recorded (same files, sizes, times): paths
     lost: dict[str, Verdict] = field(default_factory=dict)  # roots not themselves: not scanned, nothing gone
     folders: int = 0
     seconds: float = 0.0
@@ -73,11 +74,13 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, RootConfig], host: s
             if entries is None:
                 continue
             result.rows_read_at[name] = batches.database_time(conn)
-            known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}), listed_at)
+            known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}), listed_at,
+                                          host)
             found = ScanResult()
             _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
-            if not _proven(conn, host, watch, verdict, entries, known):
+            if not _proven(conn, host, watch, verdict, found):
                 found.gone = []  # its absences mean nothing yet
+            batches.see(conn, name, [path for path in found.matched if not known[path].seen], host)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
                 continue
@@ -86,14 +89,14 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, RootConfig], host: s
     return result
 
 
-def _proven(conn: Connection, host: str, watch: RootConfig, verdict: Verdict, entries: list[str],
-            known: dict[str, tuple[str | None, BatchStatus, bool]]) -> bool:
+def _proven(conn: Connection, host: str, watch: RootConfig, verdict: Verdict, found: ScanResult) -> bool:
     """Whether a folder missing from the root is gone: only once the root has shown this host a folder the
-    database knows (now, or before: roots.prove). A host that first saw its root before anything was imported
+    database knows, as it was recorded (now, or before: roots.prove); a name alone proves nothing (a folder of
+    that name on a host whose share is not mounted). A host that first saw its root before anything was imported
     there (its share not mounted yet) would otherwise call gone every folder the other hosts import."""
     if verdict.proven:
         return True
-    if any(to_text(entry) in known for entry in entries):
+    if found.matched:
         roots.prove(conn, host, watch.name)
         return True
     log.debug("catch-up of [watch:%s]: nothing it lists is known yet, so nothing missing from it is gone",
@@ -119,13 +122,13 @@ def _list_root(watch: RootConfig) -> list[str] | None:
         return None
 
 
-def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, tuple[str | None, BatchStatus, bool]],
+def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
                is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
                result: ScanResult) -> None:
     name, root = watch.name, watch.path
     listed = {to_text(folder_name) for folder_name in entries}
-    for path, (stamp, status, removal) in known.items():
-        if path not in listed and _gone(stamp, status, removal):
+    for path, row in known.items():
+        if path not in listed and _gone(row):
             result.gone.append((name, to_disk(path)))
     for folder_name in entries:
         folder = (name, folder_name)
@@ -144,39 +147,48 @@ def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, tuple[str
             result.changed.append(folder)
 
 
-def _gone(stamp: str | None, status: BatchStatus, removal: bool) -> bool:
-    """A recorded folder missing from a root that is itself: gone, when it had files at its last import, or when
-    it is queued to be imported (workers never empty a folder they cannot see: its removal is queued here)."""
-    if status is BatchStatus.QUEUED:
-        return not removal
-    return not (stamp or "0:").startswith("0:")
-
-
-def _scan_folder(path: str, marker: str, folder: Folder, row: tuple[str | None, BatchStatus, bool] | None,
-                 settle_seconds: float, result: ScanResult) -> None:
-    if _needs_import(path, marker, row):
-        # Young: changed within settle_seconds by this host's clock, or in the future (clock skew); it then
-        # settles by what the service sees change (intake), never by its timestamps, so skew never stalls it.
-        newest = newest_change(path)
-        young = newest is not None and time.time() - newest < settle_seconds
-        (result.young if young else result.changed).append(folder)
-        if row is not None and row[1] is BatchStatus.FAILED:
-            result.seen_failed.add(folder)
-
-
-def _needs_import(path: str, marker: str, row: tuple[str | None, BatchStatus, bool] | None) -> bool:
-    if row is None:
-        return True
-    stored, status, removal = row
-    if status is BatchStatus.QUEUED and removal:
-        return True  # queued to remove the rows of a folder that was gone: this one is to be imported (settled)
-    if status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
+def _gone(row: Known) -> bool:
+    """A recorded folder missing from a root that is itself: gone, when this host saw it before (another host's
+    folder it never saw may simply not be visible here yet), and it had files at its last import, or it is
+    queued to be imported (workers never empty a folder they cannot see: its removal is queued here)."""
+    if not row.absence_counts:
         return False
+    if row.status is BatchStatus.QUEUED:
+        return not row.removal
+    return not (row.stamp or "0:").startswith("0:")
+
+
+def _scan_folder(path: str, marker: str, folder: Folder, row: Known | None, settle_seconds: float,
+                 result: ScanResult) -> None:
+    if row is None or row.status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
+        if _needs_import(row):
+            _changed(path, folder, row, settle_seconds, result)
+        return
     try:
         entries = list(walk(path, leave_out=marker))
     except OSError:
-        return False  # vanished since the listing
-    return stored not in (fingerprint(entries), legacy_fingerprint(entries))  # legacy: imported by 1.0/1.1
+        return  # vanished since the listing
+    if row.stamp in (fingerprint(entries), legacy_fingerprint(entries)):  # legacy: imported by 1.0/1.1
+        if not (row.stamp or "0:").startswith("0:"):  # files as recorded: the root shows this host that folder
+            result.matched.append(to_text(folder[1]))
+        return
+    _changed(path, folder, row, settle_seconds, result)
+
+
+def _changed(path: str, folder: Folder, row: Known | None, settle_seconds: float, result: ScanResult) -> None:
+    # Young: changed within settle_seconds by this host's clock, or in the future (clock skew); it then settles
+    # by what the service sees change (intake), never by its timestamps, so skew never stalls it.
+    newest = newest_change(path)
+    young = newest is not None and time.time() - newest < settle_seconds
+    (result.young if young else result.changed).append(folder)
+    if row is not None and row.status is BatchStatus.FAILED:
+        result.seen_failed.add(folder)
+
+
+def _needs_import(row: Known | None) -> bool:
+    """A folder not recorded, or queued as the removal of one that was gone (this one is to be imported, once
+    settled); not one queued or being imported."""
+    return row is None or (row.status is BatchStatus.QUEUED and row.removal)
 
 
 class Scanner:

@@ -30,6 +30,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.errors import SenditError
 from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.names import to_disk
+from sendit_watcher.walk import as_recorded
 
 __all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
            "check", "adopt", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
@@ -83,9 +84,11 @@ class Verdict:
     fix: str | None = None  # what the operator does about a lost root, when it is not `adopt-root` after a change
 
 
-def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0) -> Verdict:
+def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0, *,
+          proven: bool = False) -> Verdict:
     """The verdict on a root from its recorded identity and the one seen now. ``unseen``: at first sight, the
-    database's most recently imported folders of the root, none of which is here now (0 otherwise)."""
+    database's most recently imported folders of the root, none of which is here now (0 otherwise); ``proven``:
+    the recorded directory has shown this host folders the database knows."""
     def lost(reason: str) -> Verdict:
         return Verdict(root, False, reason, now)
 
@@ -97,7 +100,10 @@ def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: in
         return Verdict(root, True, now=now, record=now, note="recorded at first sight")
     if recorded.mount_point and not now.mount_point:
         return lost("not mounted (it was a mount point at first sight)")
-    if not recorded.mount_point and now.mount_point:  # its share mounted at last: another inode, of course
+    if not recorded.mount_point and now.mount_point:
+        if proven:  # the folders it showed are hidden under the mount, not deleted
+            return lost("a file system was mounted on it since first sight, over the folders it held")
+        # its share mounted at last (the plain directory never showed a folder): another inode, of course
         return Verdict(root, True, now=now, record=now, note="a file system was mounted on it since first sight")
     if recorded.inode != now.inode:
         return lost("another directory or file system than at first sight")
@@ -221,12 +227,30 @@ def records(conn: Connection) -> list[RootRecord]:
     return found
 
 
-def _last_imported(conn: Connection, root: str, most: int = 20) -> list[str]:
-    """The paths of the root's folders imported last (with files): a root seen for the first time on a host must
-    show one of them, or it is not the root the other hosts see (an unmounted share's mount point)."""
-    rows = conn.execute("SELECT path FROM batch WHERE root = %s AND status = %s AND files > 0"
+def _last_imported(conn: Connection, root: str, most: int = 20) -> list[tuple[str, str]]:
+    """(path, fingerprint) of the root's folders imported last (with files): a root seen for the first time on a
+    host must show one of them as it was imported, or it is not the root the other hosts see (an unmounted
+    share's mount point, where a folder of the same name proves nothing)."""
+    rows = conn.execute("SELECT path, fingerprint FROM batch WHERE root = %s AND status = %s AND files > 0"
                         " ORDER BY finished_at DESC NULLS LAST LIMIT %s", (root, BatchStatus.DONE, most)).fetchall()
-    return [str(row[0]) for row in rows]
+    return [(str(path), str(stamp)) for path, stamp in rows]
+
+
+def _shows_one(watch: RootConfig, sample: list[tuple[str, str]], *, by_name: bool = False) -> bool:
+    """Whether the root holds one of the ``sample`` folders with its files as recorded (names, sizes, times: a
+    share shows every host the same), or ``by_name``, one of those names. Only folders of those names are
+    walked, until one matches."""
+    for path, stamp in sample:
+        folder = watch.path / to_disk(path)
+        if _is_directory(folder) and (by_name or as_recorded(str(folder), stamp, watch.finished_marker)):
+            return True
+    return False
+
+
+def _recorded_elsewhere(conn: Connection, root: str, host: str) -> bool:
+    """Whether another host has recorded the root's identity."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM root_identity WHERE root = %s AND host <> %s"
+                        " AND device IS NOT NULL)", (root, host)).fetchone() == (True,)
 
 
 def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
@@ -246,9 +270,12 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     unseen = 0
     if now is not None and not shown:
         sample = _last_imported(conn, watch.name)
-        shown = any(_is_directory(watch.path / to_disk(path)) for path in sample)
+        # A name is enough where no host has recorded the root yet (the first host of a site, the first start
+        # after an upgrade: its folders may have changed since): there is no other host's folder to mistake.
+        by_name = recorded is None and not _recorded_elsewhere(conn, watch.name, host)
+        shown = _shows_one(watch, sample, by_name=by_name)
         unseen = len(sample) if recorded is None and not shown else 0
-    verdict = judge(watch.name, recorded, now, unseen)
+    verdict = judge(watch.name, recorded, now, unseen, proven=record is not None and record.proven)
     return dataclasses.replace(verdict, proven=verdict.itself and shown)
 
 

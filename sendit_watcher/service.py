@@ -338,13 +338,13 @@ class Service:
     def _flush(self) -> None:
         """Queue every finished folder, and every vanished one that was recorded (so that a worker removes its
         rows); on a database error keep them and back off."""
+        host = self.config.watcher.host_name
         for folder in self.intake.due_gone():  # held back: a folder renamed back by then is the same folder
             hold = self.config.watcher.settle_seconds if self.intake.hold_removal(folder) else 0.0
-            self._queue(folder, partial(batches.enqueue_known, hold_seconds=hold), self.intake.gone_recorded,
-                        self.intake.gone_later)
+            self._queue(folder, partial(batches.enqueue_known, hold_seconds=hold, host=host),
+                        self.intake.gone_recorded, self.intake.gone_later)
         for folder in self.intake.due_for_enqueue():
-            began = self.intake.scan_time(folder)
-            enqueue = batches.enqueue if began is None else partial(batches.enqueue, scan_began=began)
+            enqueue = partial(batches.enqueue, scan_began=self.intake.scan_time(folder), host=host)
             self._queue(folder, enqueue, self.intake.enqueued, self.intake.retry_later)
 
     def _queue(self, folder: Folder, enqueue: Callable[[Connection, str, str], int | None],

@@ -257,6 +257,17 @@ def legacy_fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
     return f"{count}:{digest.hexdigest()}"
 
 
+def as_recorded(folder: str, stamp: str | None, leave_out: str = "") -> bool:
+    """Whether ``folder`` holds files, exactly as the fingerprint ``stamp`` recorded them (or as 1.0/1.1 did)."""
+    if stamp is None or stamp.startswith("0:"):
+        return False
+    try:
+        entries = list(walk(folder, leave_out))
+    except OSError:
+        return False
+    return stamp in (fingerprint(entries), legacy_fingerprint(entries))
+
+
 def open_directory_beneath(top: str, relative: str) -> int:
     """A descriptor of the directory at disk path ``relative`` below ``top``, following no symbolic link below
     ``top`` (``top`` itself, a configured watch root, may be reached through one): OSError (ELOOP, ENOTDIR,

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from sendit_watcher import batches, catchup, metrics, status
+from sendit_watcher import batches, catchup, metrics, roots, status
 from sendit_watcher.batch_import import import_next
-from sendit_watcher.batches import BatchStatus
+from sendit_watcher.batches import BatchStatus, Known
 from sendit_watcher.catchup import ScanResult, scan_roots
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection, connect
@@ -29,16 +29,19 @@ from sendit_watcher.walk import fingerprint, walk
 from tests.helpers import make_config, make_study
 
 ROOT = "incoming"
+HOST = "test-host"  # make_config's host
 NAMES = ("A", "B")  # few names, so that histories revisit them
 _bytes = count(1)
 
 
-def full_known(conn: Connection) -> dict[str, tuple[str | None, BatchStatus, bool]]:
+def full_known(conn: Connection) -> dict[str, Known]:
     """Every row of the root, as the scan read them before: the reference the scan's decisions must match."""
     rows = conn.execute("SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END,"
-                        " status, removal FROM batch WHERE root = %s", (ROOT,)).fetchall()
+                        " status, removal, %s = ANY(seen_on), seen_on <> '{}' FROM batch WHERE root = %s",
+                        (HOST, ROOT)).fetchall()
     conn.rollback()
-    return {path: (stamp, BatchStatus(state), removal) for path, stamp, state, removal in rows}
+    return {path: Known(stamp, BatchStatus(state), removal, seen, not seen and hosts)
+            for path, stamp, state, removal, seen, hosts in rows}
 
 
 def decisions(result: ScanResult) -> dict[str, list[object]]:
@@ -69,7 +72,7 @@ def queue(conn: Connection, result: ScanResult) -> None:
     for root, name in result.changed:
         assert batches.enqueue(conn, root, to_text(name), result.scan_began((root, name))) is not None
     for root, name in result.gone:
-        assert batches.enqueue_known(conn, root, to_text(name)) is not None
+        assert batches.enqueue_known(conn, root, to_text(name), host=HOST) is not None
 
 
 def import_all(conn: Connection, config: Config) -> None:
@@ -150,6 +153,7 @@ def test_scan_decisions_and_counts_equal_the_full_comparison_for_any_history(
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     config = make_config(database, {ROOT: root})
+    roots.adopt(conn, HOST, config.watches[0])  # proven: what is missing from it is gone (the scan decides)
     for operation in [*operations, ("scan", 0, 0), ("import", 0, 0)]:
         apply(operation, conn, config, root)
         assert decisions(scan(config)) == decisions(reference_scan(conn, config)), operation
@@ -172,7 +176,7 @@ def test_a_deleted_folder_is_left_out_of_the_scan_and_its_name_recreated_is_impo
     removal = batches.finished_after(conn, imported)
     assert [(r["folder"], r["status"], r["removed"], r["instances"]) for r in removal] == [("A", "empty", 3, 0)]
     now = batches.database_time(conn)
-    assert "A" not in batches.known_folders(conn, ROOT, [], now)  # its row is no longer read by a scan...
+    assert "A" not in batches.known_folders(conn, ROOT, [], now, HOST)  # its row is no longer read by a scan...
     assert decisions(scan(config)) == decisions(ScanResult())  # ...and nothing is decided about it
     make_study(root / "A", 2)
     result = scan(config)

@@ -240,7 +240,7 @@ def test_a_removal_is_held_back_and_then_reads_nothing_of_a_folder_there_again(
     import_folder(conn, config, incoming / "A")
     shutil.rmtree(incoming / "A")
     make_study(incoming / "A", 1)  # a new A, the first file of a copy under way
-    batch_id = batches.enqueue_known(conn, "incoming", "A", hold_seconds=0.5)
+    batch_id = batches.enqueue_known(conn, "incoming", "A", hold_seconds=0.5, host=config.watcher.host_name)
     assert import_next(conn, config, InlineParser()) is None  # held back
     time.sleep(0.6)
     removal = import_next(conn, config, InlineParser())
@@ -259,7 +259,7 @@ def test_a_folder_back_before_its_removal_is_taken_is_the_same_folder(
     make_study(incoming / "A", 3)
     import_folder(conn, config, incoming / "A")
     before = rows_of(conn, "A")
-    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600)  # A -> A.tmp ...
+    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600, host=config.watcher.host_name)  # A -> A.tmp ...
     assert batches.enqueue(conn, "incoming", "A") is not None  # ... -> A: finished by rename
     again = import_next(conn, config, InlineParser())
     assert isinstance(again, Result) and again.unchanged and again.status == "done"
@@ -273,7 +273,7 @@ def test_catch_up_takes_a_folder_present_under_a_queued_removal_as_one_to_import
     config = make_config(database, {"incoming": incoming})
     make_study(incoming / "A", 2)
     import_folder(conn, config, incoming / "A")
-    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600)
+    batches.enqueue_known(conn, "incoming", "A", hold_seconds=3600, host=config.watcher.host_name)
     found = scan_roots(database, {"incoming": config.watches[0]}, config.watcher.host_name, config.watcher.is_temporary,
                        0.0, set())
     assert found.changed == [("incoming", "A")] and found.gone == []
@@ -397,7 +397,7 @@ def test_a_removal_whose_folder_is_back_as_it_was_keeps_its_rows_and_is_not_anno
         import_folder(conn, config, incoming / name)
     seq = scalar_int(conn, "SELECT max(finished_seq) FROM batch")
     for name in ("A", "B"):
-        batches.enqueue_known(conn, "incoming", name)
+        batches.enqueue_known(conn, "incoming", name, host=config.watcher.host_name)
     make_study(incoming / "B", 1)  # B came back with one more file: not the folder its last import saw
     outcomes = [import_next(conn, config, InlineParser()) for _ in range(2)]
     assert all(isinstance(outcome, Result) for outcome in outcomes)

@@ -125,7 +125,7 @@ def test_a_root_deleted_and_made_again_empty_is_lost_until_adopted(tmp_path: Pat
         assert not verdict.itself and "another directory" in (verdict.reason or "")
         result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
         assert result.gone == [] and "incoming" in result.lost
-        batches.enqueue_known(conn, "incoming", "A")  # as an inotify IN_DELETE would have queued it
+        batches.enqueue_known(conn, "incoming", "A", host=HOST)  # as an inotify IN_DELETE would have queued it
         assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is None  # never claimed
         assert rows_by_folder(conn)["A"] == ("queued", 2, 1)
         lost = scalar(conn, "SELECT lost_reason FROM root_identity WHERE root = 'incoming' AND host = %s", HOST)
@@ -142,7 +142,8 @@ def test_a_root_seen_first_without_any_folder_imported_last_is_lost(
         tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
     """A host seeing a root for the first time where none of the folders the database imported last is (a host
     whose share is not mounted; its mount point may hold lost+found, a .tmp folder, a file): lost, and nothing
-    recorded; once one of them is there, itself."""
+    recorded. A folder of the same name with other files proves nothing; once the share shows one of them as it
+    was imported, itself."""
     root = tmp_path / "incoming"
     root.mkdir()
     config = make_config(database, {"incoming": root})
@@ -158,8 +159,12 @@ def test_a_root_seen_first_without_any_folder_imported_last_is_lost(
     verdict = roots.check(conn, "other-host", other.watches[0])
     assert not verdict.itself and "none of the 1 folders of it imported last is here" in (verdict.reason or "")
     assert scalar(conn, "SELECT device FROM root_identity WHERE host = 'other-host'") is None
-    (elsewhere / "A").mkdir()  # the share's folder: this is the root the other hosts see
-    assert roots.check(conn, "other-host", other.watches[0]).itself
+    make_study(elsewhere / "A", 2)  # a folder of that name, written on this host: not the share's
+    assert not roots.check(conn, "other-host", other.watches[0]).itself
+    shutil.rmtree(elsewhere / "A")
+    with unmounted_at_end(elsewhere):
+        mount("--bind", str(root), str(elsewhere))  # the share at last: A as it was imported
+        assert roots.check(conn, "other-host", other.watches[0]).itself
     shutil.rmtree(root / "A")
     assert roots.check(conn, HOST, config.watches[0]).itself  # the host that knows it: itself (A was deleted)
 
@@ -249,7 +254,7 @@ def catch_up(config: Config, database: DatabaseConfig, conn: Connection) -> None
     for root, name in result.changed:
         batches.enqueue(conn, root, name)
     for root, name in result.gone:
-        batches.enqueue_known(conn, root, name)
+        batches.enqueue_known(conn, root, name, host=HOST)
 
 
 def drain(config: Config, conn: Connection) -> None:
@@ -409,7 +414,7 @@ def test_a_worker_host_that_cannot_see_a_folder_never_empties_it_even_on_a_new_s
     result = scan_roots(database, {"incoming": watcher.watches[0]}, watcher.watcher.host_name,
                         watcher.watcher.is_ignored, 0.0, set())
     assert result.gone == [("incoming", "S2")]  # the host whose root is itself: gone, a removal
-    assert batches.enqueue_known(conn, "incoming", "S2") is not None
+    assert batches.enqueue_known(conn, "incoming", "S2", host=watcher.watcher.host_name) is not None
     assert import_next(conn, watcher, InlineParser()) is not None
     assert scalar(conn, "SELECT status FROM batch WHERE path = 'S2'") == "empty"
 
@@ -424,14 +429,65 @@ def test_a_share_mounted_on_a_root_recorded_before_it_was_mounted_is_itself() ->
     verdict = roots.judge("incoming", before, mounted)
     assert verdict.itself and verdict.record == mounted
     assert not roots.judge("incoming", mounted, before).itself  # and unmounted again: lost
+    hiding = roots.judge("incoming", before, mounted, proven=True)  # the plain directory held folders: hidden now
+    assert not hiding.itself and "over the folders it held" in (hiding.reason or "")
+
+
+def test_a_file_system_mounted_over_a_root_that_held_folders_is_lost_until_adopted(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A plain-directory root whose folders were imported, then a file system mounted on it: its folders are
+    hidden, not deleted. Lost, no row removed, until adopt-root; then the mounted one is the root."""
+    root = tmp_path / "incoming"
+    root.mkdir()
+    config = make_config(database, {"incoming": root})
+    watch = config.watches[0]
+    assert roots.check(conn, HOST, watch).itself
+    drop_study(root, "A", 2)
+    batches.enqueue(conn, "incoming", "A", host=HOST)
+    assert import_next(conn, config, InlineParser(), RootGuard(config, every=0)) is not None
+    with unmounted_at_end(root):
+        mount("-t", "tmpfs", "sendit-test-over", str(root))
+        verdict = roots.check(conn, HOST, watch)
+        assert not verdict.itself and "over the folders it held" in (verdict.reason or "")
+        result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
+        assert result.gone == [] and "incoming" in result.lost
+        assert rows_by_folder(conn)["A"] == ("done", 2, 1)
+        roots.adopt(conn, HOST, watch)
+        result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
+        assert result.gone == [("incoming", "A")]
+    assert (root / "A").is_dir()  # it was there all along
+
+
+def test_a_directory_bind_mounted_on_a_root_after_the_start_is_watched(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A new site's root, an empty plain directory, with a directory of the same file system bind-mounted on it
+    after the service started (same device, another inode): the service watches the mounted one, and a folder
+    renamed into it is imported by its event (the catch-up interval is an hour)."""
+    root, store = tmp_path / "incoming", tmp_path / "store"
+    root.mkdir()
+    store.mkdir()
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root}, rescan_interval=3600)
+    service = ServiceProcess(config, tmp_path)
+    with unmounted_at_end(root):
+        try:
+            service.wait_ready()
+            wait_until(lambda: "catch-up scan:" in service.log, what="the catch-up scan at start")
+            mount("--bind", str(store), str(root))
+            wait_until(lambda: "watching it again" in service.log, timeout=20, what="the mounted directory watched")
+            make_study(root / "A.tmp", 2)
+            (root / "A.tmp").rename(root / "A")
+            wait_until(lambda: rows_by_folder(conn).get("A") == ("done", 2, 1), what="A imported")
+        finally:
+            service.kill()
 
 
 def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
         tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
     """Host B started first on a new site with its share not mounted: its root, an empty plain directory, is
     recorded at first sight (nothing imported yet to tell). Host A then imports from the share. B's catch-up
-    calls none of A's folders gone (its root never showed it one), until the share shows them to B; from then on
-    a folder missing from B's root is gone (an outside attack: B emptied A's folders, over and over)."""
+    calls none of A's folders gone (its root never showed it one; copies of them under their names prove nothing:
+    their files are not as recorded), until the share mounted there shows them to B; from then on a folder B saw
+    that goes missing from B's root is gone (an outside attack: B emptied A's folders, over and over)."""
     share, b_root = tmp_path / "share", tmp_path / "host-b"
     share.mkdir()
     b_root.mkdir()
@@ -442,7 +498,7 @@ def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
         drop_study(share, name, 2)
         import_folder(conn, a, share / name)
     drop_study(share, "S3", 1)
-    batches.enqueue(conn, "incoming", "S3")  # queued by A, not imported yet
+    batches.enqueue(conn, "incoming", "S3", host="test-host")  # queued by A, not imported yet
 
     def b_scan() -> list[tuple[str, str]]:
         result = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
@@ -451,12 +507,122 @@ def test_a_host_whose_root_never_showed_it_a_known_folder_calls_nothing_gone(
 
     assert b_scan() == []
     assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is False
-    for name in ("S1", "S2", "S3"):  # the share shows them at last
+    for name in ("S1", "S2", "S3"):  # copies under the same names, on B's own disk
         shutil.copytree(share / name, b_root / name)
     assert b_scan() == []
-    assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is True
-    shutil.rmtree(b_root / "S1")
-    assert b_scan() == [("incoming", "S1")]
+    assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is False
+    for name in ("S1", "S2", "S3"):
+        shutil.rmtree(b_root / name)
+    with unmounted_at_end(b_root):
+        mount("--bind", str(share), str(b_root))  # the share mounted on B at last
+        assert b_scan() == []
+        assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is True
+        shutil.rmtree(share / "S1")
+        assert b_scan() == [("incoming", "S1")]
+
+
+def test_a_namesake_on_a_host_without_the_share_proves_nothing_and_removes_nothing(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Host A imports from the share; host B's share is not mounted. A folder written on B under the name of one
+    of A's folders (other files) does not make B's root the share: it stays lost, B's catch-up calls nothing gone,
+    and the deletion of that namesake on B (as B's watcher would report it) removes none of A's rows, by event or
+    by a worker of B (an outside attack: B emptied A's batch, announced `empty`, while A's files were intact)."""
+    share, b_root = tmp_path / "share", tmp_path / "host-b"
+    share.mkdir()
+    b_root.mkdir()
+    a = make_config(database, {"incoming": share})
+    b = on_host(make_config(database, {"incoming": b_root}), "host-b")
+    assert roots.check(conn, "test-host", a.watches[0]).itself  # A's first sight
+    for name in ("S1", "S2", "S3"):
+        drop_study(share, name, 2)
+        import_folder(conn, a, share / name)
+    assert not roots.check(conn, "host-b", b.watches[0]).itself  # none of A's folders here: lost at first sight
+    make_study(b_root / "S2", 3)  # the namesake
+    assert not roots.check(conn, "host-b", b.watches[0]).itself
+    result = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+    assert result.gone == [] and "incoming" in result.lost
+    shutil.rmtree(b_root / "S2")
+    assert batches.enqueue_known(conn, "incoming", "S2", host="host-b") == 0  # B never saw A's S2: nothing queued
+    assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is None
+    assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {name: ("done", 2) for name in ("S1", "S2", "S3")}
+
+
+def test_a_folder_a_proven_host_never_saw_is_gone_only_for_the_hosts_that_saw_it(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Two hosts with the share mounted. A folder imported by A and deleted before B ever listed it (as an NFS
+    client's stale directory cache may hide a new folder from B for a minute): B's catch-up does not call it gone
+    and B's workers do not take its removal; A's catch-up does, and A removes its rows."""
+    share, b_root = tmp_path / "share", tmp_path / "host-b"
+    share.mkdir()
+    b_root.mkdir()
+    a = make_config(database, {"incoming": share})
+    b = on_host(make_config(database, {"incoming": b_root}), "host-b")
+    assert roots.check(conn, "test-host", a.watches[0]).itself  # A's first sight
+    drop_study(share, "S1", 2)
+    import_folder(conn, a, share / "S1")
+    with unmounted_at_end(b_root):
+        mount("--bind", str(share), str(b_root))
+        scanned = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+        assert scanned.lost == {} and scanned.gone == []  # B has seen S1 now, as recorded
+        assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is True
+        assert scalar(conn, "SELECT seen_on FROM batch WHERE path = 'S1'") == ["test-host", "host-b"]
+        drop_study(share, "S4", 2)
+        import_folder(conn, a, share / "S4")
+        shutil.rmtree(share / "S4")
+        shutil.rmtree(share / "S1")
+        scanned = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+        assert scanned.gone == [("incoming", "S1")]  # S1 B saw; S4 it never did
+        assert batches.enqueue_known(conn, "incoming", "S4", host="host-b") == 0
+        scanned = scan_roots(database, {"incoming": a.watches[0]}, "test-host", a.watcher.is_ignored, 0.0, set())
+        assert sorted(scanned.gone) == [("incoming", "S1"), ("incoming", "S4")]
+        for _, name in scanned.gone:
+            assert batches.enqueue_known(conn, "incoming", str(name), host="test-host")
+        assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is not None  # S1's removal: B saw it
+        assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is None  # S4's is not B's to take
+        assert import_next(conn, a, InlineParser(), RootGuard(a, every=0)) is not None
+    assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"S1": ("empty", 0), "S4": ("empty", 0)}
+
+
+def test_two_services_a_namesake_written_and_deleted_on_the_host_without_the_share_changes_nothing(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """The outside attack, as it was run: services on hosts A and B share a database; B's share is not mounted
+    (its root a plain directory). A folder written on B under the name of one of A's, then `rm -rf` there: B's
+    root stays lost, and A's rows stay, announced nothing new; A goes on importing."""
+    store, root_a = share
+    root_b = tmp_path / "b-incoming"
+    root_b.mkdir()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a = ServiceProcess(write_config(tmp_path / "a.conf", database, {"incoming": root_a}, workers=1, host="host-a",
+                                    rescan_interval=1), tmp_path / "a")
+    b: ServiceProcess | None = None
+    try:
+        a.wait_ready()
+        for name in ("S1", "S2", "S3"):
+            drop_study(root_a, name, 2)
+        wait_until(lambda: {f: r[:2] for f, r in rows_by_folder(conn).items()}
+                   == {name: ("done", 2) for name in ("S1", "S2", "S3")}, what="S1-S3 imported on A")
+        seq = scalar_int(conn, "SELECT max(finished_seq) FROM batch")
+        b = ServiceProcess(write_config(tmp_path / "b.conf", database, {"incoming": root_b}, workers=1,
+                                        host="host-b", rescan_interval=1), tmp_path / "b")
+        b.wait_ready()
+        b.notify.wait_for(lambda line: lost_status(line, "incoming"), 20)
+        make_study(root_b / "S2.tmp", 3)
+        (root_b / "S2.tmp").rename(root_b / "S2")  # a finished folder of A's name, on B
+        time.sleep(RootGuard.EVERY + 2)  # B's checks and catch-up scans (every second) look at it
+        shutil.rmtree(root_b / "S2")
+        time.sleep(RootGuard.EVERY + 2)
+        assert lost_status([line for line in b.notify.fields() if line.startswith("STATUS=")][-1], "incoming")
+        drop_study(root_a, "S4", 1)
+        wait_until(lambda: rows_by_folder(conn).get("S4", ("", 0, 0))[:2] == ("done", 1), what="S4 imported on A")
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()
+    assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {
+        "S1": ("done", 2), "S2": ("done", 2), "S3": ("done", 2), "S4": ("done", 1)}
+    assert [path for (path,) in conn.execute("SELECT path FROM batch WHERE finished_seq > %s", (seq,))] == ["S4"]
+    assert "is back (itself again)" not in b.log
 
 
 # --- a root closed to the service -----------------------------------------------------------------------------
