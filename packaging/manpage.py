@@ -83,8 +83,9 @@ alone. \fBsendit\-watcher\-metrics.timer\fR (shipped, not enabled) writes
 .TP
 .B adopt\-root \fINAME\fR
 Accept the watch root \fINAME\fR as it is now on this host, after a deliberate change (a new share, a root
-made anew). A root that is not the file system it was at first sight (unmounted, another file system) is lost:
-none of its rows is removed until it is back or adopted.
+made anew). A root that is not the file system it was at first sight (unmounted, another file system, a file
+system mounted over the folders it held) is lost: none of its rows is removed until it is back or adopted. A
+host removes the rows of a folder only if it saw that folder itself.
 .TP
 .B migrate
 Create or upgrade the database schema.
