@@ -81,11 +81,14 @@ host, the queue depth and the lost roots. A textfile that cannot be filled says 
 alone. \fBsendit\-watcher\-metrics.timer\fR (shipped, not enabled) writes
 /var/lib/prometheus/node\-exporter/sendit\-watcher.prom every minute.
 .TP
-.B adopt\-root \fINAME\fR
+.B adopt\-root \fR[\fB\-\-force\fR] \fINAME\fR
 Accept the watch root \fINAME\fR as it is now on this host, after a deliberate change (a new share, a root
 made anew). A root that is not the file system it was at first sight (unmounted, another file system, a file
 system mounted over the folders it held) is lost: none of its rows is removed until it is back or adopted. A
-host removes the rows of a folder only if it saw that folder itself.
+host removes the rows of a folder only if it saw that folder itself, or if it was recorded more than 10 minutes
+ago and the root has shown this host it is the share. Refused without \fB\-\-force\fR where the root looks like a
+share not mounted (a mount point at first sight, not one now; or none of the folders imported last there): every
+folder this host saw that is missing from it would lose its rows.
 .TP
 .B migrate
 Create or upgrade the database schema.

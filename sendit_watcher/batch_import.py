@@ -143,6 +143,16 @@ class _NotVisible(Exception):
         self.batch = batch
 
 
+class _Unproven(Exception):
+    """A batch whose folder other hosts saw (seen_on), on a host whose root has not shown it is their share (no
+    folder there as they imported it): what this host has under that name may be a namesake; released untouched,
+    left to the hosts that saw it (read by hand: refused)."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch.path)
+        self.batch = batch
+
+
 class _RootLost(Exception):
     """A claimed batch's folder is missing (or cannot be opened) and its root is not itself on this host: the
     batch is released untouched (rolled back, still queued), never emptied."""
@@ -175,6 +185,8 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
         assert not_here is not None  # only a batch taken from the queue is _NotVisible
         _not_visible(not_here, config.watcher.host_name, unseen.batch)
         return None  # released: the caller passes it over and takes the next one
+    except _Unproven as foreign:
+        return _unproven(config, foreign.batch, not_here)
     except Exception as exc:  # noqa: BLE001 - classified: the connection's, or this batch's
         if _Abandoning.requested:
             raise Abandoned from exc  # rolled back with the transaction: still queued, nothing recorded
@@ -202,10 +214,24 @@ def _folder_to_read(conn: Connection, config: Config, batch: Batch, queued: bool
         except ImportFailed:  # a link or a file of its name now: not the folder, which is gone
             return None
         return folder if folder is not None and _as_last_seen(folder, batch, leave_out) else None
+    if batch.root != batches.OUTSIDE_ROOTS:
+        if not queued:
+            _unless_root_lost(conn, config, batch)  # by hand too: never read into a root that is not itself here
+        if _foreign(conn, config.watcher.host_name, batch):
+            raise _Unproven(batch)
     folder = _folder_here(conn, config, batch)
     if queued and folder is None and batch.root != batches.OUTSIDE_ROOTS:
         raise _NotVisible(batch)
     return folder
+
+
+def _foreign(conn: Connection, host: str, batch: Batch) -> bool:
+    """Whether the batch holds rows of a folder other hosts saw and this host's root has not shown it is theirs:
+    what this host has under that name may be a namesake, which must not replace (or, missing, remove) them. A
+    folder never imported yet has no rows to lose: any host that sees it may read it (a failover)."""
+    has_rows = batch.fingerprint is not None and not batch.fingerprint.startswith("0:")
+    return (has_rows and bool(batch.seen_on) and host not in batch.seen_on
+            and not roots.is_proven(conn, host, batch.root))
 
 
 def _as_last_seen(folder: str, batch: Batch, leave_out: str) -> bool:
@@ -221,6 +247,21 @@ def _not_visible(not_here: NotHere, host: str, batch: Batch) -> None:
         log.warning("batch %d (%s:%s) released untouched: its folder is not here on this host (another host queued "
                     "it, or it was deleted and its removal is on its way); left to the hosts that see it",
                     batch.id, batch.root, batch.path)
+
+
+def _unproven(config: Config, batch: Batch, not_here: NotHere | None) -> Failure | None:
+    """The batch was rolled back (its rows untouched): taken from the queue, it is left alone here for a while
+    (None: the caller takes the next one); read by hand, the refusal."""
+    host = config.watcher.host_name
+    why = (f"other hosts saw the folder of that name ({', '.join(batch.seen_on)}) and watch root [watch:{batch.root}] "
+           f"has not shown host {host} that it is their share (none of their folders here as they imported it)")
+    if not_here is None:
+        return Failure(batch.id, batch.root, batch.path, f"not imported: {why}; mount the share here, or run "
+                       f"`sendit-watcher adopt-root {batch.root}` after a deliberate change")
+    if not_here.add(host, batch):
+        log.warning("batch %d (%s:%s) released untouched: %s; left to the hosts that saw it", batch.id, batch.root,
+                    batch.path, why)
+    return None
 
 
 def _folder_here(conn: Connection, config: Config, batch: Batch) -> str | None:
@@ -252,11 +293,11 @@ def _released(conn: Connection, config: Config, lost: _RootLost, guard: RootGuar
     assert watch is not None
     verdict = guard.lost(conn, watch) if guard is not None else roots.check(conn, config.watcher.host_name, watch)
     reason = verdict.reason or lost.verdict.reason or "lost"
-    log.warning("batch %d (%s:%s) released untouched: its folder is missing here and its root is not itself on "
-                "this host (%s); it stays queued", lost.batch.id, lost.batch.root, lost.batch.path, reason)
+    log.warning("batch %d (%s:%s) released untouched: its root is not itself on this host (%s); its rows are "
+                "kept", lost.batch.id, lost.batch.root, lost.batch.path, reason)
     return Failure(lost.batch.id, lost.batch.root, lost.batch.path,
                    f"not imported: watch root [watch:{watch.name}] is lost on host {config.watcher.host_name} "
-                   f"({reason}); the batch stays queued", status=BatchStatus.QUEUED)
+                   f"({reason}); the batch is left as it was", status=BatchStatus.QUEUED)
 
 
 def _folder(config: Config, batch: Batch) -> str | None:

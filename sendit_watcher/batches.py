@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +29,12 @@ __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "
            "queue_counts", "finished_after", "latest_seq"]
 
 log = logging.getLogger(__name__)
+
+# Longer than a share's client caches may hide a folder from one host while another already sees it (NFS caches
+# directory attributes for at most 60 s by default): a folder recorded longer ago than this, missing from the root
+# of a host whose root has shown it is the share, is gone, though that host never saw it (a host renamed, a
+# worker host replaced, a deletion while only the other hosts ran).
+SHARE_CACHE_SECONDS = 600
 
 OUTSIDE_ROOTS = "/"  # root name of folders imported from outside every watch root; paths relative to /
 NOTIFY_CHANNEL = "sendit_batch"  # a batch finished (done, empty or failed): payload is its id
@@ -51,6 +57,7 @@ class Batch:
     finished_seq: int | None = None  # at claim time: a failure is never recorded over a later success
     removal: bool = False  # queued because its folder was deleted or moved away (enqueue_known)
     failed_last: bool = False  # its last import failed: the next success is news, even if nothing changed
+    seen_on: list[str] = field(default_factory=list)  # the hosts that saw its folder (migration 0013)
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,11 @@ def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None 
 
 
 def _see(conn: Connection, batch_ids: list[int], host: str) -> None:
+    """``host`` found these folders finished on its disk: it has seen them, unless another host saw a folder of
+    that name and this host's root has not shown it is theirs (roots.prove): a namesake there proves nothing."""
     conn.execute("UPDATE batch SET seen_on = array_append(seen_on, %(host)s) WHERE id = ANY(%(ids)s)"
-                 " AND NOT %(host)s = ANY(seen_on)", {"host": host, "ids": batch_ids})
+                 " AND NOT %(host)s = ANY(seen_on) AND (seen_on = '{}' OR EXISTS (SELECT 1 FROM root_identity r"
+                 " WHERE r.root = batch.root AND r.host = %(host)s AND r.proven))", {"host": host, "ids": batch_ids})
 
 
 def see(conn: Connection, root: str, paths: list[str], host: str) -> None:
@@ -158,15 +168,19 @@ def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 
     (a namesake on a host whose share is not mounted: the hosts that saw the folder decide); None when a worker
     holds it right now (try again later)."""
     with conn.transaction():
-        row = conn.execute("SELECT id, (seen_on = '{}' OR %(host)s = ANY(seen_on)) FROM batch WHERE root = %(root)s"
-                           " AND path = %(path)s FOR UPDATE SKIP LOCKED",
-                           {"root": root, "path": path, "host": host}).fetchone()
+        row = conn.execute(
+            "SELECT id, seen_on = '{}' OR %(host)s = ANY(seen_on) OR (coalesce(finished_at, queued_at)"
+            " < now() - make_interval(secs => %(settled)s) AND EXISTS (SELECT 1 FROM root_identity r"
+            " WHERE r.root = batch.root AND r.host = %(host)s AND r.proven))"
+            " FROM batch WHERE root = %(root)s AND path = %(path)s FOR UPDATE SKIP LOCKED",
+            {"root": root, "path": path, "host": host, "settled": SHARE_CACHE_SECONDS}).fetchone()
         if row is None:
             exists = conn.execute("SELECT 1 FROM batch WHERE root = %s AND path = %s", (root, path)).fetchone()
             return None if exists else 0
         if not row[1]:
-            log.warning("%s:%s is gone on host %s, which never saw the folder of that name the database knows: its "
-                        "rows stay (the hosts that saw it decide; is the share mounted here?)", root, path, host)
+            log.warning("%s:%s is gone on host %s, which never saw the folder of that name the database knows (and "
+                        "whose root has not shown it is the share, or the folder is newer than %d s): its rows "
+                        "stay; the hosts that saw it decide", root, path, host, SHARE_CACHE_SECONDS)
             return 0
         conn.execute(_QUEUE_REMOVAL, {"queued": BatchStatus.QUEUED, "hold": hold_seconds, "batch": row[0]})
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(row[0])))
@@ -202,19 +216,23 @@ def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None =
     again (``requeue``), without claiming it (SKIP LOCKED): its deaths are read and its attempt recorded before
     the claim (``start_attempt``, then ``claim_queued``). Batches ``not_here`` (their folder is not visible on this
     host) are passed over, unless they are removals now; a removal is taken only by a ``host`` that saw the
-    folder (seen_on), whose disk's word on its absence counts."""
+    folder (seen_on) or whose root has shown it is the share (roots.prove): it checks that the folder is not
+    back as it was."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last, seen_on"
+            " FROM batch"
             " WHERE status = %(queued)s AND root = ANY(%(roots)s)"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) AND (removal OR NOT id = ANY(%(not_here)s))"
-            " AND (NOT removal OR seen_on = '{}' OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on))"
+            " AND (NOT removal OR seen_on = '{}' OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on)"
+            " OR EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = %(host)s::text"
+            " AND r.proven))"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
             {"queued": BatchStatus.QUEUED, "roots": roots, "not_here": not_here or [], "host": host}).fetchone()
         if batch is None:
             batch = cursor.execute(
                 "SELECT b.id, b.root, b.path, b.fingerprint, b.imports, b.finished_seq, b.removal,"
-                " b.attempts > 0 AS failed_last FROM reread r"
+                " b.attempts > 0 AS failed_last, b.seen_on FROM reread r"
                 " JOIN batch b ON b.id = r.batch WHERE b.root = ANY(%s) AND NOT b.id = ANY(%s)"
                 " AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= now())"
                 " ORDER BY b.id LIMIT 1 FOR UPDATE OF b SKIP LOCKED", (roots, not_here or [])).fetchone()
@@ -255,7 +273,8 @@ def claim_queued(conn: Connection, batch_id: int) -> Batch | None:
     LOCKED); None otherwise."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
-            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last FROM batch"
+            "SELECT id, root, path, fingerprint, imports, finished_seq, removal, attempts > 0 AS failed_last, seen_on"
+            " FROM batch"
             " WHERE id = %s AND (status = %s OR EXISTS (SELECT 1 FROM reread WHERE reread.batch = batch.id))"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) FOR UPDATE SKIP LOCKED",
             (batch_id, BatchStatus.QUEUED)).fetchone()
@@ -266,7 +285,7 @@ def claim_id(conn: Connection, batch_id: int) -> Batch | None:
     """Lock one given batch for this transaction, waiting for a worker that holds it (an ad-hoc import)."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute("SELECT id, root, path, fingerprint, imports, finished_seq, removal,"
-                               " attempts > 0 AS failed_last FROM batch WHERE id = %s FOR UPDATE",
+                               " attempts > 0 AS failed_last, seen_on FROM batch WHERE id = %s FOR UPDATE",
                                (batch_id,)).fetchone()
     return _mark_importing(conn, batch)
 
@@ -451,12 +470,14 @@ class Known(NamedTuple):
     removal: bool  # queued as a removal
     seen: bool  # the scanning host has seen it
     seen_elsewhere: bool  # another host has seen it, and not the scanning one
+    settled: bool = False  # recorded more than SHARE_CACHE_SECONDS before the listing
 
     @property
     def absence_counts(self) -> bool:
-        """Whether its absence from the scanning host's root is evidence: that host saw it, or no host is known
-        to have (a folder queued by an earlier version)."""
-        return not self.seen_elsewhere
+        """Whether its absence from the scanning host's root (which has shown it is the share) is evidence: that
+        host saw it, no host is known to have (a folder queued by an earlier version), or it was recorded long
+        enough ago that every host's view of the share shows it."""
+        return not self.seen_elsewhere or self.settled
 
 
 def known_folders(conn: Connection, root: str, listed: list[str], listed_at: datetime, host: str
@@ -468,27 +489,31 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
     # The planner cannot tell how few rows the partial index holds and would estimate all of them, which costs
     # a JIT compilation (0.07-0.2 s in a new session) for a query of milliseconds.
     conn.execute("SET LOCAL jit = off")
-    rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at,
-                                         "host": host}).fetchall()
+    rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at, "host": host,
+                                         "settled": SHARE_CACHE_SECONDS}).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts))
-            for path, stamp, status, removal, seen, hosts in rows}
+    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts), settled)
+            for path, stamp, status, removal, seen, hosts, settled in rows}
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
 # word and with literals, so that the planner proves the index applies; the first half uses (root, path).
 _KNOWN_FOLDERS = """
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
-       %(host)s = ANY(seen_on), seen_on <> '{}'
+       %(host)s = ANY(seen_on), seen_on <> '{}',
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
-       %(host)s = ANY(seen_on), seen_on <> '{}'
+       %(host)s = ANY(seen_on), seen_on <> '{}',
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
   AND coalesce(CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, '0:') NOT LIKE '0:%%'
 UNION
-SELECT path, fingerprint, status, removal, %(host)s = ANY(seen_on), seen_on <> '{}'
+SELECT path, fingerprint, status, removal,
+       %(host)s = ANY(seen_on), seen_on <> '{}',
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
 FROM batch WHERE root = %(root)s AND status = 'queued' AND NOT removal AND queued_at < %(listed_at)s
 """
 

@@ -38,6 +38,7 @@ class ScanResult:
     waiting: list[Folder] = field(default_factory=list)  # no finished_marker yet
     gone: list[Folder] = field(default_factory=list)  # recorded with rows, seen here before, no longer on disk
     matched: list[str] = field(default_factory=list)  # listed as recorded (same files, sizes, times): paths
+    unseen: int = 0  # recorded with rows, missing here, but this host never saw them: left to the hosts that did
     lost: dict[str, Verdict] = field(default_factory=dict)  # roots not themselves: not scanned, nothing gone
     folders: int = 0
     seconds: float = 0.0
@@ -79,7 +80,7 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, RootConfig], host: s
             found = ScanResult()
             _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
             if not _proven(conn, host, watch, verdict, found):
-                found.gone = []  # its absences mean nothing yet
+                found.gone, found.unseen = [], 0  # its absences mean nothing yet
             batches.see(conn, name, [path for path in found.matched if not known[path].seen], host)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
@@ -109,6 +110,7 @@ def _merge(found: ScanResult, into: ScanResult) -> None:
     into.young += found.young
     into.waiting += found.waiting
     into.gone += found.gone
+    into.unseen += found.unseen
     into.folders += found.folders
     into.seen_failed |= found.seen_failed
 
@@ -128,8 +130,11 @@ def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
     name, root = watch.name, watch.path
     listed = {to_text(folder_name) for folder_name in entries}
     for path, row in known.items():
-        if path not in listed and _gone(row):
-            result.gone.append((name, to_disk(path)))
+        if path not in listed and _missing(row):
+            if row.absence_counts:
+                result.gone.append((name, to_disk(path)))
+            else:
+                result.unseen += 1
     for folder_name in entries:
         folder = (name, folder_name)
         if is_ignored(folder_name) or folder in skip:
@@ -147,12 +152,10 @@ def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
             result.changed.append(folder)
 
 
-def _gone(row: Known) -> bool:
-    """A recorded folder missing from a root that is itself: gone, when this host saw it before (another host's
-    folder it never saw may simply not be visible here yet), and it had files at its last import, or it is
-    queued to be imported (workers never empty a folder they cannot see: its removal is queued here)."""
-    if not row.absence_counts:
-        return False
+def _missing(row: Known) -> bool:
+    """A recorded folder missing from a root that is itself is gone (if its absence counts: Known.absence_counts)
+    when it had files at its last import, or when it is queued to be imported (workers never empty a folder they
+    cannot see: its removal is queued here)."""
     if row.status is BatchStatus.QUEUED:
         return not row.removal
     return not (row.stamp or "0:").startswith("0:")

@@ -139,6 +139,9 @@ def _add_check_options(sub: argparse.ArgumentParser) -> None:
 
 def _add_adopt_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("root", metavar="NAME", help="the watch root's name (its [watch:NAME] section)")
+    sub.add_argument("--force", action="store_true",
+                     help="adopt it even where it looks like a share not mounted (a mount point at first sight, not "
+                          "one now; or none of the folders imported last here): their rows go")
 
 
 def _add_status_options(sub: argparse.ArgumentParser) -> None:
@@ -436,7 +439,7 @@ def _adopt_root(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     host = config.watcher.host_name
     with _open(config) as conn:
-        identity = roots.adopt(conn, host, watch)
+        identity = roots.adopt(conn, host, watch, force=args.force)
     print(f"watch root {watch.name} ({watch.path}) adopted on host {host} as it is now: {identity.describe()}"
           f"{', a mount point' if identity.mount_point else ''}; the service watches it again within seconds")
     return EXIT_OK

@@ -24,7 +24,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_FAILURE: "a folder failed to import (it is recorded as failed; see status), retry was given a batch that "
-                  "is not failed, rejected a folder never imported, or adopt-root found no directory to adopt",
+                  "is not failed, rejected a folder never imported, import was refused (a root lost on this host), or "
+                  "adopt-root found no directory to adopt or refused a root that looks like a share not mounted",
     EXIT_USAGE: "bad command line (or SENDIT_WATCHER_USER names no user)",
     EXIT_UNAVAILABLE: "PostgreSQL cannot be reached",
     EXIT_SOFTWARE: "the service's main loop died (a bug; it is logged and systemd restarts the service)",

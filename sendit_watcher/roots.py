@@ -32,8 +32,8 @@ from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.names import to_disk
 from sendit_watcher.walk import as_recorded
 
-__all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "RootGuard", "identity_now", "judge", "assess",
-           "check", "adopt", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
+__all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "AdoptionRefused", "RootGuard", "identity_now", "judge",
+           "assess", "check", "adopt", "is_proven", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +270,12 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     unseen = 0
     if now is not None and not shown:
         sample = _last_imported(conn, watch.name)
-        # A name is enough where no host has recorded the root yet (the first host of a site, the first start
-        # after an upgrade: its folders may have changed since): there is no other host's folder to mistake.
+        # A name is enough to be itself where no host has recorded the root yet (the first host of a site, the
+        # first start after an upgrade: its folders may have changed since), not to prove it.
         by_name = recorded is None and not _recorded_elsewhere(conn, watch.name, host)
-        shown = _shows_one(watch, sample, by_name=by_name)
-        unseen = len(sample) if recorded is None and not shown else 0
+        shown = _shows_one(watch, sample)  # by content: what proves the root
+        named = shown or (by_name and _shows_one(watch, sample, by_name=True))  # itself, at first sight
+        unseen = len(sample) if recorded is None and not named else 0
     verdict = judge(watch.name, recorded, now, unseen, proven=record is not None and record.proven)
     return dataclasses.replace(verdict, proven=verdict.itself and shown)
 
@@ -332,6 +333,12 @@ def _write_identity(conn: Connection, host: str, root: str, identity: Identity, 
     return written is not None
 
 
+def is_proven(conn: Connection, host: str, root: str) -> bool:
+    """Whether the root has shown this host a folder the database knows (``prove``)."""
+    return conn.execute("SELECT proven FROM root_identity WHERE root = %s AND host = %s",
+                        (root, host)).fetchone() == (True,)
+
+
 def prove(conn: Connection, host: str, root: str) -> None:
     """The root has shown this host a folder the database knows: from now on a folder missing from it is gone.
     In the caller's transaction, or one of its own."""
@@ -359,19 +366,43 @@ class RootNotFound(SenditError):
     """``adopt-root`` of a root that has no directory to adopt."""
 
 
-def adopt(conn: Connection, host: str, watch: RootConfig) -> Identity:
+class AdoptionRefused(SenditError):
+    """``adopt-root`` of a root that looks like an unmounted share: adopting it would remove rows."""
+
+
+def adopt(conn: Connection, host: str, watch: RootConfig, *, force: bool = False) -> Identity:
     """Accept the root's identity as it is now on this host (after a deliberate change: a new share, a root
-    moved); its lost state is cleared. RootNotFound when there is no directory there."""
+    moved); its lost state is cleared. RootNotFound when there is no directory there; AdoptionRefused, unless
+    ``force``, when it looks like a share not mounted (a mount point at first sight, not one now; or none of the
+    folders imported last here): the folders this host saw would all lose their rows."""
     now = identity_now(watch.path)
     if now is None:
         raise RootNotFound(f"[watch:{watch.name}] path {watch.path} does not exist or is not a directory on host "
                            f"{host}; mount it or create it, then adopt it")
+    if not force:
+        _refuse_if_unmounted(conn, host, watch, now)
     with conn.transaction():
         _write_identity(conn, host, watch.name, now, force=True)
         prove(conn, host, watch.name)  # the operator vouches for it
     log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
              now.describe())
     return now
+
+
+def _refuse_if_unmounted(conn: Connection, host: str, watch: RootConfig, now: Identity) -> None:
+    record = _record_of(conn, watch.name, host)
+    sample = _last_imported(conn, watch.name)
+    conn.rollback()
+    why = None
+    if record is not None and record.mount_point and not now.mount_point:
+        why = "it was a mount point at first sight and is not one now"
+    elif sample and not _shows_one(watch, sample, by_name=True):
+        why = f"none of the {len(sample)} folders of it imported last is here"
+    if why:
+        raise AdoptionRefused(
+            f"[watch:{watch.name}] path {watch.path} on host {host}: {why}. Adopted, every folder this host saw that "
+            f"is missing from it would lose its rows. Is its file system mounted? If those folders really are "
+            f"gone: sendit-watcher adopt-root --force {watch.name}")
 
 
 class RootGuard:

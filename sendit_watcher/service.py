@@ -219,6 +219,7 @@ class Service:
         self.scan_failures = 0
         self.scan_not_before = 0.0  # back-off after a failed catch-up scan
         self.scans_absorbed = 0
+        self.unseen_last = 0  # the folders the last catch-up found missing but never seen here
         self.last_status = 0.0
         self.stopping = False
 
@@ -408,10 +409,14 @@ class Service:
             path = self.watcher.path_of(folder)
             if path is not None:
                 self.watcher.watch_inside(path)
-        news = result.changed or result.young or result.gone or self.scans_absorbed == 1  # the one at start: its cost
+        news = (result.changed or result.young or result.gone or self.scans_absorbed == 1  # the one at start: its cost
+                or result.unseen != self.unseen_last)
+        self.unseen_last = result.unseen
+        unseen = (f"; {result.unseen} missing here that this host never saw (left to the hosts that saw them)"
+                  if result.unseen else "")
         log.log(logging.INFO if news else logging.DEBUG,  # a later scan that found nothing is no news
-                "catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone",
-                result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone))
+                "catch-up scan: %d folders in %.2f s; %d to import, %d still being written, %d gone%s",
+                result.folders, result.seconds, len(result.changed), len(result.young), len(result.gone), unseen)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:

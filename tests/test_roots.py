@@ -29,6 +29,7 @@ from sendit_watcher.catchup import scan_roots
 from sendit_watcher.cli import main
 from sendit_watcher.config import Config, DatabaseConfig
 from sendit_watcher.db import Connection
+from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.roots import RootGuard
 from tests.fix_service import ServiceProcess
@@ -330,7 +331,8 @@ def test_another_file_system_mounted_on_the_root_is_lost_until_adopted(
         scans = service.log.count("catch-up scan:")
         wait_until(lambda: service.log.count("catch-up scan:") >= scans + 3, what="three catch-up scans")
         assert rows_by_folder(conn) == {"A": ("done", 2, 1)}
-        code, out = run_cli(config, "adopt-root", "incoming")
+        assert run_cli(config, "adopt-root", "incoming")[0] == 1  # none of the folders imported last is there
+        code, out = run_cli(config, "adopt-root", "--force", "incoming")  # the operator: this is the root now
         assert code == 0 and "adopted" in out
         service.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
         wait_until(lambda: {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"A": ("empty", 0), "B": ("done", 1)},
@@ -452,7 +454,7 @@ def test_a_file_system_mounted_over_a_root_that_held_folders_is_lost_until_adopt
         result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
         assert result.gone == [] and "incoming" in result.lost
         assert rows_by_folder(conn)["A"] == ("done", 2, 1)
-        roots.adopt(conn, HOST, watch)
+        roots.adopt(conn, HOST, watch, force=True)  # the operator: the mounted one is the root now
         result = scan_roots(database, {"incoming": watch}, HOST, lambda name: False, 0.0, set())
         assert result.gone == [("incoming", "A")]
     assert (root / "A").is_dir()  # it was there all along
@@ -577,10 +579,92 @@ def test_a_folder_a_proven_host_never_saw_is_gone_only_for_the_hosts_that_saw_it
         assert sorted(scanned.gone) == [("incoming", "S1"), ("incoming", "S4")]
         for _, name in scanned.gone:
             assert batches.enqueue_known(conn, "incoming", str(name), host="test-host")
-        assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is not None  # S1's removal: B saw it
-        assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is None  # S4's is not B's to take
-        assert import_next(conn, a, InlineParser(), RootGuard(a, every=0)) is not None
-    assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"S1": ("empty", 0), "S4": ("empty", 0)}
+        for _ in range(2):  # B's root has shown it is the share: B may carry out the removals A queued
+            assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is not None
+        assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"S1": ("empty", 0), "S4": ("empty", 0)}
+        drop_study(share, "S5", 2)  # imported by A long ago (longer than any share's cache), deleted since
+        import_folder(conn, a, share / "S5")
+        conn.execute("UPDATE batch SET finished_at = finished_at - interval '1 hour' WHERE path = 'S5'")
+        conn.commit()
+        shutil.rmtree(share / "S5")
+        scanned = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+        assert scanned.gone == [("incoming", "S5")]  # never seen by B, but recorded too long ago to be hidden
+
+
+def test_a_host_whose_root_is_not_proven_never_imports_another_hosts_folder_of_that_name(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Host B started first on a new site, its share not mounted: its root is itself but not proven. A folder
+    written on B under the name of one A imported (a namesake, or a `cp -a` copy) is queued by B's watcher, but B
+    neither reads it (released, left to A) nor counts as having seen it; its deletion on B removes nothing; read
+    by hand on B it is refused; A's folder keeps its rows (an outside attack: B imported its namesake over A's
+    rows, which proved its root, then emptied them)."""
+    share, b_root = tmp_path / "share", tmp_path / "host-b"
+    share.mkdir()
+    b_root.mkdir()
+    a = make_config(database, {"incoming": share})
+    b = on_host(make_config(database, {"incoming": b_root}), "host-b")
+    assert roots.check(conn, "host-b", b.watches[0]).itself  # first sight, nothing to compare with: itself
+    assert roots.check(conn, "test-host", a.watches[0]).itself
+    drop_study(share, "S1", 3)
+    import_folder(conn, a, share / "S1")
+    make_study(b_root / "S1", 2)  # the namesake, on B's own disk
+    assert batches.enqueue(conn, "incoming", "S1", host="host-b") is not None  # as B's watcher queues it
+    assert scalar(conn, "SELECT seen_on FROM batch WHERE path = 'S1'") == ["test-host"]
+    not_here = NotHere()
+    assert import_next(conn, b, InlineParser(), RootGuard(b, every=0), not_here=not_here) is None  # released
+    assert not_here.batches("host-b") == [scalar_int(conn, "SELECT id FROM batch WHERE path = 'S1'")]
+    written = write_config(tmp_path / "b.conf", database, {"incoming": b_root}, host="host-b")
+    code, out = run_cli(written, "import", str(b_root / "S1"))
+    assert code == 1 and "has not shown host host-b that it is their share" in out
+    assert scalar(conn, "SELECT proven FROM root_identity WHERE host = 'host-b'") is False
+    shutil.rmtree(b_root / "S1")
+    assert batches.enqueue_known(conn, "incoming", "S1", host="host-b") == 0
+    outcome = import_next(conn, a, InlineParser(), RootGuard(a, every=0))  # A reads its own S1: unchanged
+    assert isinstance(outcome, Result) and outcome.unchanged
+    assert rows_by_folder(conn) == {"S1": ("done", 3, 1)}
+
+
+def test_a_folder_read_by_hand_into_a_lost_root_is_refused(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """`sendit-watcher import` of a folder under a root that is lost on this host (its share unmounted, a
+    namesake in the mount point) reads nothing: the share's rows stay."""
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root})
+    assert roots.check(conn, HOST, make_config(database, {"incoming": root}).watches[0]).itself
+    drop_study(root, "S1", 3)
+    assert run_cli(config, "import", str(root / "S1"))[0] == 0
+    unmount(root)
+    make_study(root / "S1", 2)  # a namesake in the empty mount point
+    code, out = run_cli(config, "import", str(root / "S1"))
+    assert code == 1 and "is lost on host" in out and "not mounted" in out
+    assert rows_by_folder(conn) == {"S1": ("done", 3, 1)}
+    shutil.rmtree(root / "S1")
+    mount("--bind", str(store), str(root))
+
+
+def test_adopt_root_refuses_a_root_that_looks_like_an_unmounted_share_unless_forced(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """adopt-root of an unmounted share's mount point (recorded as a mount point, not one now; or none of the
+    folders imported last there) would remove every row this host saw: refused, saying why, unless --force."""
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root})
+    assert roots.check(conn, HOST, make_config(database, {"incoming": root}).watches[0]).itself  # a mount point
+    drop_study(root, "S1", 2)
+    assert run_cli(config, "import", str(root / "S1"))[0] == 0
+    unmount(root)
+    capsys.readouterr()
+    code, out = run_cli(config, "adopt-root", "incoming")
+    error = capsys.readouterr().err
+    assert code == 1 and "it was a mount point at first sight and is not one now" in error and "--force" in error
+    assert scalar(conn, "SELECT mount_point FROM root_identity WHERE host = %s", HOST) is True  # not adopted
+    mount("--bind", str(store), str(root))
+    shutil.rmtree(root / "S1")
+    unmount(root)
+    code, out = run_cli(config, "adopt-root", "--force", "incoming")
+    assert code == 0 and "adopted" in out
+    assert scalar(conn, "SELECT mount_point FROM root_identity WHERE host = %s", HOST) is False
+    mount("--bind", str(store), str(root))
 
 
 def test_two_services_a_namesake_written_and_deleted_on_the_host_without_the_share_changes_nothing(
