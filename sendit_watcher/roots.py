@@ -85,16 +85,21 @@ class Verdict:
 
 
 def judge(root: str, recorded: Identity | None, now: Identity | None, unseen: int = 0, *,
-          proven: bool = False) -> Verdict:
+          proven: bool = False, changed: bool = False) -> Verdict:
     """The verdict on a root from its recorded identity and the one seen now. ``unseen``: at first sight, the
     database's most recently imported folders of the root, none of which is here now (0 otherwise); ``proven``:
-    the recorded directory has shown this host folders the database knows."""
+    the recorded directory has shown this host folders the database knows; ``changed``: some of those ``unseen``
+    folders are here by name, but none with its files as imported."""
     def lost(reason: str) -> Verdict:
         return Verdict(root, False, reason, now)
 
     if now is None:
         return lost("missing (it does not exist or is not a directory)")
     if recorded is None:
+        if unseen and changed:
+            return lost(f"of the {unseen} folders of it imported last, those here are not as they were imported "
+                        "(changed since, or copies on this host: is the share mounted?); itself once one is as "
+                        "imported (the hosts that saw them read changed folders again)")
         if unseen:
             return lost(f"none of the {unseen} folders of it imported last is here; is its file system mounted?")
         return Verdict(root, True, now=now, record=now, note="recorded at first sight")
@@ -267,16 +272,18 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
     # Proven before, and still the same directory (a mount placed on it since hides what proved it).
     shown = (record is not None and record.proven and recorded is not None and now is not None
              and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point))
-    unseen = 0
+    unseen, names_here = 0, False
     if now is not None and not shown:
         sample = _last_imported(conn, watch.name)
-        # A name is enough to be itself where no host has recorded the root yet (the first host of a site, the
-        # first start after an upgrade: its folders may have changed since), not to prove it.
-        by_name = recorded is None and not _recorded_elsewhere(conn, watch.name, host)
         shown = _shows_one(watch, sample)  # by content: what proves the root
-        named = shown or (by_name and _shows_one(watch, sample, by_name=True))  # itself, at first sight
-        unseen = len(sample) if recorded is None and not named else 0
-    verdict = judge(watch.name, recorded, now, unseen, proven=record is not None and record.proven)
+        if recorded is None and not shown:
+            names_here = _shows_one(watch, sample, by_name=True)
+            # A name is enough to be itself where no host has recorded the root yet (the first host of a site,
+            # the first start after an upgrade: its folders may have changed since), not to prove it.
+            name_enough = names_here and not _recorded_elsewhere(conn, watch.name, host)
+            unseen = 0 if name_enough else len(sample)
+    verdict = judge(watch.name, recorded, now, unseen, proven=record is not None and record.proven,
+                    changed=names_here)
     return dataclasses.replace(verdict, proven=verdict.itself and shown)
 
 

@@ -161,7 +161,8 @@ def test_a_root_seen_first_without_any_folder_imported_last_is_lost(
     assert not verdict.itself and "none of the 1 folders of it imported last is here" in (verdict.reason or "")
     assert scalar(conn, "SELECT device FROM root_identity WHERE host = 'other-host'") is None
     make_study(elsewhere / "A", 2)  # a folder of that name, written on this host: not the share's
-    assert not roots.check(conn, "other-host", other.watches[0]).itself
+    verdict = roots.check(conn, "other-host", other.watches[0])
+    assert not verdict.itself and "those here are not as they were imported" in (verdict.reason or "")
     shutil.rmtree(elsewhere / "A")
     with unmounted_at_end(elsewhere):
         mount("--bind", str(root), str(elsewhere))  # the share at last: A as it was imported
