@@ -28,7 +28,7 @@ from sendit_watcher.logs import MESSAGE_BATCH_FAILED, batch_fields
 from sendit_watcher.names import to_text
 from sendit_watcher.parsers import InlineParser, Parser
 from sendit_watcher.roots import RootGuard, Verdict
-from sendit_watcher.walk import fingerprint, open_folder, walk
+from sendit_watcher.walk import as_recorded, fingerprint, open_folder, walk
 
 __all__ = ["Failure", "Outcome", "NotHere", "import_next", "import_batch", "FolderPool"]
 
@@ -231,14 +231,11 @@ def _foreign(conn: Connection, host: str, batch: Batch) -> bool:
     folder never imported yet has no rows to lose: any host that sees it may read it (a failover)."""
     has_rows = batch.fingerprint is not None and not batch.fingerprint.startswith("0:")
     return (has_rows and bool(batch.seen_on) and host not in batch.seen_on
-            and not roots.is_proven(conn, host, batch.root))
+            and not roots.is_shared(conn, host, batch.root))
 
 
 def _as_last_seen(folder: str, batch: Batch, leave_out: str) -> bool:
-    try:
-        return batch.fingerprint is not None and fingerprint(walk(folder, leave_out)) == batch.fingerprint
-    except OSError:
-        return False
+    return as_recorded(folder, batch.fingerprint, leave_out)  # a 1.0/1.1 fingerprint too
 
 
 def _not_visible(not_here: NotHere, host: str, batch: Batch) -> None:

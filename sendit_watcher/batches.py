@@ -83,11 +83,15 @@ class QueueCounts:
 
 
 def locate(config: Config, folder: Path) -> tuple[str, str]:
-    """The (root name, path relative to it) under which ``folder`` is recorded."""
+    """The (root name, path relative to it) under which ``folder`` is recorded: under a watch root also when it
+    is reached through a symbolic link (its real path is under the root's real path)."""
     folder = Path(os.path.abspath(folder))
+    real = Path(os.path.realpath(folder))
     for watch in config.watches:
         if watch.path in folder.parents:
             return watch.name, to_text(folder.relative_to(watch.path).as_posix())
+        if Path(os.path.realpath(watch.path)) in real.parents:
+            return watch.name, to_text(real.relative_to(os.path.realpath(watch.path)).as_posix())
     return OUTSIDE_ROOTS, to_text(folder.relative_to("/").as_posix())
 
 
@@ -144,10 +148,10 @@ def enqueue(conn: Connection, root: str, path: str, scan_began: datetime | None 
 
 def _see(conn: Connection, batch_ids: list[int], host: str) -> None:
     """``host`` found these folders finished on its disk: it has seen them, unless another host saw a folder of
-    that name and this host's root has not shown it is theirs (roots.prove): a namesake there proves nothing."""
+    that name and this host's root has not shown it is theirs (roots.share): a namesake there proves nothing."""
     conn.execute("UPDATE batch SET seen_on = array_append(seen_on, %(host)s) WHERE id = ANY(%(ids)s)"
                  " AND NOT %(host)s = ANY(seen_on) AND (seen_on = '{}' OR EXISTS (SELECT 1 FROM root_identity r"
-                 " WHERE r.root = batch.root AND r.host = %(host)s AND r.proven))", {"host": host, "ids": batch_ids})
+                 " WHERE r.root = batch.root AND r.host = %(host)s AND r.shared))", {"host": host, "ids": batch_ids})
 
 
 def see(conn: Connection, root: str, paths: list[str], host: str) -> None:
@@ -171,7 +175,7 @@ def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 
         row = conn.execute(
             "SELECT id, seen_on = '{}' OR %(host)s = ANY(seen_on) OR (coalesce(finished_at, queued_at)"
             " < now() - make_interval(secs => %(settled)s) AND EXISTS (SELECT 1 FROM root_identity r"
-            " WHERE r.root = batch.root AND r.host = %(host)s AND r.proven))"
+            " WHERE r.root = batch.root AND r.host = %(host)s AND r.shared))"
             " FROM batch WHERE root = %(root)s AND path = %(path)s FOR UPDATE SKIP LOCKED",
             {"root": root, "path": path, "host": host, "settled": SHARE_CACHE_SECONDS}).fetchone()
         if row is None:
@@ -216,7 +220,7 @@ def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None =
     again (``requeue``), without claiming it (SKIP LOCKED): its deaths are read and its attempt recorded before
     the claim (``start_attempt``, then ``claim_queued``). Batches ``not_here`` (their folder is not visible on this
     host) are passed over, unless they are removals now; a removal is taken only by a ``host`` that saw the
-    folder (seen_on) or whose root has shown it is the share (roots.prove): it checks that the folder is not
+    folder (seen_on) or whose root has shown it is the share (roots.share): it checks that the folder is not
     back as it was."""
     with conn.cursor(row_factory=class_row(Batch)) as cursor:
         batch = cursor.execute(
@@ -226,7 +230,7 @@ def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None =
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) AND (removal OR NOT id = ANY(%(not_here)s))"
             " AND (NOT removal OR seen_on = '{}' OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on)"
             " OR EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = %(host)s::text"
-            " AND r.proven))"
+            " AND r.shared))"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
             {"queued": BatchStatus.QUEUED, "roots": roots, "not_here": not_here or [], "host": host}).fetchone()
         if batch is None:
@@ -471,13 +475,13 @@ class Known(NamedTuple):
     seen: bool  # the scanning host has seen it
     seen_elsewhere: bool  # another host has seen it, and not the scanning one
     settled: bool = False  # recorded more than SHARE_CACHE_SECONDS before the listing
+    by_another: bool = False  # last imported by another host
 
-    @property
-    def absence_counts(self) -> bool:
-        """Whether its absence from the scanning host's root (which has shown it is the share) is evidence: that
-        host saw it, no host is known to have (a folder queued by an earlier version), or it was recorded long
-        enough ago that every host's view of the share shows it."""
-        return not self.seen_elsewhere or self.settled
+    def absence_counts(self, shared: bool) -> bool:
+        """Whether its absence from the scanning host's root is evidence: that host saw it, no host is known to
+        have (a folder queued by an earlier version), or, where the root has shown it is the share (``shared``),
+        it was recorded long enough ago that every host's view of the share shows it."""
+        return not self.seen_elsewhere or (self.settled and shared)
 
 
 def known_folders(conn: Connection, root: str, listed: list[str], listed_at: datetime, host: str
@@ -492,8 +496,8 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
     rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at, "host": host,
                                          "settled": SHARE_CACHE_SECONDS}).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts), settled)
-            for path, stamp, status, removal, seen, hosts, settled in rows}
+    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts), settled, by_another)
+            for path, stamp, status, removal, seen, hosts, settled, by_another in rows}
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
@@ -501,19 +505,22 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
 _KNOWN_FOLDERS = """
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
   AND coalesce(CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, '0:') NOT LIKE '0:%%'
 UNION
 SELECT path, fingerprint, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s AND status = 'queued' AND NOT removal AND queued_at < %(listed_at)s
 """
 

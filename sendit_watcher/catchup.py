@@ -6,6 +6,7 @@ what it finds through the intake, like any other finished folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -78,9 +79,12 @@ def scan_roots(database: DatabaseConfig, watches: dict[str, RootConfig], host: s
             known = batches.known_folders(conn, name, sorted({to_text(entry) for entry in entries}), listed_at,
                                           host)
             found = ScanResult()
-            _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found)
+            _scan_root(watch, entries, known, is_ignored, settle_seconds, skip, found, shared=verdict.shared)
             if not _proven(conn, host, watch, verdict, found):
                 found.gone, found.unseen = [], 0  # its absences mean nothing yet
+            if not verdict.shared and any(known[path].by_another for path in found.matched):
+                roots.share(conn, host, name)  # a folder exactly as another host imported it: the same share
+                found = _rescan_shared(watch, entries, known, is_ignored, settle_seconds, skip, found)
             batches.see(conn, name, [path for path in found.matched if not known[path].seen], host)
             if found.gone and not (verdict := roots.check(conn, host, watch)).itself:
                 result.lost[name] = verdict
@@ -105,6 +109,15 @@ def _proven(conn: Connection, host: str, watch: RootConfig, verdict: Verdict, fo
     return False
 
 
+def _rescan_shared(watch: RootConfig, entries: list[str], known: dict[str, Known],
+                   is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
+                   found: ScanResult) -> ScanResult:
+    """The decisions on what is missing, again, now that the root has shown it is the share."""
+    again = dataclasses.replace(found, gone=[], unseen=0)
+    _missing_folders(watch.name, entries, known, again, shared=True)
+    return again
+
+
 def _merge(found: ScanResult, into: ScanResult) -> None:
     into.changed += found.changed
     into.young += found.young
@@ -126,15 +139,9 @@ def _list_root(watch: RootConfig) -> list[str] | None:
 
 def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
                is_ignored: Callable[[str], bool], settle_seconds: float, skip: set[Folder],
-               result: ScanResult) -> None:
+               result: ScanResult, *, shared: bool = True) -> None:
     name, root = watch.name, watch.path
-    listed = {to_text(folder_name) for folder_name in entries}
-    for path, row in known.items():
-        if path not in listed and _missing(row):
-            if row.absence_counts:
-                result.gone.append((name, to_disk(path)))
-            else:
-                result.unseen += 1
+    _missing_folders(name, entries, known, result, shared=shared)
     for folder_name in entries:
         folder = (name, folder_name)
         if is_ignored(folder_name) or folder in skip:
@@ -150,6 +157,18 @@ def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
             log.error("catch-up could not examine %s: %s; it is queued to be imported", to_text(str(root /
                       folder_name)), describe(exc))
             result.changed.append(folder)
+
+
+def _missing_folders(name: str, entries: list[str], known: dict[str, Known], result: ScanResult, *,
+                     shared: bool) -> None:
+    """The recorded folders missing from the listing: gone where their absence counts, else counted unseen."""
+    listed = {to_text(folder_name) for folder_name in entries}
+    for path, row in known.items():
+        if path not in listed and _missing(row):
+            if row.absence_counts(shared):
+                result.gone.append((name, to_disk(path)))
+            else:
+                result.unseen += 1
 
 
 def _missing(row: Known) -> bool:
@@ -171,9 +190,10 @@ def _scan_folder(path: str, marker: str, folder: Folder, row: Known | None, sett
         entries = list(walk(path, leave_out=marker))
     except OSError:
         return  # vanished since the listing
-    if row.stamp in (fingerprint(entries), legacy_fingerprint(entries)):  # legacy: imported by 1.0/1.1
-        if not (row.stamp or "0:").startswith("0:"):  # files as recorded: the root shows this host that folder
-            result.matched.append(to_text(folder[1]))
+    exact = row.stamp == fingerprint(entries)
+    if exact or row.stamp == legacy_fingerprint(entries):  # legacy: imported by 1.0/1.1
+        if exact and not (row.stamp or "0:").startswith("0:"):  # its files exactly as recorded (ctimes too): the
+            result.matched.append(to_text(folder[1]))          # root shows this host that folder
         return
     _changed(path, folder, row, settle_seconds, result)
 

@@ -33,7 +33,7 @@ from sendit_watcher.names import to_disk
 from sendit_watcher.walk import as_recorded
 
 __all__ = ["Identity", "Verdict", "LostRoot", "RootRecord", "AdoptionRefused", "RootGuard", "identity_now", "judge",
-           "assess", "check", "adopt", "is_proven", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
+           "assess", "check", "adopt", "is_shared", "share", "prove", "records", "MOUNTINFO", "CHECK_EVERY"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Verdict:
     record: Identity | None = None
     note: str | None = None
     proven: bool = False  # itself, and it has shown this host a folder the database knows: absence means something
+    shared: bool = False  # itself, and it has shown this host a folder exactly as another host imported it
     fix: str | None = None  # what the operator does about a lost root, when it is not `adopt-root` after a change
 
 
@@ -188,6 +189,7 @@ class RootRecord:
     lost_reason: str | None
     lost_since: datetime | None
     proven: bool = False  # it has shown this host a folder the database knows (migration 0012)
+    shared: bool = False  # ... exactly as another host imported it: it is their share (migration 0013)
 
     @property
     def identity(self) -> Identity | None:
@@ -201,17 +203,17 @@ LostRoot = RootRecord  # a record with a lost_reason, as `status` and `metrics` 
 
 _RECORD = """
 SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
-       proven
+       proven, shared
 FROM root_identity WHERE root = %(root)s AND host = %(host)s
 """
 _RECORD_LOCKED = """
 SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
-       proven
+       proven, shared
 FROM root_identity WHERE root = %(root)s AND host = %(host)s FOR UPDATE
 """
 _RECORDS = """
 SELECT root, host, device, inode, mount_point, fs_type, fs_source, fs_id, recorded_at, lost_reason, lost_since,
-       proven
+       proven, shared
 FROM root_identity ORDER BY root, host
 """
 
@@ -232,12 +234,15 @@ def records(conn: Connection) -> list[RootRecord]:
     return found
 
 
-def _last_imported(conn: Connection, root: str, most: int = 20) -> list[tuple[str, str]]:
-    """(path, fingerprint) of the root's folders imported last (with files): a root seen for the first time on a
-    host must show one of them as it was imported, or it is not the root the other hosts see (an unmounted
-    share's mount point, where a folder of the same name proves nothing)."""
+def _last_imported(conn: Connection, root: str, most: int = 20, *, by_another: str | None = None
+                   ) -> list[tuple[str, str]]:
+    """(path, fingerprint) of the root's folders imported last (with files; ``by_another``: by a host other than
+    that one): a root seen for the first time on a host must show one of them as it was imported, or it is not
+    the root the other hosts see (an unmounted share's mount point, where a folder of the same name proves
+    nothing)."""
     rows = conn.execute("SELECT path, fingerprint FROM batch WHERE root = %s AND status = %s AND files > 0"
-                        " ORDER BY finished_at DESC NULLS LAST LIMIT %s", (root, BatchStatus.DONE, most)).fetchall()
+                        " AND (%s::text IS NULL OR host <> %s::text) ORDER BY finished_at DESC NULLS LAST LIMIT %s",
+                        (root, BatchStatus.DONE, by_another, by_another, most)).fetchall()
     return [(str(path), str(stamp)) for path, stamp in rows]
 
 
@@ -247,7 +252,8 @@ def _shows_one(watch: RootConfig, sample: list[tuple[str, str]], *, by_name: boo
     walked, until one matches."""
     for path, stamp in sample:
         folder = watch.path / to_disk(path)
-        if _is_directory(folder) and (by_name or as_recorded(str(folder), stamp, watch.finished_marker)):
+        if _is_directory(folder) and (by_name or as_recorded(str(folder), stamp, watch.finished_marker,
+                                                             legacy=False)):
             return True
     return False
 
@@ -284,7 +290,19 @@ def assess(conn: Connection, host: str, watch: RootConfig) -> Verdict:
             unseen = 0 if name_enough else len(sample)
     verdict = judge(watch.name, recorded, now, unseen, proven=record is not None and record.proven,
                     changed=names_here)
-    return dataclasses.replace(verdict, proven=verdict.itself and shown)
+    return dataclasses.replace(verdict, proven=verdict.itself and shown,
+                               shared=verdict.itself and _shows_theirs(conn, host, watch, record, now))
+
+
+def _shows_theirs(conn: Connection, host: str, watch: RootConfig, record: RootRecord | None,
+                  now: Identity | None) -> bool:
+    """Whether the root has shown this host (before, and it is still that directory; or now) one of the folders
+    another host imported last, exactly as that host imported it."""
+    recorded = record.identity if record else None
+    if (record is not None and record.shared and recorded is not None and now is not None
+            and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point)):
+        return True
+    return _shows_one(watch, _last_imported(conn, watch.name, by_another=host))
 
 
 def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
@@ -299,6 +317,8 @@ def check(conn: Connection, host: str, watch: RootConfig) -> Verdict:
                 verdict = dataclasses.replace(verdict, note=None)
             if verdict.proven and not (before is not None and before.proven):
                 prove(conn, host, watch.name)
+            if verdict.shared and not (before is not None and before.shared):
+                share(conn, host, watch.name)
             news = was_lost
         else:  # news when this process set (or changed) the reason, not one that found it set
             news = conn.execute(
@@ -330,6 +350,8 @@ def _write_identity(conn: Connection, host: str, root: str, identity: Identity, 
         " device = EXCLUDED.device, inode = EXCLUDED.inode, mount_point = EXCLUDED.mount_point,"
         " fs_type = EXCLUDED.fs_type, fs_source = EXCLUDED.fs_source, fs_id = EXCLUDED.fs_id,"
         " recorded_at = now(), lost_reason = NULL, lost_since = NULL, proven = root_identity.proven"
+        " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point,"
+        " shared = root_identity.shared"
         " AND root_identity.inode = EXCLUDED.inode AND root_identity.mount_point = EXCLUDED.mount_point"
         " WHERE %s OR root_identity.lost_reason IS NOT NULL OR (root_identity.device, root_identity.inode,"
         " root_identity.mount_point, root_identity.fs_type, root_identity.fs_source, root_identity.fs_id)"
@@ -340,10 +362,18 @@ def _write_identity(conn: Connection, host: str, root: str, identity: Identity, 
     return written is not None
 
 
-def is_proven(conn: Connection, host: str, root: str) -> bool:
-    """Whether the root has shown this host a folder the database knows (``prove``)."""
-    return conn.execute("SELECT proven FROM root_identity WHERE root = %s AND host = %s",
+def is_shared(conn: Connection, host: str, root: str) -> bool:
+    """Whether the root has shown this host that it is the share the other hosts see (``share``)."""
+    return conn.execute("SELECT shared FROM root_identity WHERE root = %s AND host = %s",
                         (root, host)).fetchone() == (True,)
+
+
+def share(conn: Connection, host: str, root: str) -> None:
+    """The root has shown this host a folder exactly as another host imported it: it is their share. Only then
+    does this host read a folder other hosts saw, or act on the absence of one it never saw."""
+    with conn.transaction():
+        conn.execute("UPDATE root_identity SET shared = true, proven = true WHERE root = %s AND host = %s"
+                     " AND NOT shared AND device IS NOT NULL", (root, host))
 
 
 def prove(conn: Connection, host: str, root: str) -> None:
@@ -391,6 +421,7 @@ def adopt(conn: Connection, host: str, watch: RootConfig, *, force: bool = False
     with conn.transaction():
         _write_identity(conn, host, watch.name, now, force=True)
         prove(conn, host, watch.name)  # the operator vouches for it
+        share(conn, host, watch.name)
     log.info("watch root %s ([watch:%s]) on host %s adopted as it is now (%s)", watch.path, watch.name, host,
              now.describe())
     return now

@@ -257,15 +257,16 @@ def legacy_fingerprint(entries: Iterable[FileEntry | Rejection]) -> str:
     return f"{count}:{digest.hexdigest()}"
 
 
-def as_recorded(folder: str, stamp: str | None, leave_out: str = "") -> bool:
-    """Whether ``folder`` holds files, exactly as the fingerprint ``stamp`` recorded them (or as 1.0/1.1 did)."""
+def as_recorded(folder: str, stamp: str | None, leave_out: str = "", *, legacy: bool = True) -> bool:
+    """Whether ``folder`` holds files, exactly as the fingerprint ``stamp`` recorded them (or, with ``legacy``,
+    as 1.0/1.1 did: without ctimes, which a copy with `cp -a` also matches)."""
     if stamp is None or stamp.startswith("0:"):
         return False
     try:
         entries = list(walk(folder, leave_out))
     except OSError:
         return False
-    return stamp in (fingerprint(entries), legacy_fingerprint(entries))
+    return stamp == fingerprint(entries) or (legacy and stamp == legacy_fingerprint(entries))
 
 
 def open_directory_beneath(top: str, relative: str) -> int:

@@ -38,11 +38,11 @@ def full_known(conn: Connection) -> dict[str, Known]:
     """Every row of the root, as the scan read them before: the reference the scan's decisions must match."""
     rows = conn.execute("SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END,"
                         " status, removal, %s = ANY(seen_on), seen_on <> '{}', coalesce(coalesce(finished_at,"
-                        " queued_at) < now() - make_interval(secs => %s), false) FROM batch WHERE root = %s",
-                        (HOST, batches.SHARE_CACHE_SECONDS, ROOT)).fetchall()
+                        " queued_at) < now() - make_interval(secs => %s), false), coalesce(host <> %s, false)"
+                        " FROM batch WHERE root = %s", (HOST, batches.SHARE_CACHE_SECONDS, HOST, ROOT)).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(state), removal, seen, not seen and hosts, settled)
-            for path, stamp, state, removal, seen, hosts, settled in rows}
+    return {path: Known(stamp, BatchStatus(state), removal, seen, not seen and hosts, settled, by_another)
+            for path, stamp, state, removal, seen, hosts, settled, by_another in rows}
 
 
 def decisions(result: ScanResult) -> dict[str, list[object]]:

@@ -204,7 +204,7 @@ def test_a_folder_imported_by_hand_is_never_left_queued(conn: Connection, databa
     elsewhere = on_host(elsewhere, "other-host")
     root.mkdir()
     assert roots.check(conn, "other-host", elsewhere.watches[0]).itself  # the same directory: the share, shown
-    roots.prove(conn, "other-host", "r")
+    roots.share(conn, "other-host", "r")
     for name, remover in (("same-host", here), ("other-host", elsewhere)):
         a, b = root / f"A-{name}", tmp_path / "outside" / f"B-{name}"
         make_study(a, 2)

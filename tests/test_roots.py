@@ -32,6 +32,7 @@ from sendit_watcher.db import Connection
 from sendit_watcher.importer import Result
 from sendit_watcher.parsers import InlineParser
 from sendit_watcher.roots import RootGuard
+from sendit_watcher.walk import legacy_fingerprint, walk
 from tests.fix_service import ServiceProcess
 from tests.helpers import (
     drop_study,
@@ -623,6 +624,69 @@ def test_a_host_whose_root_is_not_proven_never_imports_another_hosts_folder_of_t
     outcome = import_next(conn, a, InlineParser(), RootGuard(a, every=0))  # A reads its own S1: unchanged
     assert isinstance(outcome, Result) and outcome.unchanged
     assert rows_by_folder(conn) == {"S1": ("done", 3, 1)}
+
+
+def test_a_host_that_imports_only_its_own_folders_never_acts_on_the_shares(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """Host B started first on an empty plain root (its share not mounted) and imports a study only it has: its
+    own import shows it nothing of the share. However old A's folders are, B's catch-up calls none of them gone,
+    B takes none of their removals, and a namesake read by hand on B is refused (an outside attack: B's own
+    import proved its root, and B emptied every folder older than 10 minutes)."""
+    share, b_root = tmp_path / "share", tmp_path / "host-b"
+    share.mkdir()
+    b_root.mkdir()
+    a = make_config(database, {"incoming": share})
+    b = on_host(make_config(database, {"incoming": b_root}), "host-b")
+    assert roots.check(conn, "host-b", b.watches[0]).itself
+    assert roots.check(conn, "test-host", a.watches[0]).itself
+    for name in ("S1", "S2"):
+        drop_study(share, name, 2)
+        import_folder(conn, a, share / name)
+    drop_study(b_root, "L1", 1)  # a study only B has
+    assert batches.enqueue(conn, "incoming", "L1", host="host-b") is not None
+    assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is not None
+    conn.execute("UPDATE batch SET finished_at = finished_at - interval '1 hour'")  # older than any cache
+    conn.commit()
+    result = scan_roots(database, {"incoming": b.watches[0]}, "host-b", b.watcher.is_ignored, 0.0, set())
+    assert result.gone == [] and result.unseen == 2 and result.lost == {}
+    assert scalar(conn, "SELECT shared FROM root_identity WHERE host = 'host-b'") is False
+    for name in ("S1", "S2"):  # as A's catch-up would queue them, were they gone
+        batches.enqueue_known(conn, "incoming", name, host="test-host")
+    assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is None  # not B's to carry out
+    make_study(b_root / "S1", 3)
+    written = write_config(tmp_path / "b.conf", database, {"incoming": b_root}, host="host-b")
+    assert run_cli(written, "import", str(b_root / "S1"))[0] == 1
+    assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {
+        "S1": ("queued", 2), "S2": ("queued", 2), "L1": ("done", 1)}
+
+
+def test_neither_a_legacy_fingerprint_nor_a_link_into_a_lost_root_gets_past_the_checks(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """A folder stamped by 1.0/1.1 (no ctimes), copied with `cp -a` onto a host without the share, does not make
+    that host's root the share; and `import` of a folder of a lost root through a symbolic link is refused as
+    by its real path."""
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root})
+    assert roots.check(conn, HOST, make_config(database, {"incoming": root}).watches[0]).itself
+    drop_study(root, "S1", 2)
+    assert run_cli(config, "import", str(root / "S1"))[0] == 0
+    conn.execute("UPDATE batch SET fingerprint = %s WHERE path = 'S1'",
+                 (legacy_fingerprint(walk(str(root / "S1"))),))
+    conn.commit()
+    g_root = tmp_path / "host-g"
+    g_root.mkdir()
+    subprocess.run(["cp", "-a", str(root / "S1"), str(g_root / "S1")], check=True)
+    g = on_host(make_config(database, {"incoming": g_root}), "host-g")
+    assert not roots.check(conn, "host-g", g.watches[0]).itself
+    unmount(root)
+    make_study(root / "S1", 1)  # a namesake in the empty mount point
+    link = tmp_path / "link-to-root"
+    link.symlink_to(root)
+    code, out = run_cli(config, "import", str(link / "S1"))
+    assert code == 1 and "is lost on host" in out
+    assert rows_by_folder(conn) == {"S1": ("done", 2, 1)}
+    shutil.rmtree(root / "S1")
+    mount("--bind", str(store), str(root))
 
 
 def test_a_folder_read_by_hand_into_a_lost_root_is_refused(

@@ -6,3 +6,8 @@
 -- their last import saw them.
 ALTER TABLE batch ADD COLUMN seen_on text[] NOT NULL DEFAULT '{}';
 UPDATE batch SET seen_on = ARRAY[host] WHERE host IS NOT NULL AND files > 0;
+
+-- A root has shown a host that it is the share the other hosts see when it holds a folder, with its files exactly
+-- as another host imported it (or the operator adopted it): only then does that host read a folder other hosts
+-- saw, remove one it never saw, or carry out another host's removal. Its own imports prove nothing of the kind.
+ALTER TABLE root_identity ADD COLUMN shared boolean NOT NULL DEFAULT false;
