@@ -146,6 +146,36 @@ def test_a_private_value_too_short_for_its_dictionary_vr_is_stored_without_it(tm
     assert json.loads(result.header)["00091027"] == {"vr": "SL"}
 
 
+def test_a_remembered_vr_is_the_vr_of_its_own_file(tmp_path: Path) -> None:
+    """The lean reader remembers the VRs implicit VR does not write (a tag's from the dictionary, a private
+    element's from its creator) across files: the same private tag under a creator the private dictionary knows
+    (LO), under an unknown one (UN) and under none, and 'US or SS' elements under PixelRepresentation 0 and 1,
+    read in turn, each file twice, are each read as pydicom reads them, in both modes; and the lean reader
+    answers for each."""
+    files = []
+    for n, (creator, representation) in enumerate([(b"GEMS_IDEN_01", 0), (b"SENDIT NOBODY ", 1), (None, 0),
+                                                   (b"GEMS_IDEN_01", 1)]):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", f"1.2.3.4.{n}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+        if creator is not None:
+            add_raw(ds, 0x00090010, "LO", creator, True)
+        add_raw(ds, 0x00091001, "LO", b"SCANNER1", True)  # (0009,1001) is LO under GEMS_IDEN_01
+        add_raw(ds, 0x00280103, "US", struct.pack("<H", representation), True)
+        add_raw(ds, 0x00280106, "US", b"\xff\xff", True)  # SmallestImagePixelValue, 'US or SS'
+        (tmp_path / f"f{n}.dcm").write_bytes(encode(ds, IMPLICIT))
+        files.append(f"f{n}.dcm")
+    vrs = []
+    for name in files + files:
+        for full_header in (True, False):
+            assert compare(str(tmp_path), name, full_header)
+        result = read_instance(str(tmp_path), FileEntry(name, (tmp_path / name).stat().st_size, 0), True)
+        assert isinstance(result, Instance) and result.header is not None
+        header = json.loads(result.header)
+        vrs.append((header["00091001"]["vr"], header["00280106"]["vr"]))
+    assert vrs[:4] == [("LO", "US"), ("UN", "SS"), ("UN", "US"), ("LO", "SS")] and vrs[4:] == vrs[:4]
+
+
 @pytest.mark.parametrize("charset", [b" ISO_IR 192 ", b"ISO_IR 100\\ ISO_IR 192 "])
 def test_a_character_set_with_a_leading_space_is_read_as_pydicom_reads_it(tmp_path: Path, charset: bytes) -> None:
     """Found by an outside attack: pydicom keeps the leading space of (0008,0005) (and does not know the name);

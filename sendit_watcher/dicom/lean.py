@@ -138,6 +138,14 @@ _LONG_VRS = vr_names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-by
 _FRAGMENTS: dict[tuple[int, str, bytes, Codec], str] = {}
 _FRAGMENTS_LIMIT = 8192
 _FRAGMENT_VALUE_LIMIT = 128
+# The VRs an implicit VR dataset does not write, remembered the same way (bounded, emptied when full): by its tag,
+# where the dictionary alone decides it ('' for a private element: its creator decides, _implicit_header); a
+# private element's by its tag and its creator's value (None for a private creator or a reserved element), where
+# elements.private_vr decides it. A VR that falls back, a sequence, or one that (0028,0103) decides is never
+# remembered: it takes the long way each time.
+_IMPLICIT_VRS: dict[int, str] = {}
+_PRIVATE_VRS: dict[tuple[int, bytes | None], str] = {}
+_VRS_LIMIT = 16384
 
 _MAIN_TAGS = frozenset(t.tag for t in READ_TAGS)  # the top-level tags whose text becomes a column
 _OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
@@ -315,8 +323,11 @@ class _Reader:
             return tag, "", length, pos + 8
         vr = dictionary_vr(tag) if group != 0xFFFE else None
         if vr is None and group & 1:
+            _remember(_IMPLICIT_VRS, tag, "")
             return tag, "", length, pos + 8
-        if vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
+        if vr in _KNOWN_VRS and vr != "SQ" and tag not in _PIXEL_TAGS:  # the dictionary alone decides it
+            _remember(_IMPLICIT_VRS, tag, vr)  # the loop looks it up next time
+        elif vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
             vr = "US" if self.pixel_representation == 0 else "SS"  # as pydicom's correct_ambiguous_vr_element
             if length % 2:
                 raise _Fallback
@@ -329,9 +340,12 @@ class _Reader:
         pydicom path follows (elements.private_vr), from the creators of its dataset so far. Fall back for the
         group length and reserved elements, a VR this reader does not decode, and a sequence written as UN
         (pydicom reads its items in implicit VR)."""
-        vr = private_vr(tag, creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None)
+        creator = creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None
+        vr = private_vr(tag, creator)
         if vr is None or vr not in _KNOWN_VRS or (vr == "SQ" and not self.implicit):
             raise _Fallback
+        if vr != "SQ":  # the loop looks it up next time (_PRIVATE_VRS)
+            _remember(_PRIVATE_VRS, (tag, creator), vr)
         return vr
 
     def dataset(self, pos: int, end: int | None, codec: Codec, top: bool) -> tuple[str, int]:
@@ -354,6 +368,7 @@ class _Reader:
         pixel_from = _FIRST_PIXEL_TAG if top else _NO_TAG  # where the top level may end
         unpack, long_length = self.headers[0].unpack_from, self.headers[1].unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
+        implicit_vr, remembered_private_vr = _IMPLICIT_VRS.get, _PRIVATE_VRS.get
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
         value_limit, inline_limit = DEFER_SIZE, INLINE_BINARY_LIMIT
         numbers, text_vrs = _NUMBER_SIZES, TEXT_VRS
@@ -374,7 +389,12 @@ class _Reader:
                     return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
                 raise _Fallback  # an item or delimiter where an element belongs
             if implicit:
-                tag, vr, length, pos = self._implicit_header(pos, top)
+                tag = group << 16 | element
+                vr = implicit_vr(tag)  # type: ignore[assignment]
+                if vr is None:
+                    tag, vr, length, pos = self._implicit_header(pos, top)
+                else:
+                    pos += 8
             else:
                 tag = group << 16 | element
                 vr = vr_of(data[at + 4:at + 6])  # type: ignore[assignment]
@@ -397,7 +417,8 @@ class _Reader:
                 raise _Fallback
             last = tag
             if not vr or (vr == "UN" and group & 1):  # a private element without its VR, or written as UN
-                vr = self.private_vr(tag, creators)
+                vr = remembered_private_vr((tag, creators.get(group << 16 | element >> 8) if element >= 0x1000
+                                            else None)) or self.private_vr(tag, creators)
             if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special or tag == _PIXEL_REPRESENTATION:
                 if vr == "SQ":
                     sequences = True
@@ -556,6 +577,13 @@ def _main_text(vr: str, value: bytes, codec: Codec) -> str:
     if vr not in TEXT_VRS:
         raise _Fallback
     return "\\".join(v for v in decode_text(vr, value, codec) if v is not None)
+
+
+def _remember(memo: dict[Any, str], key: Any, vr: str) -> None:
+    """Remember ``vr`` for ``key`` in one of the VR memos, emptied when full."""
+    if len(memo) >= _VRS_LIMIT:
+        memo.clear()
+    memo[key] = vr
 
 
 def _key(tag: int) -> str:
