@@ -146,6 +146,15 @@ _FRAGMENT_VALUE_LIMIT = 128
 _IMPLICIT_VRS: dict[int, str] = {}
 _PRIVATE_VRS: dict[tuple[int, bytes | None], str] = {}
 _VRS_LIMIT = 16384
+# Sequences of defined length up to SEQUENCE_MEMO_BYTES, remembered whole the same way: '"GGGGEEEE":{...}' and
+# the characters it counted towards HEADER_LIMIT, by tag, VR encoding, byte order, codec and the sequence's bytes
+# (its items are datasets of their own: nothing outside those bytes changes their JSON). The files of a series
+# often repeat a sequence byte for byte (an enhanced image's functional groups, a procedure code), which is then
+# one lookup instead of a walk over its items. Bounded in characters (keys and fragments), emptied when full.
+SEQUENCE_MEMO_BYTES = 256 << 10
+_SEQUENCES: dict[tuple[int, bool, bool, Codec, bytes], tuple[str, int]] = {}
+_SEQUENCES_LIMIT = 8 << 20
+_sequences_size = [0]  # characters held by _SEQUENCES
 
 _MAIN_TAGS = frozenset(t.tag for t in READ_TAGS)  # the top-level tags whose text becomes a column
 _OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
@@ -490,6 +499,9 @@ class _Reader:
         the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
+        if vr == "SQ" and self.json and length <= SEQUENCE_MEMO_BYTES:  # defined and short: maybe remembered
+            entry, pos = self._remembered_sequence(tag, pos, length, codec)
+            return entry, pos, codec
         if vr == "SQ" and (self.json or length == _UNDEFINED):
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
@@ -509,6 +521,31 @@ class _Reader:
         elif top and tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
             self.pixel_representation = value[0] | value[1] << 8
         return (_fragment(tag, vr, value, codec) if self.json else ""), pos + length, codec
+
+    def _remembered_sequence(self, tag: int, pos: int, length: int, codec: Codec) -> tuple[str, int]:
+        """'"GGGGEEEE":{...}' of the sequence of defined ``length`` at ``pos`` and the position after it, from
+        _SEQUENCES when the same bytes were read before in the same encoding (its count towards HEADER_LIMIT
+        counted again), else walked (``_sequence``) and remembered. Its bytes come into the window whole."""
+        self.need(pos, pos + length)
+        stream = self.stream
+        memo = (tag, self.implicit, self.little, codec, stream.data[pos - stream.base:pos + length - stream.base])
+        found = _SEQUENCES.get(memo)
+        if found is not None:
+            self.kept += found[1]
+            if self.kept > values.HEADER_LIMIT:
+                raise _HeaderTooLarge
+            return found[0], pos + length
+        kept = self.kept
+        entry, end = self._sequence(pos, length, codec)
+        fragment = _key(tag) + entry
+        size = length + len(fragment)
+        if size <= _SEQUENCES_LIMIT // 4:
+            if _sequences_size[0] + size > _SEQUENCES_LIMIT:
+                _SEQUENCES.clear()
+                _sequences_size[0] = 0
+            _SEQUENCES[memo] = fragment, self.kept - kept
+            _sequences_size[0] += size
+        return fragment, end
 
     def _sequence(self, pos: int, length: int, codec: Codec) -> tuple[str, int]:
         items: list[str] = []
