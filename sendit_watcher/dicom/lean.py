@@ -6,22 +6,25 @@ first, and never calls up into it.
 
 Each file is read through a ``stream.Stream``, 64 KiB at a time (most headers are one read), and walked with
 ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own (0008,0005)
-SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's ``stop_before_pixels``
-does. The main tags become columns by the rules of ``values`` (as in headers' path), and
-the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
-it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
-its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
-once. Implicit VR takes pydicom's data dictionary, and resolves 'US or SS' from (0028,0103); a private element
-whose VR is not written (implicit VR) or written as UN takes its VR from its private creator, whatever VR that is
-written with, by the rule the pydicom path follows too (``elements.private_vr``). Text in a character set beyond
-the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code extensions, GB18030, ...) is decoded by pydicom's charset
-functions (``elements.decode_text``), as in the pydicom path.
+SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's ``stop_before_pixels`` does.
+The main tags become columns by the rules of ``values`` (as in headers' path), and the DICOM JSON text is written
+directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers it calls): non-finite numbers as
+"NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by its tag, VR, value bytes and
+character set (bounded), and so is a whole sequence of defined length by its bytes, so the values a series repeats
+from file to file are written once. Implicit VR takes pydicom's data dictionary (each tag's VR remembered), and
+resolves 'US or SS' from (0028,0103); a private element whose VR is not written (implicit VR) or written as UN takes
+its VR from its private creator, whatever VR that is written with, by the rule the pydicom path follows too
+(``elements.private_vr``). Text in a character set beyond the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code
+extensions, GB18030, ...) is decoded by pydicom's charset functions (``elements.decode_text``), as in the pydicom
+path.
 
 Memory is bounded per value, not per file: the stream drops what the reader has walked past; a value that will not
-be stored is passed over, never read (with the main tags only, every value but theirs and the private creators',
-and every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value
-whose JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read
-on its own, once. A deflated dataset is the exception: it is inflated whole (``stream.Memory``), as pydicom does.
+be stored is passed over, never read (with the main tags only, every value but theirs and the private creators', and
+every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value whose
+JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read on its
+own, once; with the full header, a sequence of defined length up to SEQUENCE_MEMO_BYTES is read whole (its bytes are
+the key of its remembered JSON). A deflated dataset is the exception: it is inflated whole (``stream.Memory``), as
+pydicom does.
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
 and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, an unknown transfer
