@@ -285,11 +285,20 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\
 def _copy_line(row: tuple[Any, ...]) -> bytes:
     """One line of COPY's text format (psycopg's generic write_row costs several times more per row), in UTF-8:
     NUL characters, which no text column can hold, are dropped, and lone surrogates become U+FFFD."""
-    line = "\t".join("\\N" if v is None else str(v).translate(_COPY_ESCAPES) for v in row) + "\n"
+    line = "\t".join("\\N" if v is None else _copy_text(str(v)) for v in row) + "\n"
     try:
         return line.encode("utf-8")
     except UnicodeEncodeError:
         return storable(line).encode("utf-8")
+
+
+def _copy_text(text: str) -> str:
+    """``text`` escaped for COPY's text format; scanned first, since most values (a header of 100s of KB of
+    DICOM JSON, whose strings escape their control characters) have nothing to escape, and str.translate costs
+    a dictionary lookup per character."""
+    if "\\" in text or "\n" in text or "\r" in text or "\t" in text or "\x00" in text:
+        return text.translate(_COPY_ESCAPES)
+    return text
 
 
 def _staging_row(result: Instance | Rejection) -> tuple[Any, ...]:

@@ -310,3 +310,19 @@ def test_headers_are_stored_with_lz4_where_the_server_has_it(conn: Connection, c
     stored = {row[0] for row in conn.execute("SELECT pg_column_compression(header) FROM instance")}
     assert stored == {expected}
     assert conn.execute("SELECT count(*) FROM instance WHERE header ? '00080018'").fetchone() == (3,)
+
+
+def test_every_character_copy_escapes_survives_the_staging_copy(conn: Connection) -> None:
+    """Each value COPY's text format must escape (backslash, newline, carriage return, tab; a NUL is dropped, as
+    no text column holds one), alone, among others and beside a long value with nothing to escape, comes back
+    from PostgreSQL as it was written; NULL stays NULL."""
+    from sendit_watcher.importer import _copy_line
+
+    values = ["plain", "a\\b", "line\nbreak", "cr\rhere", "tab\there", "nul\x00dropped", "\\N", "all \\\n\r\t\x00",
+              "é ünïcode \\", "x" * 200_000, '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"A\\"B"}]}}']
+    conn.execute("CREATE TEMP TABLE copied (n integer, value text)")
+    with conn.cursor().copy("COPY copied (n, value) FROM STDIN") as copy:
+        for n, value in enumerate([*values, None]):
+            copy.write(_copy_line((n, value)))
+    back = [value for _, value in conn.execute("SELECT n, value FROM copied ORDER BY n")]
+    assert back == [v.replace("\x00", "") for v in values] + [None]

@@ -146,6 +146,90 @@ def test_a_private_value_too_short_for_its_dictionary_vr_is_stored_without_it(tm
     assert json.loads(result.header)["00091027"] == {"vr": "SL"}
 
 
+def test_a_remembered_vr_is_the_vr_of_its_own_file(tmp_path: Path) -> None:
+    """The lean reader remembers the VRs implicit VR does not write (a tag's from the dictionary, a private
+    element's from its creator) across files: the same private tag under a creator the private dictionary knows
+    (LO), under an unknown one (UN) and under none, and 'US or SS' elements under PixelRepresentation 0 and 1,
+    read in turn, each file twice, are each read as pydicom reads them, in both modes; and the lean reader
+    answers for each."""
+    files = []
+    for n, (creator, representation) in enumerate([(b"GEMS_IDEN_01", 0), (b"SENDIT NOBODY ", 1), (None, 0),
+                                                   (b"GEMS_IDEN_01", 1)]):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", f"1.2.3.4.{n}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+        if creator is not None:
+            add_raw(ds, 0x00090010, "LO", creator, True)
+        add_raw(ds, 0x00091001, "LO", b"SCANNER1", True)  # (0009,1001) is LO under GEMS_IDEN_01
+        add_raw(ds, 0x00280103, "US", struct.pack("<H", representation), True)
+        add_raw(ds, 0x00280106, "US", b"\xff\xff", True)  # SmallestImagePixelValue, 'US or SS'
+        (tmp_path / f"f{n}.dcm").write_bytes(encode(ds, IMPLICIT))
+        files.append(f"f{n}.dcm")
+    vrs = []
+    for name in files + files:
+        for full_header in (True, False):
+            assert compare(str(tmp_path), name, full_header)
+        result = read_instance(str(tmp_path), FileEntry(name, (tmp_path / name).stat().st_size, 0), True)
+        assert isinstance(result, Instance) and result.header is not None
+        header = json.loads(result.header)
+        vrs.append((header["00091001"]["vr"], header["00280106"]["vr"]))
+    assert vrs[:4] == [("LO", "US"), ("UN", "SS"), ("UN", "US"), ("LO", "SS")] and vrs[4:] == vrs[:4]
+
+
+def _with_sequence(n: int, charset: bytes, text: bytes, top_text: bytes = b"") -> bytes:
+    """A file whose (0040,0275) holds one item (defined lengths) with ``text`` as (0040,0007) LO, or as
+    (0040,0280) UT when long, byte for byte; ``top_text`` as (0040,0400) LT at the top level."""
+    placeholder = b"\x01" * len(text)  # pydicom would write the item's text again in the character set
+    ds = Dataset()
+    add_raw(ds, 0x00080005, "CS", charset, False)
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", f"1.2.3.4.{n}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.5"
+    item = Dataset()
+    add_raw(item, 0x00400007 if len(text) < 64 else 0x00400280, "LO" if len(text) < 64 else "UT", placeholder,
+            False)
+    item.is_undefined_length_sequence_item = False
+    ds.add_new(0x00400275, "SQ", Sequence([item]))
+    ds[0x00400275].is_undefined_length = False
+    if top_text:
+        add_raw(ds, 0x00400400, "LT", top_text, False)
+    data = encode(ds, EXPLICIT)
+    assert data.count(placeholder) == 1
+    return data.replace(placeholder, text)
+
+
+def test_a_remembered_sequence_is_read_in_its_own_files_character_set(tmp_path: Path) -> None:
+    """The lean reader remembers a sequence's JSON by its bytes: the same item bytes under ISO_IR 100 and under
+    ISO_IR 192, read in turn, twice, are decoded in each file's character set, as pydicom decodes them."""
+    names = []
+    for n, charset in enumerate([b"ISO_IR 100", b"ISO_IR 192", b"ISO_IR 100"]):
+        (tmp_path / f"f{n}.dcm").write_bytes(_with_sequence(n, charset, b"CAF\xc3\xa9 "))
+        names.append(f"f{n}.dcm")
+    texts = []
+    for name in names + names:
+        assert compare(str(tmp_path), name, True)
+        result = read_instance(str(tmp_path), FileEntry(name, (tmp_path / name).stat().st_size, 0), True)
+        assert isinstance(result, Instance) and result.header is not None
+        texts.append(json.loads(result.header)["00400275"]["Value"][0]["00400007"]["Value"][0])
+    assert texts == ["CAFÃ©", "CAFé", "CAFÃ©"] * 2
+
+
+def test_a_remembered_sequence_counts_towards_the_header_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HEADER_LIMIT lowered to 5,000: a sequence of 3,000 characters of text and the same sequence beside
+    3,000 more at the top level, read in turn, twice (the second time from the remembered sequence): the first
+    is an instance, the second `header-too-large`, by both readers."""
+    from sendit_watcher.dicom import values
+
+    monkeypatch.setattr(values, "HEADER_LIMIT", 5000)
+    (tmp_path / "fits.dcm").write_bytes(_with_sequence(1, b"ISO_IR 100", b"x" * 3000))
+    (tmp_path / "over.dcm").write_bytes(_with_sequence(2, b"ISO_IR 100", b"x" * 3000, b"y" * 3000))
+    outcomes = []
+    for name in ["fits.dcm", "over.dcm"] * 2:
+        assert compare(str(tmp_path), name, True)
+        result = read_instance(str(tmp_path), FileEntry(name, (tmp_path / name).stat().st_size, 0), True)
+        outcomes.append(result.reason if isinstance(result, Rejection) else "instance")
+    assert outcomes == ["instance", "header-too-large"] * 2
+
+
 @pytest.mark.parametrize("charset", [b" ISO_IR 192 ", b"ISO_IR 100\\ ISO_IR 192 "])
 def test_a_character_set_with_a_leading_space_is_read_as_pydicom_reads_it(tmp_path: Path, charset: bytes) -> None:
     """Found by an outside attack: pydicom keeps the leading space of (0008,0005) (and does not know the name);

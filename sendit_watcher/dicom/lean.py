@@ -6,22 +6,25 @@ first, and never calls up into it.
 
 Each file is read through a ``stream.Stream``, 64 KiB at a time (most headers are one read), and walked with
 ``struct.unpack_from``: defined and undefined lengths, sequences and items (each with its own (0008,0005)
-SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's ``stop_before_pixels``
-does. The main tags become columns by the rules of ``values`` (as in headers' path), and
-the DICOM JSON text is written directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers
-it calls): non-finite numbers as "NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by
-its tag, VR, value bytes and character set (bounded), so the values a series repeats from file to file are written
-once. Implicit VR takes pydicom's data dictionary, and resolves 'US or SS' from (0028,0103); a private element
-whose VR is not written (implicit VR) or written as UN takes its VR from its private creator, whatever VR that is
-written with, by the rule the pydicom path follows too (``elements.private_vr``). Text in a character set beyond
-the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code extensions, GB18030, ...) is decoded by pydicom's charset
-functions (``elements.decode_text``), as in the pydicom path.
+SpecificCharacterSet), stopping at (7FE0,0008), (7FE0,0009) or (7FE0,0010) as pydicom's ``stop_before_pixels`` does.
+The main tags become columns by the rules of ``values`` (as in headers' path), and the DICOM JSON text is written
+directly by the rules of ``values``, ``elements`` and ``dicomjson`` (whose helpers it calls): non-finite numbers as
+"NaN"/"Infinity"/"-Infinity", NULs dropped; each element's JSON is remembered by its tag, VR, value bytes and
+character set (bounded), and so is a whole sequence of defined length by its bytes, so the values a series repeats
+from file to file are written once. Implicit VR takes pydicom's data dictionary (each tag's VR remembered), and
+resolves 'US or SS' from (0028,0103); a private element whose VR is not written (implicit VR) or written as UN takes
+its VR from its private creator, whatever VR that is written with, by the rule the pydicom path follows too
+(``elements.private_vr``). Text in a character set beyond the default, ISO_IR 6, ISO_IR 100 and ISO_IR 192 (code
+extensions, GB18030, ...) is decoded by pydicom's charset functions (``elements.decode_text``), as in the pydicom
+path.
 
 Memory is bounded per value, not per file: the stream drops what the reader has walked past; a value that will not
-be stored is passed over, never read (with the main tags only, every value but theirs and the private creators',
-and every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value
-whose JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read
-on its own, once. A deflated dataset is the exception: it is inflated whole (``stream.Memory``), as pydicom does.
+be stored is passed over, never read (with the main tags only, every value but theirs and the private creators', and
+every sequence of defined length, as pydicom's ``specific_tags`` read does; with the full header, every value whose
+JSON is certainly longer than VALUE_LIMIT, ``_Reader.left_out``); a stored value longer than a chunk is read on its
+own, once; with the full header, a sequence of defined length up to SEQUENCE_MEMO_BYTES is read whole (its bytes are
+the key of its remembered JSON). A deflated dataset is the exception: it is inflated whole (``stream.Memory``), as
+pydicom does.
 
 It only ever says "this is an importable instance, with these columns". Anything else returns None, "fall back",
 and the caller reads the file with pydicom: a rejection of any kind, no 'DICM' preamble, an unknown transfer
@@ -138,6 +141,23 @@ _LONG_VRS = vr_names(valuerep.EXPLICIT_VR_LENGTH_32)  # explicit VRs with a 4-by
 _FRAGMENTS: dict[tuple[int, str, bytes, Codec], str] = {}
 _FRAGMENTS_LIMIT = 8192
 _FRAGMENT_VALUE_LIMIT = 128
+# The VRs an implicit VR dataset does not write, remembered the same way (bounded, emptied when full): by its tag,
+# where the dictionary alone decides it ('' for a private element: its creator decides, _implicit_header); a
+# private element's by its tag and its creator's value (None for a private creator or a reserved element), where
+# elements.private_vr decides it. A VR that falls back, a sequence, or one that (0028,0103) decides is never
+# remembered: it takes the long way each time.
+_IMPLICIT_VRS: dict[int, str] = {}
+_PRIVATE_VRS: dict[tuple[int, bytes | None], str] = {}
+_VRS_LIMIT = 16384
+# Sequences of defined length up to SEQUENCE_MEMO_BYTES, remembered whole the same way: '"GGGGEEEE":{...}' and
+# the characters it counted towards HEADER_LIMIT, by tag, VR encoding, byte order, codec and the sequence's bytes
+# (its items are datasets of their own: nothing outside those bytes changes their JSON). The files of a series
+# often repeat a sequence byte for byte (an enhanced image's functional groups, a procedure code), which is then
+# one lookup instead of a walk over its items. Bounded in characters (keys and fragments), emptied when full.
+SEQUENCE_MEMO_BYTES = 256 << 10
+_SEQUENCES: dict[tuple[int, bool, bool, Codec, bytes], tuple[str, int]] = {}
+_SEQUENCES_LIMIT = 8 << 20
+_sequences_size = [0]  # characters held by _SEQUENCES
 
 _MAIN_TAGS = frozenset(t.tag for t in READ_TAGS)  # the top-level tags whose text becomes a column
 _OTHER_TAGS = tuple(t for t in READ_TAGS if t not in UID_TAGS)
@@ -315,8 +335,11 @@ class _Reader:
             return tag, "", length, pos + 8
         vr = dictionary_vr(tag) if group != 0xFFFE else None
         if vr is None and group & 1:
+            _remember(_IMPLICIT_VRS, tag, "")
             return tag, "", length, pos + 8
-        if vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
+        if vr in _KNOWN_VRS and vr != "SQ" and tag not in _PIXEL_TAGS:  # the dictionary alone decides it
+            _remember(_IMPLICIT_VRS, tag, vr)  # the loop looks it up next time
+        elif vr == "US or SS" and top and tag in _US_OR_SS and self.pixel_representation is not None:
             vr = "US" if self.pixel_representation == 0 else "SS"  # as pydicom's correct_ambiguous_vr_element
             if length % 2:
                 raise _Fallback
@@ -329,9 +352,12 @@ class _Reader:
         pydicom path follows (elements.private_vr), from the creators of its dataset so far. Fall back for the
         group length and reserved elements, a VR this reader does not decode, and a sequence written as UN
         (pydicom reads its items in implicit VR)."""
-        vr = private_vr(tag, creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None)
+        creator = creators.get(creator_tag(tag)) if tag & 0xFFFF >= 0x1000 else None
+        vr = private_vr(tag, creator)
         if vr is None or vr not in _KNOWN_VRS or (vr == "SQ" and not self.implicit):
             raise _Fallback
+        if vr != "SQ":  # the loop looks it up next time (_PRIVATE_VRS)
+            _remember(_PRIVATE_VRS, (tag, creator), vr)
         return vr
 
     def dataset(self, pos: int, end: int | None, codec: Codec, top: bool) -> tuple[str, int]:
@@ -354,6 +380,7 @@ class _Reader:
         pixel_from = _FIRST_PIXEL_TAG if top else _NO_TAG  # where the top level may end
         unpack, long_length = self.headers[0].unpack_from, self.headers[1].unpack_from
         vr_of, long_vrs = _VR_BYTES.get, _LONG_VRS
+        implicit_vr, remembered_private_vr = _IMPLICIT_VRS.get, _PRIVATE_VRS.get
         fragments, fragment_limit = _FRAGMENTS, _FRAGMENT_VALUE_LIMIT
         value_limit, inline_limit = DEFER_SIZE, INLINE_BINARY_LIMIT
         numbers, text_vrs = _NUMBER_SIZES, TEXT_VRS
@@ -374,7 +401,12 @@ class _Reader:
                     return "{" + ",".join(parts) + "}", pos + 8  # the item's delimiter
                 raise _Fallback  # an item or delimiter where an element belongs
             if implicit:
-                tag, vr, length, pos = self._implicit_header(pos, top)
+                tag = group << 16 | element
+                vr = implicit_vr(tag)  # type: ignore[assignment]
+                if vr is None:
+                    tag, vr, length, pos = self._implicit_header(pos, top)
+                else:
+                    pos += 8
             else:
                 tag = group << 16 | element
                 vr = vr_of(data[at + 4:at + 6])  # type: ignore[assignment]
@@ -397,7 +429,8 @@ class _Reader:
                 raise _Fallback
             last = tag
             if not vr or (vr == "UN" and group & 1):  # a private element without its VR, or written as UN
-                vr = self.private_vr(tag, creators)
+                vr = remembered_private_vr((tag, creators.get(group << 16 | element >> 8) if element >= 0x1000
+                                            else None)) or self.private_vr(tag, creators)
             if vr == "SQ" or tag <= _CHARSET or length == _UNDEFINED or tag in special or tag == _PIXEL_REPRESENTATION:
                 if vr == "SQ":
                     sequences = True
@@ -469,6 +502,9 @@ class _Reader:
         the dataset's codec from here on (changed by (0008,0005))."""
         if tag < _CHARSET and (vr == "SQ" or vr in CHARSET_AFFECTED):
             raise _Fallback  # decoded before the dataset's character set is known: pydicom's business
+        if vr == "SQ" and self.json and length <= SEQUENCE_MEMO_BYTES:  # defined and short: maybe remembered
+            entry, pos = self._remembered_sequence(tag, pos, length, codec)
+            return entry, pos, codec
         if vr == "SQ" and (self.json or length == _UNDEFINED):
             entry, pos = self._sequence(pos, length, codec)
             return _key(tag) + entry, pos, codec
@@ -488,6 +524,31 @@ class _Reader:
         elif top and tag == _PIXEL_REPRESENTATION and vr == "US" and length == 2:
             self.pixel_representation = value[0] | value[1] << 8
         return (_fragment(tag, vr, value, codec) if self.json else ""), pos + length, codec
+
+    def _remembered_sequence(self, tag: int, pos: int, length: int, codec: Codec) -> tuple[str, int]:
+        """'"GGGGEEEE":{...}' of the sequence of defined ``length`` at ``pos`` and the position after it, from
+        _SEQUENCES when the same bytes were read before in the same encoding (its count towards HEADER_LIMIT
+        counted again), else walked (``_sequence``) and remembered. Its bytes come into the window whole."""
+        self.need(pos, pos + length)
+        stream = self.stream
+        memo = (tag, self.implicit, self.little, codec, stream.data[pos - stream.base:pos + length - stream.base])
+        found = _SEQUENCES.get(memo)
+        if found is not None:
+            self.kept += found[1]
+            if self.kept > values.HEADER_LIMIT:
+                raise _HeaderTooLarge
+            return found[0], pos + length
+        kept = self.kept
+        entry, end = self._sequence(pos, length, codec)
+        fragment = _key(tag) + entry
+        size = length + len(fragment)
+        if size <= _SEQUENCES_LIMIT // 4:
+            if _sequences_size[0] + size > _SEQUENCES_LIMIT:
+                _SEQUENCES.clear()
+                _sequences_size[0] = 0
+            _SEQUENCES[memo] = fragment, self.kept - kept
+            _sequences_size[0] += size
+        return fragment, end
 
     def _sequence(self, pos: int, length: int, codec: Codec) -> tuple[str, int]:
         items: list[str] = []
@@ -556,6 +617,13 @@ def _main_text(vr: str, value: bytes, codec: Codec) -> str:
     if vr not in TEXT_VRS:
         raise _Fallback
     return "\\".join(v for v in decode_text(vr, value, codec) if v is not None)
+
+
+def _remember(memo: dict[Any, str], key: Any, vr: str) -> None:
+    """Remember ``vr`` for ``key`` in one of the VR memos, emptied when full."""
+    if len(memo) >= _VRS_LIMIT:
+        memo.clear()
+    memo[key] = vr
 
 
 def _key(tag: int) -> str:

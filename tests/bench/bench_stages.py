@@ -6,12 +6,18 @@ backend's CPU time as a share of the database stages. Then ``sendit-watcher impo
 files/s of the whole run and after the first folder's commit (without the start-up), and peak RSS of the largest
 process. Figures, not assertions.
 
-    python -m tests.bench.bench_stages [--files 2000] [--sizes 2000,20000,100000]
+    python -m tests.bench.bench_stages [--files 2000] [--sizes 2000,20000,100000] [--mix]
+
+``--mix``: the per-stage figures over the realistic mix (tests/bench/corpus.py's MIX, 100 files a folder, a
+batch each, summed), and the COPY and merge once more with each header cut to what its folder's files do not
+all share (the elements every file of the folder has with the same value left out, as if stored once a series):
+what storing a series' common elements once would save the database stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,7 +33,7 @@ from sendit_watcher.dicom import lean
 from sendit_watcher.dicom.headers import Instance, read_instance
 from sendit_watcher.migrate import migrate
 from sendit_watcher.walk import FileEntry, Rejection, open_beneath, walk
-from tests.bench.corpus import build
+from tests.bench.corpus import build, build_mix
 from tests.bench.scratch import scratch_database
 from tests.fix_service import REPO
 from tests.helpers import write_config
@@ -56,19 +62,45 @@ def read_all(folder: str, entries: list[FileEntry]) -> None:
             os.close(fd)
 
 
-def stages(dsn: str, folder: Path) -> dict[str, float]:
-    """Seconds per stage for one folder (the parse stages over the warm page cache, best of three)."""
+def stages(dsn: str, folders: list[Path], split: bool = False) -> dict[str, float]:
+    """Seconds per stage for ``folders`` (one batch each, summed; the parse stages over the warm page cache, best
+    of three); with ``split``, also the COPY and merge, into a schema of their own, of the headers cut to what
+    each folder does not share."""
+    figures: dict[str, float] = {}
+    databases = [DatabaseConfig(dsn=dsn, schema="stages"), DatabaseConfig(dsn=dsn, schema="stages_split")]
+    with connect(databases[0]) as conn, connect(databases[1]) as split_conn:
+        for database, connection in zip(databases, (conn, split_conn), strict=True):
+            migrate(connection, database.schema)
+        for folder in folders:
+            found = _folder_stages(conn, folder, split_conn if split else None)
+            for key, value in found.items():
+                figures[key] = figures.get(key, 0.0) + value
+    return figures
+
+
+def _folder_stages(conn: Connection, folder: Path, split_conn: Connection | None) -> dict[str, float]:
     entries = [e for e in walk(str(folder)) if isinstance(e, FileEntry)]
     read = min(timed(lambda: read_all(str(folder), entries))[0] for _ in range(3))
     main = min(timed(lambda: [read_instance(str(folder), e, False) for e in entries])[0] for _ in range(3))
     full, results = min((timed(lambda: [read_instance(str(folder), e, True) for e in entries]) for _ in range(3)),
                         key=lambda pair: pair[0])
-    database = DatabaseConfig(dsn=dsn, schema="stages")
-    with connect(database) as conn:
-        migrate(conn, database.schema)
-        figures = {"files": len(entries), "read": read, "decode": main - read, "json": full - main}
-        figures.update(_database_stages(conn, folder, results))
-    return figures
+    found = {"files": len(entries), "read": read, "decode": main - read, "json": full - main}
+    found.update(_database_stages(conn, folder, results))
+    if split_conn is not None:
+        found.update({f"split_{k}": v for k, v in _database_stages(split_conn, folder, _cut(results)).items()})
+    return found
+
+
+def _cut(results: list[Instance | Rejection]) -> list[Instance | Rejection]:
+    """Each instance with a header of the top-level elements whose value is not the same in every instance of
+    the folder."""
+    instances = [r for r in results if isinstance(r, Instance) and r.header is not None]
+    headers = [json.loads(r.header or "{}") for r in instances]
+    common = {key for key in headers[0] if all(h.get(key) == headers[0][key] for h in headers[1:])} \
+        if headers else set()
+    return [dataclasses.replace(r, header=json.dumps({k: v for k, v in h.items() if k not in common},
+                                                     separators=(",", ":")))
+            for r, h in zip(instances, headers, strict=True)]
 
 
 def _database_stages(conn: Connection, folder: Path, results: list[Instance | Rejection]) -> dict[str, float]:
@@ -86,7 +118,7 @@ def _database_stages(conn: Connection, folder: Path, results: list[Instance | Re
         started = time.perf_counter()
     commit_seconds = time.perf_counter() - started
     return {"copy": copy_seconds, "merge": merge_seconds, "commit": commit_seconds,
-            "postgres_cpu": backend_cpu(pid) - cpu}
+            "postgres_cpu": backend_cpu(pid) - cpu, "copy_bytes": float(sum(map(len, lines)))}
 
 
 def _copy(conn: Connection, lines: list[bytes]) -> None:
@@ -145,7 +177,13 @@ def report(stage: dict[str, float], scale: list[dict[str, float]]) -> str:
                      f"{stage[key] / total:.0%} |")
     database = stage["copy"] + stage["merge"] + stage["commit"]
     lines.append(f"PostgreSQL backend CPU: {stage['postgres_cpu']:.2f} s, {stage['postgres_cpu'] / database:.0%} "
-                 f"of the database stages' {database:.2f} s")
+                 f"of the database stages' {database:.2f} s; COPY {stage['copy_bytes'] / stage['files']:,.0f} "
+                 f"bytes a file")
+    if "split_copy" in stage:
+        lines.append(f"headers cut to what each folder does not share: COPY {stage['split_copy']:.3f} s "
+                     f"({1000 * stage['split_copy'] / stage['files']:.3f} ms/file, "
+                     f"{stage['split_copy_bytes'] / stage['files']:,.0f} bytes a file), merge "
+                     f"{stage['split_merge']:.3f} s ({1000 * stage['split_merge'] / stage['files']:.3f} ms/file)")
     lines += ["", "scaling, `sendit-watcher import`, every core (files/s of the whole run, with the start-up of the"
               " interpreter and the pool; and after the first folder's commit):",
               "| files | files/s | after the first folder | peak RSS MB |", "|---:|---:|---:|---:|"]
@@ -160,10 +198,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,20000,100000", help="corpus sizes for the scaling runs")
     parser.add_argument("--corpus", type=Path, default=Path("/var/tmp/sendit-watcher-bench-stages"))
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--mix", action="store_true", help="the per-stage figures over the realistic mix")
     args = parser.parse_args()
-    folder = build(args.corpus / "stages", args.files, 1)[0]
+    if args.mix:
+        folders = build_mix(args.corpus / f"stages-mix-{args.files}", args.files, max(1, args.files // 100))
+    else:
+        folders = build(args.corpus / "stages", args.files, 1)
     with scratch_database() as dsn:
-        stage = stages(dsn, folder)
+        stage = stages(dsn, folders, args.mix)
         scale = [scaling(dsn, args.corpus, size, max(1, size // 100)) for size in map(int, args.sizes.split(","))]
     print(report(stage, scale))
     if args.json:

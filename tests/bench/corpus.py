@@ -59,3 +59,50 @@ def build(root: Path, files: int, folders: int) -> list[Path]:
             (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
     marker.touch()
     return paths
+
+
+# The realistic mix: by files, half explicit VR CT, a quarter implicit VR CT with GE privates, a quarter enhanced
+# MR (tests/bench/classes.py); each folder one series of one class.
+MIX = (("ct-explicit", 2), ("ct-implicit-ge", 1), ("mr-enhanced", 1))
+
+
+def _class_template(name: str) -> bytes:
+    """A class' file with this module's study, series, SOP and per-slice placeholders (the CTs' slice position
+    patched per file, as in a real series)."""
+    from tests.bench.classes import CLASSES, write
+
+    file_class = CLASSES[name]
+    ds = file_class.dataset()
+    ds.SOPInstanceUID = _PLACEHOLDERS["sop"]
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = _PLACEHOLDERS["series"], _PLACEHOLDERS["study"]
+    ds.InstanceNumber = _NUMBER
+    if "SliceLocation" in ds:
+        ds.SliceLocation, ds.ImagePositionPatient = _SLICE, _POSITION.split("\\")
+    return write(ds, file_class.syntax)
+
+
+def mix_classes(folders: int) -> list[str]:
+    """The class of each folder: MIX's shares, interleaved."""
+    cycle = [name for name, share in MIX for _ in range(share)]
+    return [cycle[index % len(cycle)] for index in range(folders)]
+
+
+def build_mix(root: Path, files: int, folders: int) -> list[Path]:
+    """``folders`` series folders holding ``files`` files in all, in MIX's shares (reused when complete)."""
+    marker = root / f".complete-mix-v1-{files}-{folders}"
+    paths = [root / f"series{n:05d}" for n in range(folders)]
+    if marker.exists():
+        return paths
+    classes = mix_classes(folders)
+    templates = {name: _class_template(name) for name in set(classes)}
+    seed = int.from_bytes(os.urandom(4), "big")
+    number = 0
+    for index, folder in enumerate(paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        template = templates[classes[index]].replace(_PLACEHOLDERS["study"].encode(), _uid(seed, 1, index)).replace(
+            _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
+        for n in range(files // folders):
+            number += 1
+            (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
+    marker.touch()
+    return paths

@@ -9,6 +9,11 @@ catch-up scan over the imported corpus, the rename-to-commit latency of single 1
 (tests/bench/orthanc.py) and Debian 13's in a container (tests/bench/orthanc_trixie.py), the last column taken
 against Debian 12's (Debian 13's row then reads as the ratio of the two). Prints one table and writes the same
 as JSON. Figures, not assertions.
+
+``--mix``: the realistic mix instead of the clones (tests/bench/corpus.py's MIX: by files, half explicit VR CT,
+a quarter implicit VR CT with GE privates, a quarter enhanced MR of 200 frames; a series a folder), with the
+header's storage cost per instance after each service run. ``--service-only``: the parse floor with every
+process and the service in both modes, nothing else.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import pydicom
 from sendit_watcher.config import DatabaseConfig
 from tests.bench.bench_import import parse_floor
 from tests.bench.bench_latency import measure as latency
-from tests.bench.corpus import build
+from tests.bench.bench_storage import footprint, report, series_split
+from tests.bench.corpus import build, build_mix
 from tests.bench.scratch import scratch_database
 from tests.fix_service import ServiceProcess
 from tests.helpers import write_config
@@ -111,7 +117,7 @@ class RssSampler:
 
 
 def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_header: bool,
-                work: Path) -> dict[str, Any]:
+                work: Path, storage: bool = False) -> dict[str, Any]:
     incoming = work / "incoming"
     incoming.mkdir()
     database = DatabaseConfig(dsn=dsn, schema=f"svc_{uuid.uuid4().hex[:8]}")
@@ -135,6 +141,9 @@ def service_run(dsn: str, folders: list[Path], files: int, processes: int, full_
                 conn.rollback()
                 time.sleep(0.02)
             result["seconds"] = time.perf_counter() - started
+            if storage:
+                result["storage"] = footprint(conn)
+                result["series_split"] = series_split(conn) if full_header else []
         result["rss_burst_mb"] = burst.peaks
         result["files_per_second"] = files / result["seconds"]
         service.stop()
@@ -174,6 +183,14 @@ def orthanc_run(folders: list[Path], threads: int) -> dict[str, Any]:
 
 def table(results: dict[str, Any], processes: int, files: int, folders: int) -> str:
     floor = results["parse_floor_n"]
+    if "naive" not in results:  # --service-only
+        return "\n".join([f"{files:,} files in {folders} folders, {os.cpu_count()} cores", "",
+                          f"{'':<50}{'files/s':>9}  {'x floor':>8}",
+                          f"{f'parse floor, {processes} processes':<50}{floor:>9,.0f}  {1:>8.2f}"] + [
+            f"{label:<50}{results[key]['files_per_second']:>9,.0f}  "
+            f"{results[key]['files_per_second'] / floor:>8.2f}"
+            for label, key in (("sendit-watcher end to end, main tags only", "service_main"),
+                               ("sendit-watcher end to end, full header", "service_full"))])
     rows = [("parse floor, 1 process", results["parse_floor_1"]), (f"parse floor, {processes} processes", floor),
             (f"naive importer (dcmread + INSERT per file), {processes} processes", results["naive"]),
             ("sendit-watcher end to end, main tags only", results["service_main"]["files_per_second"]),
@@ -211,25 +228,45 @@ def main() -> None:
     parser.add_argument("--latency-folders", type=int, default=30)
     parser.add_argument("--peer", choices=("orthanc",), action="append", default=[])
     parser.add_argument("--json", type=Path, default=Path("/var/tmp/sendit-watcher-bench.json"))
+    parser.add_argument("--mix", action="store_true", help="the realistic mix of classes, not the clones")
+    parser.add_argument("--service-only", action="store_true", help="the parse floor and the service, no more")
     args = parser.parse_args()
-    folders = build(args.corpus / f"{args.files}-{args.folders}", args.files, args.folders)
-    files = sorted(str(p) for folder in folders for p in folder.iterdir())
+    if args.mix:
+        folders = build_mix(args.corpus / f"mix-{args.files}-{args.folders}", args.files, args.folders)
+    else:
+        folders = build(args.corpus / f"{args.files}-{args.folders}", args.files, args.folders)
+    files = sorted(str(p) for folder in folders for p in folder.iterdir() if not p.name.startswith("."))
     n = args.processes
-    results: dict[str, Any] = {"files": len(files), "folders": len(folders), "cores": os.cpu_count()}
-    results["parse_floor_1"] = parse_floor(files, 1)
+    results: dict[str, Any] = {"files": len(files), "folders": len(folders), "cores": os.cpu_count(),
+                               "corpus": "mix" if args.mix else "clones", "load_before": os.getloadavg()}
+    if not args.service_only:
+        results["parse_floor_1"] = parse_floor(files, 1)
     results["parse_floor_n"] = parse_floor(files, n)
     with scratch_database() as dsn:
-        results["naive"] = naive_import(dsn, folders, n)
+        if not args.service_only:
+            results["naive"] = naive_import(dsn, folders, n)
         for key, full in (("service_main", False), ("service_full", True)):
             with tempfile.TemporaryDirectory(dir=folders[0].parent) as work:
-                results[key] = service_run(dsn, folders, len(files), n, full, Path(work))
+                results[key] = service_run(dsn, folders, len(files), n, full, Path(work), args.mix)
+        results["load_after"] = os.getloadavg()
+        if args.service_only:
+            return _print(results, args, n, len(files), len(folders))
         with tempfile.TemporaryDirectory() as work:
             samples = sorted(latency(args.latency_folders, 100, Path(work), dsn, True))
         results["latency"] = {"p50": statistics.median(samples),
                               "p99": samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]}
     if "orthanc" in args.peer:
         results |= orthanc_run(folders, 2)
-    print(table(results, n, len(files), len(folders)))
+    _print(results, args, n, len(files), len(folders))
+
+
+def _print(results: dict[str, Any], args: argparse.Namespace, processes: int, files: int, folders: int) -> None:
+    print(table(results, processes, files, folders))
+    for key, label in (("service_main", "main tags only"), ("service_full", "full header")):
+        if "storage" in results[key]:
+            print(f"\nheader storage, {label}:\n" + report(results[key]["storage"], results[key]["series_split"]))
+    print(f"\nload average (1, 5, 15 min) before: {results['load_before']}, after the service runs: "
+          f"{results['load_after']}")
     args.json.write_text(json.dumps(results, indent=2))
     print(f"\n(the same as JSON in {args.json})")
 
