@@ -97,9 +97,12 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress, force=force)
 
 
-class Abandoned(BaseException):
+class Abandoned(KeyboardInterrupt):
     """Raised in a worker by SIGUSR1 (the drain ran out): the folder in hand is rolled back, never recorded as
-    failed (a BaseException: the import's ``except Exception`` lets it through)."""
+    failed (a BaseException: the import's ``except Exception`` lets it through). A KeyboardInterrupt, so that
+    psycopg treats it as it treats Ctrl-C: a query it lands in (waiting for a lock) is cancelled in the server
+    and its connection left usable; any other exception leaves the query running, and the rollback that follows
+    fails ("another command is already in progress")."""
 
 
 class _Abandoning:
@@ -107,8 +110,9 @@ class _Abandoning:
 
 
 def abandon() -> NoReturn:
-    """Give up the folder in hand now. The signal may land inside a query: psycopg then cancels it, and what
-    reaches the import is the server's QueryCanceled, an Exception; the flag says it is ours, not the batch's."""
+    """Give up the folder in hand now. The signal may land inside a query: psycopg cancels it and raises this
+    Abandoned again; or inside a COPY, which psycopg ends with an error, and what reaches the import is then the
+    server's QueryCanceled, an Exception; the flag says it is ours, not the batch's."""
     _Abandoning.requested = True
     raise Abandoned
 
