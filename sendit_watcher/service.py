@@ -337,7 +337,7 @@ class Service:
                 self.guard.failed(f"checking {to_text(folder[1])}")
                 stamp = f"failed {time.monotonic_ns()}"
             if self.intake.checked(folder, stamp):
-                self.intake.finished(folder)
+                self.intake.finished(folder, self.intake.scan_time(folder))  # a young one a scan found: its time
                 self._stop_watching(self.intake.linger(folder))  # late files keep coming to a lingering one
         self._stop_watching(self.intake.linger_over())
 
@@ -436,7 +436,7 @@ class Service:
         for folder in result.gone:
             self.intake.vanished(folder)
         for folder in result.young:
-            self.intake.activity(folder)
+            self.intake.young(folder, result.scan_began(folder))
         for folder in result.young + result.waiting:  # still being written: watched inside, like a new one
             path = self.watcher.path_of(folder)
             if path is not None:
