@@ -385,10 +385,13 @@ def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Fai
 
 
 def _fingerprint_now(config: Config, batch: Batch) -> str | None:
-    """The folder's fingerprint as it is after a failure (None when it cannot be walked): a catch-up scan
-    queues the batch again only once this has changed."""
+    """The folder's fingerprint as it is after a failure (None when it cannot be walked), its finished_marker
+    left out as an import and a catch-up scan leave it out: a catch-up scan queues the batch again only once
+    this has changed."""
+    watch = config.watch_named(batch.root)
     try:
-        return fingerprint(walk(str(batches.resolve(config, batch.root, batch.path))))
+        return fingerprint(walk(str(batches.resolve(config, batch.root, batch.path)),
+                                watch.finished_marker if watch else ""))
     except (KeyError, OSError):
         return None
 

@@ -340,6 +340,32 @@ def test_a_failed_folder_a_catch_up_scan_found_young_before_it_failed_stays_fail
         service.kill()
 
 
+def test_a_failed_folder_of_a_root_with_a_finished_marker_is_not_requeued_by_catch_up_until_it_changes(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """The failure recorded the folder as it was with its marker, the scan compares it without: before, every
+    catch-up scan found it changed and queued it again, failed -> queued -> failed, with nothing changed."""
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    uids = make_study(marked / "R", 3)
+    conn.execute(sql.SQL("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (sop_instance_uid <> ALL ({}))")
+                 .format(sql.Literal(uids)))
+    conn.commit()
+    config = write_config(tmp_path / "watcher.conf", database, {}, workers=1, rescan_interval=1,
+                          extra=f"\n[watch:m]\npath = {marked}\nfinished_marker = DONE\n")
+    service = ServiceProcess(config, tmp_path)
+    try:
+        service.wait_ready()
+        (marked / "R" / "DONE").touch()
+        wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", timeout=30, what="R failed")
+        first = _states_of(conn, "R")
+        time.sleep(4)  # four catch-up scans
+        assert _states_of(conn, "R") == first, service.log[-3000:]
+        (marked / "R" / "more").write_bytes(b"not dicom")  # changed: queued (and failed) again
+        wait_until(lambda: _states_of(conn, "R") != first, timeout=30, what="R queued again once changed")
+    finally:
+        service.kill()
+
+
 def _states_of(conn: Connection, path: str) -> object:
     row = conn.execute("SELECT status, finished_seq, attempts, removal FROM batch WHERE path = %s", (path,)).fetchone()
     conn.rollback()
