@@ -81,13 +81,16 @@ def test_a_folder_deleted_mid_import_is_announced_empty_never_done(one_worker: t
                                                                     conn: Connection, tmp_path: Path) -> None:
     """The mirror promise on the hand-off: every announcement is a finished state that was true. Before, the
     import went on to commit ``done`` (the files it read before the deletion, the rest ``vanished``) for a folder
-    that was gone, and its removal then announced ``empty`` counting the instance rows alone."""
+    that was gone, and its removal then announced ``empty`` counting the instance rows alone. The folder leaves
+    the root at once (moved out of it, then deleted there; the service sees either as a deletion): an ``rm -rf``
+    in the root takes the folder itself last, and an import that commits before that saw a folder still there."""
     service, incoming = one_worker
     listener = Listener(tmp_path / "watcher.conf", "--since", str(latest_seq(conn)))
     try:
         drop_study(incoming, "GONE", FILES)
         wait_until(lambda: importing_host(conn) is not None, what="GONE being imported")
-        shutil.rmtree(incoming / "GONE")
+        (incoming / "GONE").rename(tmp_path / "GONE")
+        shutil.rmtree(tmp_path / "GONE")
         wait_until(lambda: final(conn)["GONE"] == ("empty", 0, 0, 0), timeout=120, what="GONE's removal")
         time.sleep(2)  # anything announced after it
     finally:
@@ -96,7 +99,9 @@ def test_a_folder_deleted_mid_import_is_announced_empty_never_done(one_worker: t
             for r in _announced(listener, "GONE")]
     # Its import rolled back, it never had a row: its removal is no news (announced, it would be an empty one).
     assert said in ([], [("empty", 0, 0, 0, 0)]), said
-    assert "rolled back" in service.log and "was gone before it committed" in service.log, service.log[-3000:]
+    # Gone before its commit: rolled back; or gone before the worker opened it (a loaded machine): released.
+    said_why = ("was gone before it committed", "released untouched: its folder is not here")
+    assert any(why in service.log for why in said_why), service.log[-6000:]
     drop_study(incoming, "AFTER", 3)
     wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
 
