@@ -215,8 +215,8 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
                                     full_header=config.importing.full_header, progress=progress,
                                     leave_out=leave_out, force=force)
-            if folder is not None and _directory_at(folder) != seen:  # under the mirror lock, just before commit
-                raise _Vanished(claimed)
+            if folder is not None and (seen is None or _directory_at(folder) != seen):  # just before commit
+                raise _Vanished(claimed)  # (under the mirror lock, when it wrote rows)
     except _Vanished as vanished:
         return _vanished(conn, config, vanished.batch)
     except _RootLost as lost:

@@ -115,7 +115,7 @@ def test_a_removal_counts_every_row_it_removes_vanished_rejections_too(one_worke
     listener = Listener(tmp_path / "watcher.conf", "--since", str(latest_seq(conn)))
     try:
         drop_study(incoming, "THINNED", FILES)
-        wait_until(lambda: importing_host(conn) is not None, what="THINNED being imported")
+        wait_until(lambda: "parsing 2500 files" in service.log, what="THINNED walked, being parsed")
         for file in sorted((incoming / "THINNED").iterdir())[::2]:
             file.unlink()
         wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
