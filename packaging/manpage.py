@@ -77,8 +77,8 @@ Queue failed batches again; without an id, every failed batch.
 .B metrics \fR[\fB\-\-textfile\fR \fIPATH\fR]
 Prometheus text\-format metrics, on stdout or written atomically to \fIPATH\fR (as root, when root typed
 it): \fBsendit_watcher_up\fR, \fBsendit_watcher_last_success_timestamp_seconds\fR, batches by status and
-host, the queue depth and the lost roots. A textfile that cannot be filled says \fBsendit_watcher_up 0\fR
-alone. \fBsendit\-watcher\-metrics.timer\fR (shipped, not enabled) writes
+host, the queue depth and the lost roots. A textfile that cannot be filled (the database not reached or
+not readable, a configuration with errors) says \fBsendit_watcher_up 0\fR alone, and the command fails. \fBsendit\-watcher\-metrics.timer\fR (shipped, not enabled) writes
 /var/lib/prometheus/node\-exporter/sendit\-watcher.prom every minute.
 .TP
 .B adopt\-root \fR[\fB\-\-force\fR] \fINAME\fR

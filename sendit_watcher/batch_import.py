@@ -9,6 +9,7 @@ import errno
 import logging
 import multiprocessing
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,9 +98,12 @@ def import_batch(conn: Connection, config: Config, parser: Parser, batch_id: int
     return _run(conn, config, parser, lambda: batches.claim_id(conn, batch_id), progress, force=force)
 
 
-class Abandoned(BaseException):
+class Abandoned(KeyboardInterrupt):
     """Raised in a worker by SIGUSR1 (the drain ran out): the folder in hand is rolled back, never recorded as
-    failed (a BaseException: the import's ``except Exception`` lets it through)."""
+    failed (a BaseException: the import's ``except Exception`` lets it through). A KeyboardInterrupt, so that
+    psycopg treats it as it treats Ctrl-C: a query it lands in (waiting for a lock) is cancelled in the server
+    and its connection left usable; any other exception leaves the query running, and the rollback that follows
+    fails ("another command is already in progress")."""
 
 
 class _Abandoning:
@@ -107,8 +111,9 @@ class _Abandoning:
 
 
 def abandon() -> NoReturn:
-    """Give up the folder in hand now. The signal may land inside a query: psycopg then cancels it, and what
-    reaches the import is the server's QueryCanceled, an Exception; the flag says it is ours, not the batch's."""
+    """Give up the folder in hand now. The signal may land inside a query: psycopg cancels it and raises this
+    Abandoned again; or inside a COPY, which psycopg ends with an error, and what reaches the import is then the
+    server's QueryCanceled, an Exception; the flag says it is ours, not the batch's."""
     _Abandoning.requested = True
     raise Abandoned
 
@@ -153,6 +158,36 @@ class _Unproven(Exception):
         self.batch = batch
 
 
+class _Vanished(Exception):
+    """The folder an import read was gone (or another directory) when the import was about to commit: it is
+    rolled back, so that nothing is announced of a folder that is no longer there."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch.path)
+        self.batch = batch
+
+
+def _directory_at(folder: str | None) -> tuple[int, int] | None:
+    """(device, inode) of the directory at ``folder`` (not followed), None when there is none."""
+    try:
+        info = os.lstat(folder) if folder is not None else None
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if info is not None and stat.S_ISDIR(info.st_mode) else None
+
+
+def _vanished(conn: Connection, config: Config, batch: Batch) -> Failure:
+    """The import was rolled back: the batch's rows are as its last import left them, nothing is announced. A
+    queued batch is not taken again for settle_seconds: by then the removal queued by the host that saw the
+    folder go is due (a removal is held back that long), or the folder is back and is read."""
+    batches.hold(conn, batch.id, config.watcher.settle_seconds)
+    log.info("batch %d (%s:%s) rolled back: its folder was gone before it committed (deleted or moved away while it "
+             "was imported); its rows are as they were and nothing is announced; its removal follows", batch.id,
+             batch.root, batch.path)
+    return Failure(batch.id, batch.root, batch.path, "not imported: its folder was deleted or moved away while it "
+                   "was imported; rolled back", status=BatchStatus.QUEUED)
+
+
 class _RootLost(Exception):
     """A claimed batch's folder is missing (or cannot be opened) and its root is not itself on this host: the
     batch is released untouched (rolled back, still queued), never emptied."""
@@ -176,9 +211,14 @@ def _run(conn: Connection, config: Config, parser: Parser, claim: Callable[[], B
             watch = config.watch_named(claimed.root)
             leave_out = watch.finished_marker if watch else ""
             folder = _folder_to_read(conn, config, claimed, queued, leave_out)
+            seen = _directory_at(folder)
             result = import_claimed(conn, claimed, folder, parser, config.watcher.host_name,
                                     full_header=config.importing.full_header, progress=progress,
                                     leave_out=leave_out, force=force)
+            if folder is not None and (seen is None or _directory_at(folder) != seen):  # just before commit
+                raise _Vanished(claimed)  # (under the mirror lock, when it wrote rows)
+    except _Vanished as vanished:
+        return _vanished(conn, config, vanished.batch)
     except _RootLost as lost:
         return _released(conn, config, lost, guard)
     except _NotVisible as unseen:
@@ -342,10 +382,13 @@ def _fail(conn: Connection, config: Config, batch: Batch, exc: Exception) -> Fai
 
 
 def _fingerprint_now(config: Config, batch: Batch) -> str | None:
-    """The folder's fingerprint as it is after a failure (None when it cannot be walked): a catch-up scan
-    queues the batch again only once this has changed."""
+    """The folder's fingerprint as it is after a failure (None when it cannot be walked), its finished_marker
+    left out as an import and a catch-up scan leave it out: a catch-up scan queues the batch again only once
+    this has changed."""
+    watch = config.watch_named(batch.root)
     try:
-        return fingerprint(walk(str(batches.resolve(config, batch.root, batch.path))))
+        return fingerprint(walk(str(batches.resolve(config, batch.root, batch.path)),
+                                watch.finished_marker if watch else ""))
     except (KeyError, OSError):
         return None
 

@@ -23,7 +23,7 @@ from sendit_watcher.outcomes import BatchStatus
 
 __all__ = ["BatchStatus", "Batch", "Finished", "QueueCounts", "OUTSIDE_ROOTS", "NOTIFY_CHANNEL", "QUEUE_CHANNEL",
            "FINISH_LOCK", "DEATHS_LIMIT", "locate", "resolve", "ensure", "enqueue", "enqueue_known", "claim",
-           "claim_id", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
+           "claim_id", "hold", "next_queued", "deaths", "start_attempt", "end_attempt", "record_death", "claim_queued",
            "finish", "record_failure", "retry", "retry_failed", "requeue", "lock_mirror", "reread_pending",
            "take_reread", "lock_if_free", "Known", "known_folders", "see", "Tally", "TALLY_LOCK", "tally", "fold_tally",
            "queue_counts", "finished_after", "latest_seq"]
@@ -201,6 +201,15 @@ UPDATE batch SET
     status = %(queued)s, removal = true
 WHERE id = %(batch)s
 """
+
+
+def hold(conn: Connection, batch_id: int, seconds: float) -> None:
+    """Let no worker take a queued batch (to be imported, not a removal) for ``seconds``, in a transaction of its
+    own; never waits for the row (a batch someone holds is left alone)."""
+    with conn.transaction():
+        conn.execute("UPDATE batch SET next_attempt_at = clock_timestamp() + make_interval(secs => %s) WHERE id IN"
+                     " (SELECT id FROM batch WHERE id = %s AND status = %s AND NOT removal FOR UPDATE SKIP LOCKED)",
+                     (seconds, batch_id, BatchStatus.QUEUED))
 
 
 def claim(conn: Connection, roots: list[str]) -> Batch | None:

@@ -26,6 +26,7 @@ from sendit_watcher.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_SOFTWARE,
     EXIT_USAGE,
     ConfigError,
     DatabaseUnavailable,
@@ -159,6 +160,16 @@ def _add_rejected_options(sub: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    code = EXIT_SOFTWARE
+    try:
+        code = _main(args)
+    finally:  # a metrics textfile not filled by this run (a broken file, a database not read, a bug) says up 0
+        if code != EXIT_OK and args.command == "metrics" and args.textfile is not None:
+            metrics.write_textfile(args.textfile, metrics.render_down())  # no stale count passes for a current one
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config = configuration.load(args.config, dsn=args.dsn)
         setup_logging(args.log_level or (config.watcher.log_level if args.command == "run" else "warning"))
@@ -406,23 +417,29 @@ def _retry_every_failed(config: Config) -> int:
 
 
 def _metrics(config: Config, args: argparse.Namespace) -> int:
-    """The metrics on stdout; or in a textfile, which says ``sendit_watcher_up 0`` (and the command exits non-zero)
-    when the database could not be read."""
+    """The metrics on stdout; or in a textfile, written only from a complete reading (a textfile that did not
+    get one says ``sendit_watcher_up 0``: main)."""
     render = partial(_render_metrics, config)
     if args.textfile is None:
         sys.stdout.write(render())
         return EXIT_OK
     code, text = privileges.output_as(args.switch_to, render) if args.switch_to else _rendered(render)
-    metrics.write_textfile(args.textfile, text if code == EXIT_OK else metrics.render_down())
+    if code == EXIT_OK:
+        metrics.write_textfile(args.textfile, text)
     return code
 
 
 def _render_metrics(config: Config) -> str:
-    with _open(config) as conn:
-        return metrics.render(conn)
+    """The metrics text; a database that answers but cannot be read (no schema, no permission) is a SenditError."""
+    try:
+        with _open(config) as conn:
+            return metrics.render(conn)
+    except psycopg.Error as exc:
+        raise SenditError(f"metrics: cannot read the database: {describe(exc)}") from exc
 
 
 def _rendered(render: Callable[[], str]) -> tuple[int, str]:
+    """``render``'s (0, text), or (exit code, "") when it failed, said on stderr as privileges.output_as says it."""
     try:
         return EXIT_OK, render()
     except SenditError as exc:

@@ -171,11 +171,14 @@ def _same(recorded: tuple[int, int, int | None], now: tuple[int | None, int | No
 def _reconcile(conn: Connection, batch_id: int, entries: list[FileEntry | Rejection], force: bool = False
                ) -> tuple[list[FileEntry | Rejection], list[str], list[tuple[str, bool]]]:
     """Drop the rows of files that are gone or changed (and rejections worth another try: unreadable,
-    vanished); returns the entries to read, the recorded paths that are gone, and the SOPInstanceUIDs whose
-    instance row was dropped, each with whether its file is still there (changed) or not (gone)."""
+    vanished); returns the entries to read, the recorded paths that are gone (a rejection worth another try
+    too, when its file is gone: its row is removed as any other), and the SOPInstanceUIDs whose instance row was
+    dropped, each with whether its file is still there (changed) or not (gone)."""
     todo, gone, stale = _to_read(_known(conn, batch_id, force), entries)
-    conn.execute("DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s)", (batch_id, list(RETRYABLE)))
     present = {e.path for e in entries}
+    gone += [path for (path,) in conn.execute(
+        "DELETE FROM rejected_file WHERE batch = %s AND reason = ANY(%s) RETURNING path", (batch_id, list(RETRYABLE)))
+        if path not in present]
     freed: list[tuple[str, bool]] = []  # (SOPInstanceUID, whether its path is still there: changed, not gone)
     if stale:
         freed = [(sop, path in present) for sop, path in conn.execute(

@@ -54,7 +54,8 @@ class Intake:
 
     def finished(self, folder: Folder, scan_began: datetime | None = None) -> None:
         """The folder is complete now (renamed to its final name), or a catch-up scan that began at
-        ``scan_began`` found it changed since its last import."""
+        ``scan_began`` found it changed since its last import (or found it young, and it has settled since
+        without a change this service saw: ``young``)."""
         if scan_began is None or folder in self.settling:  # an event, or one since the scan: queue it
             self.scanned.pop(folder, None)
         elif folder not in self.ready:
@@ -75,6 +76,17 @@ class Intake:
             self.settling[folder] = now + min(LOOK_DELAY, self.settle_seconds / 4)  # a look once events pause
             if folder in self.looks:
                 self.looks[folder] = (self.looks[folder][0], now)  # an event is a change, whatever the stamp says
+
+    def young(self, folder: Folder, scan_began: datetime | None) -> None:
+        """A catch-up scan that began at ``scan_began`` found the folder changed, but changed within the settle
+        period (being written, or renamed in just now): it settles like a new folder. One this intake did not
+        have in hand keeps the scan's time until an event or a look shows it change, so that, settled, it is
+        queued as the scan found it: a batch that failed after the scan read its row stays failed (see
+        batches.enqueue), as it does for a folder the scan found changed and settled."""
+        in_hand = folder in self.settling or folder in self.ready
+        self.activity(folder)
+        if scan_began is not None and not in_hand:
+            self.scanned[folder] = scan_began
 
     def linger(self, folder: Folder) -> list[Folder]:
         """A folder settled: keep it watched for late files for ``linger_seconds``. Returns the folders to stop
@@ -176,6 +188,8 @@ class Intake:
         seen, since = self.looks.get(folder, (None, now))
         if stamp != seen:
             since = now  # changed since the last look (or never looked at): the quiet period starts now
+            if folder in self.looks:
+                self.scanned.pop(folder, None)  # a change this service saw: not as a catch-up scan found it
         if now < since + self.settle_seconds:  # the sum the look was scheduled by, so no rounding tells them apart
             self.looks[folder] = (stamp, since)
             self.settling[folder] = since + self.settle_seconds

@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from types import FrameType
@@ -26,6 +27,7 @@ from sendit_watcher.config import Config, redact_dsn
 from sendit_watcher.db import Connection, connect
 from sendit_watcher.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, DatabaseUnavailable, SenditError, describe
 from sendit_watcher.intake import Folder, Intake
+from sendit_watcher.logs import MESSAGE_ROOT_LOST
 from sendit_watcher.migrate import migrate, pending
 from sendit_watcher.names import to_text
 from sendit_watcher.outage import Outage
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.2  # longest sleep of the loop: signals, watchdog and timers are served at least this often
 _STATUS_EVERY = 2.0
+_FIRST_CHECK_SECONDS = 5.0  # how long READY waits for the first verdict on the roots
 
 
 class SignalQueue:
@@ -230,12 +233,41 @@ class Service:
                 problem = self.watcher.add_root(watch, missing_ok=True)
                 if problem:
                     log.error("%s", problem)
-        self.link.get()  # the first connection runs the migrations, however long they take
+        conn = self.link.get()  # the first connection runs the migrations, however long they take
+        self.guard.call("checking the roots at start", self._first_root_check, conn)
         if self.config.watcher.runs_workers:
             self.workers.start()
         status = self.status_line()
         self.notify.ready(status)
         log.info("ready: %s", status)
+
+    def _first_root_check(self, conn: Connection | None) -> None:
+        """The first verdict on each root before READY (waited for up to _FIRST_CHECK_SECONDS: a dead NFS server's
+        is left to the loop), so that READY and the log say a lost root. One lost already before this start (by
+        the record) is not news to roots.check, which logs a loss once: it is said here, once, at start."""
+        host = self.config.watcher.host_name
+        try:
+            before = {r.root: r for r in (roots.records(conn) if conn is not None else []) if r.host == host}
+        except psycopg.Error as exc:
+            self.link.failed(exc)
+            before = {}
+        self.next_root_check = time.monotonic() + roots.CHECK_EVERY
+        self.root_check = check = self.stat_pool.submit(self.root_checks.run)
+        futures.wait([check], timeout=_FIRST_CHECK_SECONDS)
+        if not check.done():
+            return
+        self.root_check = None
+        checked_at, verdicts = check.result()
+        self._judged(checked_at, verdicts)
+        for watch in self.config.watches:
+            verdict, record = verdicts.get(watch.name), before.get(watch.name)
+            if verdict is None or verdict.itself or record is None or record.lost_reason != verdict.reason:
+                continue  # itself, not judged, or lost just now: roots.check said so
+            since = f" since {record.lost_since:%Y-%m-%d %H:%M:%S %Z}" if record.lost_since else ""
+            fix = verdict.fix or f"after a deliberate change: sendit-watcher adopt-root {watch.name}"
+            log.error("watch root %s ([watch:%s]) on host %s is still lost: %s (lost%s); none of its rows is removed "
+                      "and its batches wait until it is back (%s)", watch.path, watch.name, host, verdict.reason,
+                      since, fix, extra={"MESSAGE_ID": MESSAGE_ROOT_LOST})
 
     def run(self) -> int:
         """The main loop until SIGTERM/SIGINT; a loop that dies anyway stops the service with EXIT_SOFTWARE, so
@@ -305,7 +337,7 @@ class Service:
                 self.guard.failed(f"checking {to_text(folder[1])}")
                 stamp = f"failed {time.monotonic_ns()}"
             if self.intake.checked(folder, stamp):
-                self.intake.finished(folder)
+                self.intake.finished(folder, self.intake.scan_time(folder))  # a young one a scan found: its time
                 self._stop_watching(self.intake.linger(folder))  # late files keep coming to a lingering one
         self._stop_watching(self.intake.linger_over())
 
@@ -404,7 +436,7 @@ class Service:
         for folder in result.gone:
             self.intake.vanished(folder)
         for folder in result.young:
-            self.intake.activity(folder)
+            self.intake.young(folder, result.scan_began(folder))
         for folder in result.young + result.waiting:  # still being written: watched inside, like a new one
             path = self.watcher.path_of(folder)
             if path is not None:

@@ -1,7 +1,9 @@
-"""The service as a real subprocess: its conffile, a real AF_UNIX datagram NOTIFY_SOCKET, its log, signals."""
+"""The service as a real subprocess: its conffile, a real AF_UNIX datagram NOTIFY_SOCKET, its log, signals; and
+``listen`` as a real subprocess (Listener)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sendit_watcher.config import DatabaseConfig
-from tests.helpers import write_config
+from tests.helpers import as_int, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,3 +164,30 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return b""
+
+
+class Listener:
+    """``sendit-watcher listen`` as a subprocess, its stdout lines and stderr collected by threads."""
+
+    def __init__(self, config: Path, *args: str, read_stdout: bool = True) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sendit_watcher", "--config", str(config), "listen", *args],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        assert self.process.stdout is not None and self.process.stderr is not None
+        streams = [(self.process.stderr, self.errors)] + [(self.process.stdout, self.lines)] * read_stdout
+        for stream, into in streams:
+            threading.Thread(target=lambda s=stream, i=into: i.extend(iter(s.readline, "")), daemon=True).start()
+
+    def seqs(self) -> list[int]:
+        return [as_int(json.loads(line)["seq"]) for line in list(self.lines)]
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.errors)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()

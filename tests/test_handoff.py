@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +18,7 @@ from sendit_watcher.batches import BatchStatus
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection, connect
 from tests.fix_database import ADMIN_DSN
-from tests.fix_service import REPO
+from tests.fix_service import Listener
 from tests.helpers import as_int, import_folder, make_config, make_study, scalar, wait_until, write_config
 
 _REFUSE_BAD = """
@@ -88,33 +83,6 @@ def _finish(conn: Connection, path: str) -> int:
         batches.finish(conn, claimed, host="h", fingerprint=path, files=1, new_instances=1, removed=0, seconds=0.1,
                        unchanged=False)
     return _seq_and_status(conn, path)[0]
-
-
-class Listener:
-    """``sendit-watcher listen`` as a subprocess, its stdout lines and stderr collected by threads."""
-
-    def __init__(self, config: Path, *args: str, read_stdout: bool = True) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sendit_watcher", "--config", str(config), "listen", *args],
-            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        assert self.process.stdout is not None and self.process.stderr is not None
-        streams = [(self.process.stderr, self.errors)] + [(self.process.stdout, self.lines)] * read_stdout
-        for stream, into in streams:
-            threading.Thread(target=lambda s=stream, i=into: i.extend(iter(s.readline, "")), daemon=True).start()
-
-    def seqs(self) -> list[int]:
-        return [as_int(json.loads(line)["seq"]) for line in list(self.lines)]
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.errors)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
 
 
 def _terminate_listener(admin: psycopg.Connection[object], dbname: str) -> int:

@@ -264,3 +264,26 @@ def test_a_folder_only_a_scan_found_carries_the_scan_time_until_an_event_or_its_
     intake.finished(("in", "F"), began)  # waiting to be queued (no database), then a late file arrives
     intake.activity(("in", "F"))
     assert intake.scanned == {} and ("in", "F") in intake.ready
+
+
+def test_a_young_folder_only_a_scan_found_keeps_the_scan_time_until_it_settles_unless_it_changes() -> None:
+    """Settled without a change this service saw, a folder a scan found young is queued as that scan found it
+    (its time): before, its youth dropped the time, and a batch that failed after the scan read it was queued
+    again with nothing changed."""
+    began = datetime(2026, 1, 1, tzinfo=UTC)
+    clock = FakeClock()
+    intake = Intake(settle_seconds=5, clock=clock)
+    quiet, looked_changed, evented, in_hand = ("in", "Q"), ("in", "L"), ("in", "E"), ("in", "H")
+    intake.activity(in_hand)  # an event first: the scan does not weaken it
+    for folder in (quiet, looked_changed, evented, in_hand):
+        intake.young(folder, began)
+    assert intake.scanned == {quiet: began, looked_changed: began, evented: began}
+    intake.activity(evented)
+    stamps = {quiet: "sss", looked_changed: "stt", evented: "sss", in_hand: "sss"}
+    for turn in range(3):  # every folder looked at, in step, until each has settled
+        clock.now = max([clock.now, *intake.settling.values()])
+        for folder in intake.due_to_check():
+            if intake.checked(folder, stamps[folder][turn]):
+                intake.finished(folder, intake.scan_time(folder))  # what the service does with a settled folder
+    assert not intake.settling and set(stamps) <= set(intake.ready)
+    assert intake.scanned == {quiet: began}

@@ -111,3 +111,42 @@ def test_metrics_textfile_is_written_by_root_from_what_the_service_user_read(tmp
     assert failed.returncode == 69 and "cannot connect to PostgreSQL" in failed.stderr
     assert target.read_text().splitlines()[-1] == "sendit_watcher_up 0"  # no stale count passes for a current one
     assert "sendit_batches" not in target.read_text()
+
+
+def test_a_metrics_textfile_says_up_0_when_the_configuration_is_broken_or_the_database_cannot_be_read(
+        tmp_path: Path, database: DatabaseConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every run that could not fill the textfile leaves ``up 0`` behind, atomically, and still fails with its
+    error: a file with errors (typed by root, and not), a database without the schema (read, or not)."""
+    target = tmp_path / "metrics" / "sendit-watcher.prom"
+    target.parent.mkdir(mode=0o700)
+    good = write_config(tmp_path / "watcher.conf", database, {})
+
+    def fresh() -> None:  # the last reading that worked: up 1
+        assert main(["--config", str(good), "metrics", "--textfile", str(target)]) == 0
+        assert target.read_text().count("sendit_watcher_up 1\n") == 1
+
+    def says_down() -> None:
+        assert target.read_text().splitlines()[-1] == "sendit_watcher_up 0" and "sendit_batches" not in \
+            target.read_text()
+        assert target.stat().st_mode & 0o777 == 0o644 and [p.name for p in target.parent.iterdir()] == [target.name]
+
+    broken = write_config(tmp_path / "broken.conf", database, {}, settle_seconds="soon")
+    fresh()
+    by_root = typed_by_root("--config", str(broken), "metrics", "--textfile", str(target))
+    assert by_root.returncode == 78 and "settle_seconds" in by_root.stderr, by_root.stderr
+    says_down()
+
+    fresh()
+    assert main(["--config", str(broken), "metrics", "--textfile", str(target)]) == 78
+    assert "settle_seconds" in capsys.readouterr().err
+    says_down()
+
+    unmigrated = write_config(tmp_path / "unmigrated.conf", DatabaseConfig(dsn=database.dsn, schema="no_such_schema"),
+                              {}, migrate_on_start="no")
+    for command in (typed_by_root, lambda *a: main(list(a))):
+        fresh()
+        ended = command("--config", str(unmigrated), "metrics", "--textfile", str(target))
+        code = ended if isinstance(ended, int) else ended.returncode
+        said = capsys.readouterr().err if isinstance(ended, int) else ended.stderr
+        assert code == 1 and "metrics: cannot read the database: database error 42P01" in said, said
+        says_down()

@@ -316,6 +316,40 @@ def test_a_restart_while_the_share_is_unmounted_removes_no_row_and_reports_the_r
         second.kill()
 
 
+def test_a_service_restarted_while_its_root_is_still_lost_says_so_when_ready_and_in_the_log(
+        share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """The root was lost (recorded so) by the service before: the one started after it finds the record already
+    saying so, and still says LOST ROOT in its READY message and in its log at start, as the one that saw the loss
+    happen did."""
+    store, root = share
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": root})
+    first = ServiceProcess(config, tmp_path)
+    try:
+        first.wait_ready()
+        drop_study(root, "A", 2)
+        wait_until(lambda: rows_by_folder(conn) == {"A": ("done", 2, 1)}, what="A")
+        unmount(root)
+        first.notify.wait_for(lambda line: lost_status(line, "incoming"), 15)
+        wait_until(lambda: "is lost: not mounted" in first.log, what="the loss in the first service's log")
+    finally:
+        assert first.stop() == 0
+    second = ServiceProcess(config, tmp_path)
+    try:
+        second.wait_ready()
+        [ready] = [message for message in second.notify.messages if message.startswith("READY=1")]
+        assert "LOST ROOT incoming (not mounted" in ready, ready
+        at_start = second.log.split("ready: ")[0]
+        [said] = [line for line in at_start.splitlines() if "is still lost: not mounted" in line]
+        assert said.startswith("ERROR ") and "none of its rows is removed" in said, said
+        assert "LOST ROOT incoming (not mounted" in second.log.split("ready: ")[1].splitlines()[0]
+        mount("--bind", str(store), str(root))
+        second.notify.wait_for(lambda line: line.startswith("STATUS=") and "LOST ROOT" not in line, 20)
+        assert rows_by_folder(conn) == {"A": ("done", 2, 1)}
+    finally:
+        second.kill()
+    assert second.log.count("still lost") == 1, second.log  # once, at start
+
+
 def test_another_file_system_mounted_on_the_root_is_lost_until_adopted(
         share: tuple[Path, Path], tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
     store, root = share

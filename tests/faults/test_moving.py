@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from sendit_watcher.batches import latest_seq
 from sendit_watcher.config import DatabaseConfig
 from sendit_watcher.db import Connection
-from tests.fix_service import ServiceProcess
+from tests.fix_service import Listener, ServiceProcess
 from tests.helpers import drop_study, importing_host, make_study, scalar, wait_until, write_config
 
 FILES = 2500
@@ -73,6 +75,63 @@ def test_deleted_while_importing(one_worker: tuple[ServiceProcess, Path], conn: 
     assert set(reasons) <= {"vanished"}
     drop_study(incoming, "AFTER", 3)
     wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
+
+
+def test_a_folder_deleted_mid_import_is_announced_empty_never_done(one_worker: tuple[ServiceProcess, Path],
+                                                                    conn: Connection, tmp_path: Path) -> None:
+    """The mirror promise on the hand-off: every announcement is a finished state that was true. Before, the
+    import went on to commit ``done`` (the files it read before the deletion, the rest ``vanished``) for a folder
+    that was gone, and its removal then announced ``empty`` counting the instance rows alone. The folder leaves
+    the root at once (moved out of it, then deleted there; the service sees either as a deletion): an ``rm -rf``
+    in the root takes the folder itself last, and an import that commits before that saw a folder still there."""
+    service, incoming = one_worker
+    listener = Listener(tmp_path / "watcher.conf", "--since", str(latest_seq(conn)))
+    try:
+        drop_study(incoming, "GONE", FILES)
+        wait_until(lambda: importing_host(conn) is not None, what="GONE being imported")
+        (incoming / "GONE").rename(tmp_path / "GONE")
+        shutil.rmtree(tmp_path / "GONE")
+        wait_until(lambda: final(conn)["GONE"] == ("empty", 0, 0, 0), timeout=120, what="GONE's removal")
+        time.sleep(2)  # anything announced after it
+    finally:
+        listener.kill()
+    said = [(r["status"], r["files"], r["instances"], r["rejected"], r["removed"])
+            for r in _announced(listener, "GONE")]
+    # Its import rolled back, it never had a row: its removal is no news (announced, it would be an empty one).
+    assert said in ([], [("empty", 0, 0, 0, 0)]), said
+    # Gone before its commit: rolled back; or gone before the worker opened it (a loaded machine): released.
+    said_why = ("was gone before it committed", "released untouched: its folder is not here")
+    assert any(why in service.log for why in said_why), service.log[-6000:]
+    drop_study(incoming, "AFTER", 3)
+    wait_until(lambda: final(conn).get("AFTER", ("",))[0] == "done", what="the service still imports")
+
+
+def test_a_removal_counts_every_row_it_removes_vanished_rejections_too(one_worker: tuple[ServiceProcess, Path],
+                                                                       conn: Connection, tmp_path: Path) -> None:
+    """Half the files deleted mid-import: the folder is ``done``, its files that went meanwhile ``vanished``
+    (rejections read again at every import). Deleted then, its removal removes every row, and says so: before, it
+    counted the instance rows alone."""
+    service, incoming = one_worker
+    listener = Listener(tmp_path / "watcher.conf", "--since", str(latest_seq(conn)))
+    try:
+        drop_study(incoming, "THINNED", FILES)
+        wait_until(lambda: "parsing 2500 files" in service.log, what="THINNED walked, being parsed")
+        for file in sorted((incoming / "THINNED").iterdir())[::2]:
+            file.unlink()
+        wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
+        status, files, instances, rejected = final(conn)["THINNED"]
+        assert status == "done" and rejected > 0 and instances + rejected == files == FILES
+        shutil.rmtree(incoming / "THINNED")
+        wait_until(lambda: [r["status"] for r in _announced(listener, "THINNED")][-1:] == ["empty"], timeout=60,
+                   what=f"THINNED's removal announced; {listener.stderr}")
+    finally:
+        listener.kill()
+    last = _announced(listener, "THINNED")[-1]
+    assert (last["instances"], last["rejected"], last["removed"]) == (0, 0, instances + rejected), last
+
+
+def _announced(listener: Listener, folder: str) -> list[dict[str, object]]:
+    return [r for r in (json.loads(line) for line in list(listener.lines)) if r["folder"] == folder]
 
 
 def test_files_deleted_mid_import(one_worker: tuple[ServiceProcess, Path], conn: Connection,

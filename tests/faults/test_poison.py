@@ -311,6 +311,67 @@ def test_a_failed_folder_is_not_requeued_by_catch_up_until_it_changes(service_an
     assert service.process.poll() is None
 
 
+def test_a_failed_folder_a_catch_up_scan_found_young_before_it_failed_stays_failed(
+        tmp_path: Path, database: DatabaseConfig, incoming: Path, conn: Connection) -> None:
+    """The race behind a rare failure of the test above: a catch-up scan lists R just after its rename and reads
+    the batch rows before the rename's enqueue commits (no row: R is new), and finds R young (the rename changed
+    its ctime). R then settles like a folder being written; R's import fails meanwhile. Settled, R was queued as
+    if an event had found it (the scan's time dropped with its youth): failed -> queued -> failed again, with
+    nothing changed in it. Here a hook (faults/hooks) holds that window open: the scan lists the root once R is
+    there, and the first enqueue of R waits a second."""
+    uids = make_study(incoming / "R.tmp", 3)
+    conn.execute(sql.SQL("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (sop_instance_uid <> ALL ({}))")
+                 .format(sql.Literal(uids)))
+    conn.commit()
+    config = write_config(tmp_path / "watcher.conf", database, {"incoming": incoming}, workers=1, rescan_interval=1)
+    service = ServiceProcess(config, tmp_path, env={"PYTHONPATH": f"{Path(__file__).parent / 'hooks'}:{REPO}",
+                                                    "SENDIT_TEST_RACE_FOLDER": "R"})
+    try:
+        service.wait_ready()
+        time.sleep(0.5)  # the catch-up scan at start has begun, and waits for R
+        (incoming / "R.tmp").rename(incoming / "R")
+        wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", timeout=30, what="R failed")
+        first = _states_of(conn, "R")
+        assert "1 still being written" in service.log, service.log[-3000:]  # the window was met
+        time.sleep(5)  # R settles (1 s) and is queued or not; a worker would take it again after its 5 s back-off
+        assert _states_of(conn, "R") == first, service.log[-3000:]
+        assert service.process.poll() is None
+    finally:
+        service.kill()
+
+
+def test_a_failed_folder_of_a_root_with_a_finished_marker_is_not_requeued_by_catch_up_until_it_changes(
+        tmp_path: Path, database: DatabaseConfig, conn: Connection) -> None:
+    """The failure recorded the folder as it was with its marker, the scan compares it without: before, every
+    catch-up scan found it changed and queued it again, failed -> queued -> failed, with nothing changed."""
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    uids = make_study(marked / "R", 3)
+    conn.execute(sql.SQL("ALTER TABLE instance ADD CONSTRAINT provoked CHECK (sop_instance_uid <> ALL ({}))")
+                 .format(sql.Literal(uids)))
+    conn.commit()
+    config = write_config(tmp_path / "watcher.conf", database, {}, workers=1, rescan_interval=1,
+                          extra=f"\n[watch:m]\npath = {marked}\nfinished_marker = DONE\n")
+    service = ServiceProcess(config, tmp_path)
+    try:
+        service.wait_ready()
+        (marked / "R" / "DONE").touch()
+        wait_until(lambda: batch_rows(conn).get("R", ("",))[0] == "failed", timeout=30, what="R failed")
+        first = _states_of(conn, "R")
+        time.sleep(4)  # four catch-up scans
+        assert _states_of(conn, "R") == first, service.log[-3000:]
+        (marked / "R" / "more").write_bytes(b"not dicom")  # changed: queued (and failed) again
+        wait_until(lambda: _states_of(conn, "R") != first, timeout=30, what="R queued again once changed")
+    finally:
+        service.kill()
+
+
+def _states_of(conn: Connection, path: str) -> object:
+    row = conn.execute("SELECT status, finished_seq, attempts, removal FROM batch WHERE path = %s", (path,)).fetchone()
+    conn.rollback()
+    return row
+
+
 # --- item 4: a poison batch never blocks the queue --------------------------------------------------------------
 
 
