@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs inside the booted Debian container as a oneshot unit; its exit status is the container's.
-# Reads /e2e-in (the clean build's .deb, env, sample studies); writes its log to /e2e-out/log.
+# Reads /e2e-in (the clean build's .deb, sample studies) and /e2e-env; writes its log to /e2e-out/log.
 set -u
 . /e2e-in/lib.sh
 

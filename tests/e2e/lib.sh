@@ -1,7 +1,7 @@
 # Helpers of the scenarios that run inside the booted container (sourced; not a scenario itself).
 # Each scenario writes its log to /e2e-out/log and its failure count to /e2e-out/failures.
 exec > >(tee /e2e-out/log) 2>&1
-. /e2e-in/env
+. /e2e-env
 export DEBIAN_FRONTEND=noninteractive
 failures=0
 ok() { echo "ok - $*"; }

@@ -33,9 +33,9 @@ printf '[Service]\nEnvironment=SENDIT_WATCHER_CONFIG=/etc/sendit-watcher/queue-o
 systemctl daemon-reload
 check "1.0.0 restarted as a watcher only" systemctl restart sendit-watcher
 drop /data/incoming B; drop /data/incoming C; drop /data/incoming D
-check "B, C and D queued, not imported" wait_for 30 bash -c '. /e2e-in/env; '"$(declare -f q status_is)"'; status_is B queued && status_is C queued && status_is D queued'
+check "B, C and D queued, not imported" wait_for 30 bash -c '. /e2e-env; '"$(declare -f q status_is)"'; status_is B queued && status_is C queued && status_is D queued'
 sleep 3
-check "still queued 3 s later (nothing imports them)" bash -c '. /e2e-in/env; '"$(declare -f q status_is)"'; status_is B queued && status_is C queued && status_is D queued'
+check "still queued 3 s later (nothing imports them)" bash -c '. /e2e-env; '"$(declare -f q status_is)"'; status_is B queued && status_is C queued && status_is D queued'
 rm -r /etc/systemd/system/sendit-watcher.service.d; systemctl daemon-reload
 pid=$(main_pid)
 old_started=$(systemctl show -p ExecMainStartTimestampMonotonic --value sendit-watcher)
@@ -59,9 +59,9 @@ check "the service was restarted on upgrade (new main process)" bash -c \
 check "the upgraded unit is in effect (KillMode=mixed)" [ "$(systemctl show -p KillMode --value sendit-watcher)" = mixed ]
 shipped=$(ls /usr/lib/python3/dist-packages/sendit_watcher/migrations/ | grep -c '^[0-9].*\.sql$')
 check "migrations: all $shipped shipped by $VERSION applied" wait_for 30 bash -c \
-  ". /e2e-in/env; $(declare -f q); [ \"\$(q 'select count(*) from sendit.schema_migration')\" = $shipped ]"
+  ". /e2e-env; $(declare -f q); [ \"\$(q 'select count(*) from sendit.schema_migration')\" = $shipped ]"
 check "nothing queued was lost: B, C and D imported after the upgrade" wait_for 60 bash -c \
-  ". /e2e-in/env; $(declare -f q batch_is); batch_is B done:$FILES && batch_is C done:$FILES && batch_is D done:$FILES"
+  ". /e2e-env; $(declare -f q batch_is); batch_is B done:$FILES && batch_is C done:$FILES && batch_is D done:$FILES"
 check "A not imported twice" [ "$(q "select count(*) from sendit.instance i join sendit.batch b on b.id = i.batch where b.path = 'A'")" = "$FILES" ]
 # The fingerprint of 1.0.0 lacks the files' ctime: the upgraded service must still know A as unchanged.
 last_scan() { # last_scan AFTER: the first catch-up line after the AFTER-th one
