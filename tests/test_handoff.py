@@ -138,9 +138,9 @@ def test_listen_ends_quietly_when_its_reader_closes_the_pipe(conn: Connection, d
                                                               tmp_path: Path) -> None:
     listener = Listener(write_config(tmp_path / "watcher.conf", database, {}), read_stdout=False)
     try:
-        wait_until(lambda: scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
-                                  " 'sendit-watcher listen' AND state = 'idle'") == 1, timeout=30,
-                   what="listen waiting")
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name ="  # this
+                                  " 'sendit-watcher listen' AND state = 'idle' AND datname = current_database()")
+                   == 1, timeout=30, what="listen waiting")  # database's: the other world's run beside has its own
         assert listener.process.stdout is not None
         listener.process.stdout.close()
         _finish(conn, "nobody-reads-this")

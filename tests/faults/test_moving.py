@@ -138,7 +138,8 @@ def test_files_deleted_mid_import(one_worker: tuple[ServiceProcess, Path], conn:
                                   figures: Callable[[str], None]) -> None:
     service, incoming = one_worker
     drop_study(incoming, "THINNED", FILES)
-    wait_until(lambda: importing_host(conn) is not None, what="THINNED being imported")
+    # Walked first (claimed is not enough: on a loaded machine the walk may come after the deletions).
+    wait_until(lambda: "parsing 2500 files" in service.log, what="THINNED walked, being parsed")
     for file in sorted((incoming / "THINNED").iterdir())[::2]:
         file.unlink()
     wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
