@@ -270,8 +270,7 @@ def _foreign(conn: Connection, host: str, batch: Batch) -> bool:
     what this host has under that name may be a namesake, which must not replace (or, missing, remove) them. A
     folder never imported yet has no rows to lose: any host that sees it may read it (a failover)."""
     has_rows = batch.fingerprint is not None and not batch.fingerprint.startswith("0:")
-    return (has_rows and bool(batch.seen_on) and host not in batch.seen_on
-            and not roots.is_shared(conn, host, batch.root))
+    return has_rows and host not in batch.seen_on and not roots.is_shared(conn, host, batch.root)
 
 
 def _as_last_seen(folder: str, batch: Batch, leave_out: str) -> bool:

@@ -150,7 +150,8 @@ def _see(conn: Connection, batch_ids: list[int], host: str) -> None:
     """``host`` found these folders finished on its disk: it has seen them, unless another host saw a folder of
     that name and this host's root has not shown it is theirs (roots.share): a namesake there proves nothing."""
     conn.execute("UPDATE batch SET seen_on = array_append(seen_on, %(host)s) WHERE id = ANY(%(ids)s)"
-                 " AND NOT %(host)s = ANY(seen_on) AND (seen_on = '{}' OR EXISTS (SELECT 1 FROM root_identity r"
+                 " AND NOT %(host)s = ANY(seen_on) AND (coalesce(fingerprint, '0:') LIKE '0:%%' OR EXISTS ("
+                 " SELECT 1 FROM root_identity r"
                  " WHERE r.root = batch.root AND r.host = %(host)s AND r.shared))", {"host": host, "ids": batch_ids})
 
 
@@ -173,9 +174,11 @@ def enqueue_known(conn: Connection, root: str, path: str, hold_seconds: float = 
     holds it right now (try again later)."""
     with conn.transaction():
         row = conn.execute(
-            "SELECT id, seen_on = '{}' OR %(host)s = ANY(seen_on) OR (coalesce(finished_at, queued_at)"
-            " < now() - make_interval(secs => %(settled)s) AND EXISTS (SELECT 1 FROM root_identity r"
-            " WHERE r.root = batch.root AND r.host = %(host)s AND r.shared))"
+            "SELECT id, (seen_on = '{}' AND coalesce(fingerprint, '0:') LIKE '0:%%') OR %(host)s = ANY(seen_on)"
+            " OR (coalesce(finished_at, queued_at) < now() - make_interval(secs => %(settled)s)"
+            " AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = %(host)s AND r.shared)"
+            " AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host"
+            " AND r.shared))"
             " FROM batch WHERE root = %(root)s AND path = %(path)s FOR UPDATE SKIP LOCKED",
             {"root": root, "path": path, "host": host, "settled": SHARE_CACHE_SECONDS}).fetchone()
         if row is None:
@@ -237,7 +240,8 @@ def next_queued(conn: Connection, roots: list[str], not_here: list[int] | None =
             " FROM batch"
             " WHERE status = %(queued)s AND root = ANY(%(roots)s)"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now()) AND (removal OR NOT id = ANY(%(not_here)s))"
-            " AND (NOT removal OR seen_on = '{}' OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on)"
+            " AND (NOT removal OR (seen_on = '{}' AND coalesce(fingerprint, '0:') LIKE '0:%%')"
+            " OR %(host)s::text IS NULL OR %(host)s::text = ANY(seen_on)"
             " OR EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = %(host)s::text"
             " AND r.shared))"
             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -483,7 +487,7 @@ class Known(NamedTuple):
     removal: bool  # queued as a removal
     seen: bool  # the scanning host has seen it
     seen_elsewhere: bool  # another host has seen it, and not the scanning one
-    settled: bool = False  # recorded more than SHARE_CACHE_SECONDS before the listing
+    settled: bool = False  # recorded more than SHARE_CACHE_SECONDS before the listing, by a host of the share
     by_another: bool = False  # last imported by another host
 
     def absence_counts(self, shared: bool) -> bool:
@@ -505,8 +509,15 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
     rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at, "host": host,
                                          "settled": SHARE_CACHE_SECONDS}).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and bool(hosts), settled, by_another)
+    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and (bool(hosts) or _has_rows(stamp)),
+                        settled, by_another)
             for path, stamp, status, removal, seen, hosts, settled, by_another in rows}
+
+
+def _has_rows(stamp: str | None) -> bool:
+    """A fingerprint of an import that found files: the folder has rows (and a host that read it: with no
+    seen_on recorded, as an earlier version's import leaves it, it is another host's, never anyone's)."""
+    return stamp is not None and not stamp.startswith("0:")
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
@@ -514,13 +525,15 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
 _KNOWN_FOLDERS = """
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
        coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
        coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
@@ -528,7 +541,8 @@ FROM batch WHERE root = %(root)s
 UNION
 SELECT path, fingerprint, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
-       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false),
+       coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
+       AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
        coalesce(host <> %(host)s, false)
 FROM batch WHERE root = %(root)s AND status = 'queued' AND NOT removal AND queued_at < %(listed_at)s
 """

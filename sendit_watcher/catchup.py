@@ -152,7 +152,7 @@ def _scan_root(watch: RootConfig, entries: list[str], known: dict[str, Known],
             continue
         try:
             _scan_folder(str(root / folder_name), watch.finished_marker, folder, known.get(to_text(folder_name)),
-                         settle_seconds if not watch.finished_marker else 0.0, result)
+                         settle_seconds if not watch.finished_marker else 0.0, result, shared)
         except Exception as exc:  # noqa: BLE001 - one folder never stops the scan of the others
             log.error("catch-up could not examine %s: %s; it is queued to be imported", to_text(str(root /
                       folder_name)), describe(exc))
@@ -181,7 +181,7 @@ def _missing(row: Known) -> bool:
 
 
 def _scan_folder(path: str, marker: str, folder: Folder, row: Known | None, settle_seconds: float,
-                 result: ScanResult) -> None:
+                 result: ScanResult, shared: bool = True) -> None:
     if row is None or row.status in (BatchStatus.QUEUED, BatchStatus.IMPORTING):
         if _needs_import(row):
             _changed(path, folder, row, settle_seconds, result)
@@ -195,6 +195,8 @@ def _scan_folder(path: str, marker: str, folder: Folder, row: Known | None, sett
         if exact and not (row.stamp or "0:").startswith("0:"):  # its files exactly as recorded (ctimes too): the
             result.matched.append(to_text(folder[1]))          # root shows this host that folder
         return
+    if row.seen_elsewhere and not shared:  # another host's folder, and this root is not known to be theirs: what
+        return                             # is here under its name may be a namesake; its hosts decide
     _changed(path, folder, row, settle_seconds, result)
 
 

@@ -618,6 +618,7 @@ def test_a_folder_a_proven_host_never_saw_is_gone_only_for_the_hosts_that_saw_it
         for _ in range(2):  # B's root has shown it is the share: B may carry out the removals A queued
             assert import_next(conn, b, InlineParser(), RootGuard(b, every=0)) is not None
         assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {"S1": ("empty", 0), "S4": ("empty", 0)}
+        roots.adopt(conn, "test-host", a.watches[0])  # A's root vouched for as the share (by its operator)
         drop_study(share, "S5", 2)  # imported by A long ago (longer than any share's cache), deleted since
         import_folder(conn, a, share / "S5")
         conn.execute("UPDATE batch SET finished_at = finished_at - interval '1 hour' WHERE path = 'S5'")
@@ -690,8 +691,14 @@ def test_a_host_that_imports_only_its_own_folders_never_acts_on_the_shares(
     make_study(b_root / "S1", 3)
     written = write_config(tmp_path / "b.conf", database, {"incoming": b_root}, host="host-b")
     assert run_cli(written, "import", str(b_root / "S1"))[0] == 1
+    conn.execute("UPDATE batch SET seen_on = '{}' WHERE path = 'S1'")  # as an earlier version's import leaves it
+    conn.commit()
+    assert run_cli(written, "import", str(b_root / "S1"))[0] == 1  # rows and a host that read them: not anyone's
     assert {f: r[:2] for f, r in rows_by_folder(conn).items()} == {
         "S1": ("queued", 2), "S2": ("queued", 2), "L1": ("done", 1)}
+    roots.adopt(conn, "test-host", a.watches[0], force=True)  # A's root: the share (L1, B's, is not there)
+    result = scan_roots(database, {"incoming": a.watches[0]}, "test-host", a.watcher.is_ignored, 0.0, set())
+    assert result.gone == [] and result.unseen == 1  # L1, B's alone, imported by a host not of the share
 
 
 def test_neither_a_legacy_fingerprint_nor_a_link_into_a_lost_root_gets_past_the_checks(
