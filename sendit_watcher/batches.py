@@ -509,15 +509,11 @@ def known_folders(conn: Connection, root: str, listed: list[str], listed_at: dat
     rows = conn.execute(_KNOWN_FOLDERS, {"root": root, "listed": listed, "listed_at": listed_at, "host": host,
                                          "settled": SHARE_CACHE_SECONDS}).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and (bool(hosts) or _has_rows(stamp)),
-                        settled, by_another)
-            for path, stamp, status, removal, seen, hosts, settled, by_another in rows}
-
-
-def _has_rows(stamp: str | None) -> bool:
-    """A fingerprint of an import that found files: the folder has rows (and a host that read it: with no
-    seen_on recorded, as an earlier version's import leaves it, it is another host's, never anyone's)."""
-    return stamp is not None and not stamp.startswith("0:")
+    # A folder with rows (its last import found files) and no seen_on recorded, as an earlier version's import
+    # leaves it, is another host's, never anyone's.
+    return {path: Known(stamp, BatchStatus(status), removal, seen, not seen and (bool(hosts) or has_rows), settled,
+                        by_another)
+            for path, stamp, status, removal, seen, hosts, settled, by_another, has_rows in rows}
 
 
 # The second half's WHERE is the predicate of the partial index batch_may_be_gone (migration 0007), word for
@@ -527,14 +523,14 @@ SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprin
        %(host)s = ANY(seen_on), seen_on <> '{}',
        coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
        AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
-       coalesce(host <> %(host)s, false)
+       coalesce(host <> %(host)s, false), coalesce(fingerprint, '0:') NOT LIKE '0:%%'
 FROM batch WHERE root = %(root)s AND path = ANY(%(listed)s::text[])
 UNION
 SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
        coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
        AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
-       coalesce(host <> %(host)s, false)
+       coalesce(host <> %(host)s, false), coalesce(fingerprint, '0:') NOT LIKE '0:%%'
 FROM batch WHERE root = %(root)s
   AND status <> 'queued'
   AND coalesce(CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END, '0:') NOT LIKE '0:%%'
@@ -543,7 +539,7 @@ SELECT path, fingerprint, status, removal,
        %(host)s = ANY(seen_on), seen_on <> '{}',
        coalesce(coalesce(finished_at, queued_at) < %(listed_at)s - make_interval(secs => %(settled)s), false)
        AND EXISTS (SELECT 1 FROM root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),
-       coalesce(host <> %(host)s, false)
+       coalesce(host <> %(host)s, false), coalesce(fingerprint, '0:') NOT LIKE '0:%%'
 FROM batch WHERE root = %(root)s AND status = 'queued' AND NOT removal AND queued_at < %(listed_at)s
 """
 

@@ -38,11 +38,14 @@ def full_known(conn: Connection) -> dict[str, Known]:
     """Every row of the root, as the scan read them before: the reference the scan's decisions must match."""
     rows = conn.execute("SELECT path, CASE WHEN status = 'failed' THEN failed_fingerprint ELSE fingerprint END,"
                         " status, removal, %s = ANY(seen_on), seen_on <> '{}', coalesce(coalesce(finished_at,"
-                        " queued_at) < now() - make_interval(secs => %s), false), coalesce(host <> %s, false)"
+                        " queued_at) < now() - make_interval(secs => %s), false) AND EXISTS (SELECT 1 FROM"
+                        " root_identity r WHERE r.root = batch.root AND r.host = batch.host AND r.shared),"
+                        " coalesce(host <> %s, false), coalesce(fingerprint, '0:') NOT LIKE '0:%%'"
                         " FROM batch WHERE root = %s", (HOST, batches.SHARE_CACHE_SECONDS, HOST, ROOT)).fetchall()
     conn.rollback()
-    return {path: Known(stamp, BatchStatus(state), removal, seen, not seen and hosts, settled, by_another)
-            for path, stamp, state, removal, seen, hosts, settled, by_another in rows}
+    return {path: Known(stamp, BatchStatus(state), removal, seen, not seen and (hosts or has_rows), settled,
+                        by_another)
+            for path, stamp, state, removal, seen, hosts, settled, by_another, has_rows in rows}
 
 
 def decisions(result: ScanResult) -> dict[str, list[object]]:
