@@ -302,6 +302,8 @@ def _shows_theirs(conn: Connection, host: str, watch: RootConfig, record: RootRe
     if (record is not None and record.shared and recorded is not None and now is not None
             and (recorded.inode, recorded.mount_point) == (now.inode, now.mount_point)):
         return True
+    if not _recorded_elsewhere(conn, watch.name, host):  # no other host: nothing of theirs to show (and no sort
+        return False                                     # of the batch table at every check of a lone host)
     return _shows_one(watch, _last_imported(conn, watch.name, by_another=host))
 
 

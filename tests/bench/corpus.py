@@ -48,17 +48,23 @@ def build(root: Path, files: int, folders: int) -> list[Path]:
     if marker.exists():
         return paths
     templates = [_template("CT_small.dcm"), _template("MR_small.dcm")]
-    seed = int.from_bytes(os.urandom(4), "big")
-    number = 0
-    for index, folder in enumerate(paths):
-        folder.mkdir(parents=True, exist_ok=True)
-        template = templates[index % 2].replace(_PLACEHOLDERS["study"].encode(), _uid(seed, 1, index)).replace(
-            _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
-        for n in range(files // folders):
-            number += 1
-            (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
+    _write_series(paths, [templates[index % 2] for index in range(folders)], files // folders)
     marker.touch()
     return paths
+
+
+def _write_series(paths: list[Path], templates: list[bytes], per_folder: int) -> None:
+    """In each folder, ``per_folder`` files of its template: a study and series UID of its own, and each file its
+    SOPInstanceUID, InstanceNumber and slice position."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    number = 0
+    for index, (folder, template) in enumerate(zip(paths, templates, strict=True)):
+        folder.mkdir(parents=True, exist_ok=True)
+        template = template.replace(_PLACEHOLDERS["study"].encode(), _uid(seed, 1, index)).replace(
+            _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
+        for n in range(per_folder):
+            number += 1
+            (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
 
 
 # The realistic mix: by files, half explicit VR CT, a quarter implicit VR CT with GE privates, a quarter enhanced
@@ -95,14 +101,6 @@ def build_mix(root: Path, files: int, folders: int) -> list[Path]:
         return paths
     classes = mix_classes(folders)
     templates = {name: _class_template(name) for name in set(classes)}
-    seed = int.from_bytes(os.urandom(4), "big")
-    number = 0
-    for index, folder in enumerate(paths):
-        folder.mkdir(parents=True, exist_ok=True)
-        template = templates[classes[index]].replace(_PLACEHOLDERS["study"].encode(), _uid(seed, 1, index)).replace(
-            _PLACEHOLDERS["series"].encode(), _uid(seed, 2, index))
-        for n in range(files // folders):
-            number += 1
-            (folder / f"IM{n:05d}.dcm").write_bytes(_instance(template, _uid(seed, 3, number), n + 1))
+    _write_series(paths, [templates[name] for name in classes], files // folders)
     marker.touch()
     return paths

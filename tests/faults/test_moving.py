@@ -114,12 +114,7 @@ def test_a_removal_counts_every_row_it_removes_vanished_rejections_too(one_worke
     service, incoming = one_worker
     listener = Listener(tmp_path / "watcher.conf", "--since", str(latest_seq(conn)))
     try:
-        drop_study(incoming, "THINNED", FILES)
-        wait_until(lambda: "parsing 2500 files" in service.log, what="THINNED walked, being parsed")
-        for file in sorted((incoming / "THINNED").iterdir())[::2]:
-            file.unlink()
-        wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
-        status, files, instances, rejected = final(conn)["THINNED"]
+        status, files, instances, rejected = _thinned_mid_import(service, incoming, conn)
         assert status == "done" and rejected > 0 and instances + rejected == files == FILES
         shutil.rmtree(incoming / "THINNED")
         wait_until(lambda: [r["status"] for r in _announced(listener, "THINNED")][-1:] == ["empty"], timeout=60,
@@ -130,6 +125,17 @@ def test_a_removal_counts_every_row_it_removes_vanished_rejections_too(one_worke
     assert (last["instances"], last["rejected"], last["removed"]) == (0, 0, instances + rejected), last
 
 
+def _thinned_mid_import(service: ServiceProcess, incoming: Path, conn: Connection) -> tuple[str, int, int, int]:
+    """THINNED (FILES files) dropped, half its files deleted once its worker walked it (claimed is not enough: on
+    a loaded machine the walk may come after the deletions); its row once it settled."""
+    drop_study(incoming, "THINNED", FILES)
+    wait_until(lambda: f"parsing {FILES} files" in service.log, what="THINNED walked, being parsed")
+    for file in sorted((incoming / "THINNED").iterdir())[::2]:
+        file.unlink()
+    wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
+    return final(conn)["THINNED"]
+
+
 def _announced(listener: Listener, folder: str) -> list[dict[str, object]]:
     return [r for r in (json.loads(line) for line in list(listener.lines)) if r["folder"] == folder]
 
@@ -137,13 +143,7 @@ def _announced(listener: Listener, folder: str) -> list[dict[str, object]]:
 def test_files_deleted_mid_import(one_worker: tuple[ServiceProcess, Path], conn: Connection,
                                   figures: Callable[[str], None]) -> None:
     service, incoming = one_worker
-    drop_study(incoming, "THINNED", FILES)
-    # Walked first (claimed is not enough: on a loaded machine the walk may come after the deletions).
-    wait_until(lambda: "parsing 2500 files" in service.log, what="THINNED walked, being parsed")
-    for file in sorted((incoming / "THINNED").iterdir())[::2]:
-        file.unlink()
-    wait_until(settled(conn, {"THINNED"}), timeout=120, what="THINNED settled")
-    status, files, instances, rejected = final(conn)["THINNED"]
+    status, files, instances, rejected = _thinned_mid_import(service, incoming, conn)
     figures(f"half the files deleted mid-import: {status}, {files} files, {instances} instances, "
             f"{rejected} rejected as vanished")
     assert status == "done" and instances + rejected == files == FILES
